@@ -1,0 +1,54 @@
+"""The `tsky` command: a Typer app whose command groups live in sibling modules."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+app = typer.Typer(
+    name="tsky",
+    help="SkyPilot-style managed jobs on Temporal.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """tsky: run SkyPilot task YAMLs as durable managed jobs on Temporal."""
+
+
+def _register() -> None:
+    from tsky.cli import validate
+
+    validate.register(app)
+
+
+_register()
+
+
+def main() -> None:
+    """Entry point. Ends with os._exit: a process that used the Temporal client can abort while the
+    interpreter shuts down (sdk-python#300), which would turn a clean exit into a crash."""
+    code = 0
+    try:
+        app(standalone_mode=False)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except typer.Abort:
+        print("Aborted.", file=sys.stderr)
+        code = 1
+    except Exception as exc:  # click usage errors and anything unforeseen, without a traceback
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            code = exc.exit_code
+        else:
+            raise
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

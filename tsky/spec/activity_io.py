@@ -1,0 +1,151 @@
+"""The activities' names, inputs, outputs and error types: the contract between workflows and activities.
+
+Workflows call activities by these names (never importing their bodies, which pull in cloud SDKs), and
+tests register fakes under the same names.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+
+from tsky.spec.requests import Candidate
+from tsky.spec.task import Task
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ActivityName(StrEnum):
+    PLAN = "plan_task"
+    LAUNCH = "launch_cluster"
+    SYNC_FILES = "sync_files"
+    SETUP = "run_setup"
+    RUN = "run_and_watch"
+    STOP_PHASE = "stop_phase"
+    TEARDOWN = "teardown_cluster"
+    CONTROLLER_LOG = "append_controller_log"
+    CLEANUP_JOB = "cleanup_job"
+
+
+class ErrorType(StrEnum):
+    """`ApplicationError.type` values the workflow tells apart. All are non-retryable at the activity
+    level: the recovery policy in workflow code decides what happens next."""
+
+    CAPACITY = "CapacityError"  # this place has no room now: try elsewhere, later
+    PRECHECK = "PrecheckError"  # invalid request, no credentials: fail fast (FAILED_PRECHECKS)
+    CLUSTER_LOST = "ClusterLost"  # positive evidence: a node is preempted, stopped or gone
+    UNREACHABLE = "ClusterUnreachable"  # status checks failed past the window
+
+
+class NodeInfo(_Model):
+    rank: int
+    ip: str  # what SKYPILOT_NODE_IPS shows
+    host_id: str  # instance id, pod name, host name or local node directory
+    ssh_port: int | None = None
+    ssh_user: str | None = None
+
+
+class ClusterInfo(_Model):
+    """A provisioned cluster, as the backend that owns it needs to find it again."""
+
+    name: str
+    backend: str  # local | ssh | aws | gcp | k8s
+    region: str
+    zone: str | None = None
+    instance_type: str
+    use_spot: bool = False
+    nodes: list[NodeInfo]
+    extra: dict[str, str] = {}  # backend-specific handles (e.g. ssh pool, k8s namespace)
+
+
+class JobMeta(_Model):
+    """Who a cluster works for; tags clusters and fills SkyPilot's environment variables."""
+
+    job_id: int
+    job_name: str
+    task_index: int
+    task_name: str
+    task_id: str
+    task_ids: list[str]
+    user: str
+    rank: int = 0
+    num_jobs: int = 1
+
+
+class PlanInput(_Model):
+    meta: JobMeta
+    task: Task
+
+
+class PlanResult(_Model):
+    candidates: list[Candidate]
+    # Set when no enabled infra can run any option: FAILED_PRECHECKS with this text.
+    infeasible_reason: str | None = None
+
+
+class LaunchInput(_Model):
+    meta: JobMeta
+    cluster_name: str
+    launch: int
+    candidates: list[Candidate]  # in the order to try them
+    num_nodes: int
+
+
+class LaunchFailure(_Model):
+    candidate: Candidate
+    kind: str  # "capacity" | "precheck"
+    message: str
+
+
+class LaunchResult(_Model):
+    cluster: ClusterInfo | None = None
+    chosen: Candidate | None = None
+    failures: list[LaunchFailure] = []
+
+
+class SyncInput(_Model):
+    meta: JobMeta
+    cluster: ClusterInfo
+    task: Task
+
+
+class PhaseInput(_Model):
+    """Start (or re-attach to) `setup` or `run` on every node and watch it to the end."""
+
+    meta: JobMeta
+    cluster: ClusterInfo
+    phase: str  # "setup" | "run"
+    attempt: int
+    task: Task  # secrets redacted; the clear values are unsealed from sealed_secrets on the worker
+    sealed_secrets: dict[str, str] = {}
+    poll_seconds: float = 2
+    status_check_min_elapsed_seconds: float = 60
+    status_check_min_retries: int = 5
+
+
+class PhaseResult(_Model):
+    exit_codes: list[int]  # one per node, rank order
+
+
+class StopPhaseInput(_Model):
+    cluster: ClusterInfo
+    phase: str
+
+
+class TeardownInput(_Model):
+    cluster_name: str
+    backend: str
+    cluster: ClusterInfo | None = None
+
+
+class ControllerLogInput(_Model):
+    job_id: int
+    first_seq: int  # sequence number of lines[0]; lines already written are skipped on retry
+    lines: list[str]
+
+
+class CleanupJobInput(_Model):
+    job_id: int

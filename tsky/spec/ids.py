@@ -1,0 +1,62 @@
+"""Names that several processes must agree on: task queues, workflow ids, cluster names."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+CONTROL_QUEUE = "tsky-control"  # every workflow, and the controller-log local activity
+LAUNCH_QUEUE = "tsky-launch"  # plan, provision, setup, teardown: bounded concurrency
+WATCH_QUEUE = "tsky-watch"  # run_and_watch: thousands of cheap heartbeating coroutines
+
+JOB_WORKFLOW_PREFIX = "tsky-job-"
+POOL_WORKFLOW_PREFIX = "tsky-pool-"
+ID_REGISTRY_WORKFLOW_ID = "tsky-id-registry"
+SWEEPER_WORKFLOW_ID = "tsky-sweeper"
+SCHEDULER_WORKFLOW_ID = "tsky-scheduler"
+
+_CLUSTER_NAME_MAX = 25
+
+
+def job_workflow_id(job_id: int) -> str:
+    return f"{JOB_WORKFLOW_PREFIX}{job_id}"
+
+
+def job_id_from_workflow_id(workflow_id: str) -> int | None:
+    if not workflow_id.startswith(JOB_WORKFLOW_PREFIX):
+        return None
+    tail = workflow_id[len(JOB_WORKFLOW_PREFIX) :]
+    return int(tail) if tail.isdigit() else None
+
+
+def pool_workflow_id(pool: str) -> str:
+    return f"{POOL_WORKFLOW_PREFIX}{pool}"
+
+
+def _dns_label(name: str) -> str:
+    label = re.sub(r"[^a-z0-9-]", "-", name.lower()).strip("-")
+    return re.sub(r"-{2,}", "-", label) or "task"
+
+
+def cluster_name(task_name: str, job_id: int, task_index: int, launch: int) -> str:
+    """The cluster of one launch of one task, SkyPilot-style (`<task>-<job id>`).
+
+    The name is a pure function of (job, task, launch) so that a retried provision adopts the cluster
+    the first try created instead of making a second one. Pipelines add `-t<k>`, relaunches `-r<n>`.
+    Long task names are cut and get a short hash, as SkyPilot does, so names stay unique and DNS-safe.
+    """
+    base = _dns_label(task_name)
+    if len(base) > _CLUSTER_NAME_MAX:
+        digest = hashlib.md5(base.encode(), usedforsecurity=False).hexdigest()[:2]
+        base = f"{base[: _CLUSTER_NAME_MAX - 3].rstrip('-')}-{digest}"
+    name = f"{base}-{job_id}"
+    if task_index:
+        name += f"-t{task_index}"
+    if launch:
+        name += f"-r{launch}"
+    return name
+
+
+def user_hash(user: str, host: str) -> str:
+    """8 hex characters identifying a user, as SkyPilot's `user_hash`."""
+    return hashlib.sha256(f"{user}@{host}".encode()).hexdigest()[:8]

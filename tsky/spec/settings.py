@@ -1,0 +1,166 @@
+"""Settings: `$TSKY_HOME/config.yaml` (SkyPilot's key names where one exists) plus `TSKY_*` variables.
+
+Loading reads files, so it is a function, never done at import. Workflows never load settings: the
+values that steer a job's decisions travel in its request (`JobPolicy`), so every worker replays a job
+the same way whatever its own config says.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ControllerSettings(_Section):
+    # How many provision/setup/teardown activities one worker process runs at once.
+    # SkyPilot launches at most 4 x vCPU at a time; None means that default for this host.
+    launch_concurrency: int | None = Field(default=None, ge=1)
+    # How many jobs may be RUNNING at once across all workers; None means no limit.
+    max_running_jobs: int | None = Field(default=None, ge=1)
+    # How many run_and_watch activities one worker process may run at once.
+    watch_concurrency: int = Field(default=5000, ge=1)
+    # Workflows kept in the worker's cache; sized for the number of live jobs.
+    max_cached_workflows: int = Field(default=5000, ge=0)
+
+
+class StatusCheckSettings(_Section):
+    # A cluster that cannot be reached is declared lost only after BOTH budgets are spent.
+    min_elapsed_seconds: float = Field(default=60, ge=0)
+    min_retries: int = Field(default=5, ge=0)
+
+
+class LaunchBackoffSettings(_Section):
+    initial_seconds: float = Field(default=60, ge=0)
+    multiplier: float = Field(default=1.6, ge=1)
+    max_seconds: float = Field(default=300, ge=0)
+    jitter: float = Field(default=0.4, ge=0, le=1)
+
+
+class WatchSettings(_Section):
+    poll_seconds: float = Field(default=2, gt=0)
+    heartbeat_timeout_seconds: float = Field(default=30, gt=0)
+
+
+class JobsSettings(_Section):
+    controller: ControllerSettings = ControllerSettings()
+    status_check: StatusCheckSettings = StatusCheckSettings()
+    launch_backoff: LaunchBackoffSettings = LaunchBackoffSettings()
+    watch: WatchSettings = WatchSettings()
+    bucket: str | None = Field(default=None, pattern=r"^(https|s3|gs|r2|cos|local)://.+")
+    force_disable_cloud_bucket: bool = False
+
+
+class LocalInstanceType(_Section):
+    name: str
+    vcpus: float | None = None  # None: this host's
+    memory_gb: float | None = None  # None: this host's
+    accelerators: dict[str, float] = {}
+    price: float = 0.0
+    spot_price: float | None = None
+
+
+class LocalRegion(_Section):
+    name: str
+    zones: list[str] = []
+    capacity_nodes: int | None = Field(default=None, ge=0)  # None: unlimited
+    spot: bool = True
+    instance_types: list[LocalInstanceType] = [LocalInstanceType(name="local")]
+
+
+class LocalSettings(_Section):
+    """The `local` infra: a simulator of a multi-region cloud made of process groups on this host."""
+
+    regions: list[LocalRegion] = [LocalRegion(name="local")]
+    # Chance per status check that a spot node is preempted (chaos); 0 disables.
+    spot_preemption_probability: float = Field(default=0.0, ge=0, le=1)
+
+
+class TemporalSettings(_Section):
+    address: str | None = None  # None: the embedded dev server
+    namespace: str = "default"
+    api_key: str | None = None
+    tls: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    ui_url: str | None = None
+
+
+class WorkerSettings(_Section):
+    metrics_port: int | None = None  # Prometheus scrape port; None disables
+    graceful_shutdown_seconds: float = 30
+
+
+class Settings(_Section):
+    home: Path
+    jobs: JobsSettings = JobsSettings()
+    local: LocalSettings = LocalSettings()
+    temporal: TemporalSettings = TemporalSettings()
+    worker: WorkerSettings = WorkerSettings()
+
+    @property
+    def config_file(self) -> Path:
+        return self.home / "config.yaml"
+
+    @property
+    def embedded(self) -> bool:
+        """True when tsky runs (and may start) its own Temporal dev server."""
+        return self.temporal.address is None
+
+    def launch_concurrency(self) -> int:
+        return self.jobs.controller.launch_concurrency or 4 * (os.cpu_count() or 1)
+
+
+class SettingsError(Exception):
+    """config.yaml is unreadable or invalid; the message names the file, the key and the fix."""
+
+
+# Environment variables win over the file, so one config file can serve many processes.
+_ENV_OVERRIDES = {
+    "TSKY_TEMPORAL_ADDRESS": ("temporal", "address"),
+    "TSKY_TEMPORAL_NAMESPACE": ("temporal", "namespace"),
+    "TSKY_TEMPORAL_API_KEY": ("temporal", "api_key"),
+    "TSKY_TEMPORAL_TLS_CERT": ("temporal", "tls_cert"),
+    "TSKY_TEMPORAL_TLS_KEY": ("temporal", "tls_key"),
+    "TSKY_TEMPORAL_TLS_CA": ("temporal", "tls_ca"),
+    "TSKY_TEMPORAL_UI_URL": ("temporal", "ui_url"),
+    "TSKY_METRICS_PORT": ("worker", "metrics_port"),
+}
+
+
+def tsky_home() -> Path:
+    return Path(os.environ.get("TSKY_HOME") or Path.home() / ".tsky").expanduser()
+
+
+def load_settings(home: Path | None = None) -> Settings:
+    home = home or tsky_home()
+    path = home / "config.yaml"
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise SettingsError(f"{path}: not valid YAML ({err}). Fix the file or remove it.") from err
+        if loaded is not None and not isinstance(loaded, dict):
+            raise SettingsError(f"{path}: expected a mapping of sections (jobs:, local:, temporal:).")
+        data = loaded or {}
+    for var, (section, key) in _ENV_OVERRIDES.items():
+        if os.environ.get(var):
+            data.setdefault(section, {})[key] = os.environ[var]
+    if os.environ.get("TSKY_TEMPORAL_TLS", "").lower() in ("1", "true", "yes"):
+        data.setdefault("temporal", {})["tls"] = True
+    try:
+        return Settings(home=home, **data)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors(include_url=False)
+        )
+        raise SettingsError(f"{path}: {problems}. Fix these keys (see README, 'Settings').") from err
