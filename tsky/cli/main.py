@@ -35,20 +35,9 @@ def main() -> None:
     interpreter shuts down (sdk-python#300), which would turn a clean exit into a crash."""
     code = 0
     try:
-        app(standalone_mode=False)
+        app()  # standalone mode: click prints usage errors itself and raises SystemExit(2)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except typer.Abort:
-        print("Aborted.", file=sys.stderr)
-        code = 1
-    except Exception as exc:  # click usage errors and anything unforeseen, without a traceback
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            code = exc.exit_code
-        else:
-            raise
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
