@@ -121,6 +121,7 @@ class PhaseInput(_Model):
     attempt: int
     task: Task  # secrets redacted; the clear values are unsealed from sealed_secrets on the worker
     sealed_secrets: dict[str, str] = {}
+    gpus_per_node: float = 0
     poll_seconds: float = 2
     status_check_min_elapsed_seconds: float = 60
     status_check_min_retries: int = 5

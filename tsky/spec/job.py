@@ -97,6 +97,8 @@ class TaskState(_Model):
     details: str | None = None  # current one-line detail: backoff, recovering reason ...
     infra: str | None = None
     attempts: list[Attempt] = []
+    # len(attempts), kept in the memo (which leaves the attempts out to stay small) for the queue and logs
+    attempt_count: int = 0
 
     def current_attempt(self) -> Attempt | None:
         return self.attempts[-1] if self.attempts else None

@@ -1,0 +1,8 @@
+"""Deterministic workflow code only. Workflows import `tsky.spec` and call activities by name."""
+
+from __future__ import annotations
+
+from tsky.workflows.id_registry import IdRegistryWorkflow
+from tsky.workflows.managed_job import ManagedJobWorkflow
+
+WORKFLOWS: list[type] = [ManagedJobWorkflow, IdRegistryWorkflow]

@@ -1,0 +1,80 @@
+"""How a phase (setup or run) lives on a node, whatever the transport.
+
+Under the node's tsky directory each phase has: `<phase>.sh` (the user's commands), `<phase>.started/`
+(created atomically by the one start that wins), `<phase>.pid` (pid and start time of the wrapper, which
+is also its process group), `<phase>.log` (output), `<phase>.exit` (exit code, written when the user
+commands end) and `<phase>.stopped` (tsky killed it). A watcher on any worker reads these files to
+attach to a phase another worker started; nothing about a running job lives only in a worker's memory.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+from pathlib import Path
+
+PHASES = ("setup", "run")
+
+# Every process of a phase carries this variable, so that processes that left the phase's process
+# group (setsid, double fork) can still be found and killed.
+PROCESS_TAG_VAR = "TSKY_PROCESS_TAG"
+
+# Runs one phase and records its exit code. Arguments: the phase directory, the phase, the working
+# directory. The user's commands run in a child bash so that an `exit` in them still reaches the
+# line that records the code; stdin is closed, as on a cluster.
+WRAPPER = """\
+#!/bin/bash
+dir="$1"; phase="$2"; cwd="$3"
+mkdir -p "$cwd" && cd "$cwd" || { echo 1 >"$dir/$phase.exit"; exit 1; }
+bash "$dir/$phase.sh" >>"$dir/$phase.log" 2>&1 </dev/null
+code=$?
+echo "$code" >"$dir/$phase.exit.tmp" && mv "$dir/$phase.exit.tmp" "$dir/$phase.exit"
+"""
+
+
+def env_file_text(env: dict[str, str]) -> str:
+    """`export K='v'` lines: the one place user values meet a shell, always quoted."""
+    return "".join(f"export {key}={shlex.quote(value)}\n" for key, value in env.items())
+
+
+def proc_start_time(pid: int) -> str | None:
+    """The kernel's start time of `pid` (clock ticks since boot), or None if it is gone or a zombie.
+
+    Stored next to the pid so a recycled pid is never mistaken for the phase's process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
+
+
+def pid_alive(pid: int, start_time: str | None) -> bool:
+    current = proc_start_time(pid)
+    return current is not None and (start_time is None or current == start_time)
+
+
+def kill_tagged(tag_prefix: str) -> int:
+    """SIGKILL every process whose environment carries a tag starting with `tag_prefix`.
+
+    The backstop behind killing process groups: catches processes that daemonised themselves."""
+    needle = f"{PROCESS_TAG_VAR}={tag_prefix}".encode()
+    killed = 0
+    me = os.getpid()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            environ = Path(entry.path, "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environ:
+            try:
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
+    return killed

@@ -1,0 +1,225 @@
+"""Running a phase (setup or run) on every node of a cluster and watching it to the end.
+
+One long heartbeating activity per phase. It starts the phase on each node at most once (the node
+records the start), copies the nodes' output into the log store, and heartbeats
+`[log size, node offsets...]`. A retry (the worker died, or lost the server) truncates the log to the
+heartbeated size and resumes from those offsets: it re-attaches to the processes already running and
+never starts them again, never drops or repeats a line.
+
+It returns the exit codes once every node's phase has ended, or raises:
+- `ClusterLost` when the backend positively reports a node preempted, stopped or gone;
+- `ClusterUnreachable` when status checks keep failing past the window (both a time and a count).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import IO
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from tsky.activities.clouds import get_backend
+from tsky.activities.clouds.base import Backend, NodeAgent, PhaseStatus
+from tsky.activities.environment import task_environment
+from tsky.spec.activity_io import ActivityName, ErrorType, PhaseInput, PhaseResult, StopPhaseInput
+from tsky.spec.logs import phase_log
+from tsky.spec.secrets import load_key, unseal
+from tsky.spec.settings import Settings
+
+_READ_LIMIT = 1 << 20  # bytes per node per poll: bounds memory however chatty a job is
+# A process seen dead without an exit code on a node that looks healthy: how many polls to wait
+# for the code to land (it is written after the process ends) before calling the node lost.
+_VANISHED_POLLS = 3
+
+
+class ReachabilityWindow:
+    """SkyPilot's transient window: a cluster that cannot be asked is declared unreachable only once
+    at least `min_elapsed` seconds have passed since the first failure AND `min_retries` retries failed.
+    Any successful check resets it."""
+
+    def __init__(self, min_elapsed: float, min_retries: int):
+        self.min_elapsed = min_elapsed
+        self.min_retries = min_retries
+        self.first_failure: float | None = None
+        self.failures = 0
+
+    def ok(self) -> None:
+        self.first_failure = None
+        self.failures = 0
+
+    def failed(self) -> bool:
+        """Record a failed check; True when the cluster must now be treated as unreachable."""
+        now = time.monotonic()
+        if self.first_failure is None:
+            self.first_failure = now
+        self.failures += 1
+        return now - self.first_failure >= self.min_elapsed and self.failures > self.min_retries
+
+    def backoff(self) -> float:
+        return min(5.0, 1.6 ** max(0, self.failures - 1))
+
+
+def _prefix(task_name: str, phase: str, rank: int, pid: int, ip: str, nodes: int) -> bytes:
+    """SkyPilot's line prefixes: `(task, pid=N)` for run, `(setup pid=N)` for setup; multi-node
+    lines name the node: `(head, rank=0, pid=N)`, `(worker1, rank=1, pid=N, ip=…)`."""
+    if phase == "setup":
+        text = f"(setup pid={pid})" if nodes == 1 else f"(setup rank={rank}, pid={pid}, ip={ip})"
+    elif nodes == 1:
+        text = f"({task_name}, pid={pid})"
+    elif rank == 0:
+        text = f"(head, rank=0, pid={pid})"
+    else:
+        text = f"(worker{rank}, rank={rank}, pid={pid}, ip={ip})"
+    return text.encode() + b" "
+
+
+class PhaseActivities:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    @activity.defn(name=ActivityName.SETUP)
+    async def run_setup(self, inp: PhaseInput) -> PhaseResult:
+        return await self._watch(inp)
+
+    @activity.defn(name=ActivityName.RUN)
+    async def run_and_watch(self, inp: PhaseInput) -> PhaseResult:
+        return await self._watch(inp)
+
+    @activity.defn(name=ActivityName.STOP_PHASE)
+    async def stop_phase(self, inp: StopPhaseInput) -> None:
+        backend = get_backend(inp.cluster.backend, self.settings)
+        nodes = inp.cluster.nodes
+        await asyncio.gather(*(backend.node(inp.cluster, n.rank).stop_phase(inp.phase) for n in nodes))
+
+    async def _watch(self, inp: PhaseInput) -> PhaseResult:
+        backend = get_backend(inp.cluster.backend, self.settings)
+        agents = [backend.node(inp.cluster, node.rank) for node in inp.cluster.nodes]
+        phase_key = f"{inp.phase}-a{inp.attempt}"
+        path = phase_log(self.settings.home, inp.meta.job_id, inp.meta.task_index, inp.attempt, inp.phase)
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+        details = activity.info().heartbeat_details
+        resumed = [int(x) for x in details[0]] if details else [0] * (len(agents) + 1)
+        store_size, offsets = resumed[0], resumed[1:]
+        if not path.exists():
+            path.touch()
+
+        pids = await self._start(inp, agents, phase_key)
+        prefixes = [
+            _prefix(inp.meta.task_name, inp.phase, node.rank, pids[node.rank], node.ip, len(agents))
+            for node in inp.cluster.nodes
+        ]
+        with path.open("r+b") as out:
+            out.truncate(store_size)  # drop what a dead predecessor wrote after its last heartbeat
+            out.seek(store_size)
+            try:
+                return await self._watch_loop(inp, backend, agents, phase_key, out, offsets, prefixes)
+            except asyncio.CancelledError:
+                # The job is being cancelled: the phase's processes must be dead before teardown.
+                await asyncio.shield(asyncio.gather(*(a.stop_phase(phase_key) for a in agents)))
+                raise
+
+    async def _start(self, inp: PhaseInput, agents: list[NodeAgent], phase_key: str) -> list[int]:
+        script = (inp.task.setup if inp.phase == "setup" else inp.task.run) or ""
+        secrets: dict[str, str] = {}
+        if inp.sealed_secrets:
+            secrets = unseal(inp.sealed_secrets, load_key(self.settings.home, create=False))
+        starts = []
+        for node, agent in zip(inp.cluster.nodes, agents, strict=True):
+            env = task_environment(
+                inp.meta, inp.cluster, node.rank, inp.phase, inp.task.envs, secrets, inp.gpus_per_node
+            )
+            starts.append(agent.start_phase(phase_key, script, env))
+        return list(await asyncio.gather(*starts))
+
+    async def _watch_loop(
+        self,
+        inp: PhaseInput,
+        backend: Backend,
+        agents: list[NodeAgent],
+        phase_key: str,
+        out: IO[bytes],
+        offsets: list[int],
+        prefixes: list[bytes],
+    ) -> PhaseResult:
+        window = ReachabilityWindow(inp.status_check_min_elapsed_seconds, inp.status_check_min_retries)
+        last_state_check = 0.0
+        vanished_polls = 0
+        pause = 0.125
+        while True:
+            try:
+                statuses = list(await asyncio.gather(*(a.phase_status(phase_key) for a in agents)))
+                await self._copy_output(agents, phase_key, statuses, out, offsets, prefixes)
+                exited = all(s.exit_code is not None for s in statuses)
+                vanished = any(s.exit_code is None and not s.alive for s in statuses)
+                vanished_polls = vanished_polls + 1 if vanished else 0
+                due = time.monotonic() - last_state_check >= backend.state_check_seconds
+                succeeded = exited and all(s.exit_code == 0 for s in statuses)
+                # A finished job is never relaunched: success needs no word from the backend.
+                if not succeeded and (exited or vanished or due):
+                    last_state_check = time.monotonic()
+                    states = await backend.node_states(inp.cluster)
+                    lost = [f"node {rank} is {st.value}" for rank, st in enumerate(states) if st.is_lost()]
+                    if lost:
+                        raise ApplicationError(
+                            f"Cluster {inp.cluster.name} lost: {', '.join(lost)}",
+                            type=ErrorType.CLUSTER_LOST,
+                            non_retryable=True,
+                        )
+                window.ok()
+            except ApplicationError:
+                raise
+            except Exception as err:  # the cluster or backend could not be asked: retry in the window
+                activity.logger.warning("status check of %s failed: %s", inp.cluster.name, err)
+                if window.failed():
+                    raise ApplicationError(
+                        f"Cluster {inp.cluster.name} unreachable for {window.failures} checks: {err}",
+                        type=ErrorType.UNREACHABLE,
+                        non_retryable=True,
+                    ) from err
+                activity.heartbeat([out.tell(), *offsets])
+                await asyncio.sleep(window.backoff())
+                continue
+            activity.heartbeat([out.tell(), *offsets])
+            if exited:
+                return PhaseResult(exit_codes=[s.exit_code or 0 for s in statuses])
+            if vanished_polls >= _VANISHED_POLLS:
+                raise ApplicationError(
+                    f"The {inp.phase} processes on {inp.cluster.name} disappeared without an exit code",
+                    type=ErrorType.CLUSTER_LOST,
+                    non_retryable=True,
+                )
+            # Poll fast at first, so short phases end promptly, then settle at the configured pace.
+            pause = min(inp.poll_seconds, pause * 2)
+            await asyncio.sleep(pause)
+
+    async def _copy_output(
+        self,
+        agents: list[NodeAgent],
+        phase_key: str,
+        statuses: list[PhaseStatus],
+        out: IO[bytes],
+        offsets: list[int],
+        prefixes: list[bytes],
+    ) -> None:
+        """Append each node's new complete lines, prefixed, in one write per poll. A node whose phase
+        has ended also gives up its last unterminated line."""
+        chunks: list[bytes] = []
+        for rank, (agent, status) in enumerate(zip(agents, statuses, strict=True)):
+            while status.log_size > offsets[rank]:
+                data = await agent.read_log(phase_key, offsets[rank], _READ_LIMIT)
+                if not data:
+                    break
+                end = data.rfind(b"\n") + 1
+                if end == 0:  # no complete line in what was read
+                    if status.exit_code is None and len(data) < _READ_LIMIT:
+                        break  # wait for the rest of the line
+                    end = len(data)  # the phase ended, or one huge line: take it as it is
+                for line in data[:end].splitlines(keepends=True):
+                    chunks.append(prefixes[rank] + (line if line.endswith(b"\n") else line + b"\n"))
+                offsets[rank] += end
+        if chunks:
+            out.write(b"".join(chunks))
+            out.flush()

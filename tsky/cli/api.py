@@ -1,0 +1,267 @@
+"""The programmatic face of the CLI: submit, list, cancel and wait for managed jobs.
+
+Every call goes through the Temporal client; nothing here keeps state of its own. Listing is one
+visibility query (search attributes + memo), never a call per job, so it stays quick with thousands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from temporalio.client import (
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowExecution,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+)
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.service import RPCError, RPCStatusCode
+
+from tsky.spec import search_attributes as sa
+from tsky.spec.ids import CONTROL_QUEUE, ID_REGISTRY_WORKFLOW_ID, job_workflow_id
+from tsky.spec.job import JobPolicy, JobRequest, JobResult, TaskState
+from tsky.spec.requests import requested_label
+from tsky.spec.secrets import load_key, seal
+from tsky.spec.settings import Settings
+from tsky.spec.status import ManagedJobStatus
+from tsky.spec.task import Pipeline
+from tsky.workflows.id_registry import AllocateRequest, IdRegistryWorkflow, RegistryState
+from tsky.workflows.managed_job import ManagedJobWorkflow
+
+_START_CONCURRENCY = 64
+_SUMMARY_LIMIT = 200  # bytes: the Web UI's one-line summary
+_DETAILS_LIMIT = 20_000
+
+
+async def allocate_job_ids(client: Client, count: int) -> int:
+    """Reserve `count` consecutive job ids; returns the first. Safe to retry (one update id)."""
+    start = WithStartWorkflowOperation(
+        IdRegistryWorkflow.run,
+        RegistryState(),
+        id=ID_REGISTRY_WORKFLOW_ID,
+        task_queue=CONTROL_QUEUE,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    )
+    return await client.execute_update_with_start_workflow(
+        IdRegistryWorkflow.allocate,
+        AllocateRequest(count=count),
+        start_workflow_operation=start,
+        id=f"allocate-{uuid.uuid4()}",
+    )
+
+
+def _summary(req: JobRequest) -> str:
+    tasks = req.pipeline.tasks
+    resources = requested_label(tasks[0].num_nodes, tasks[0].requests().options)
+    text = f"tsky job {req.job_id}: {req.name} ({len(tasks)} task{'s' if len(tasks) > 1 else ''}, {resources})"
+    return text.encode()[:_SUMMARY_LIMIT].decode(errors="ignore")
+
+
+def _details(req: JobRequest) -> str:
+    body = req.pipeline.to_yaml() if hasattr(req.pipeline, "to_yaml") else req.pipeline.model_dump_json(indent=2)
+    text = f"Submitted by **{req.user}**. Spec (secrets redacted):\n\n```yaml\n{body}\n```"
+    return text[:_DETAILS_LIMIT]
+
+
+async def start_job(client: Client, req: JobRequest) -> WorkflowHandle[Any, Any]:
+    tasks = req.pipeline.tasks
+    attributes = TypedSearchAttributes(
+        [
+            SearchAttributePair(sa.JOB_ID, req.job_id),
+            SearchAttributePair(sa.JOB_NAME, req.name),
+            SearchAttributePair(sa.USER, req.user),
+            SearchAttributePair(sa.STATUS, ManagedJobStatus.PENDING.value),
+            SearchAttributePair(sa.RECOVERIES, 0),
+            SearchAttributePair(sa.PRIORITY, req.priority),
+            SearchAttributePair(sa.RESOURCES, requested_label(tasks[0].num_nodes, tasks[0].requests().options)),
+            SearchAttributePair(sa.POOL, req.pool or ""),
+            SearchAttributePair(sa.SUBMITTED_AT, req.submitted_at),
+        ]
+    )
+    return await client.start_workflow(
+        ManagedJobWorkflow.run,
+        req,
+        id=job_workflow_id(req.job_id),
+        task_queue=CONTROL_QUEUE,
+        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        search_attributes=attributes,
+        memo={
+            "tasks": [
+                TaskState(index=i, name=t.name or "", task_id="").model_dump(mode="json") for i, t in enumerate(tasks)
+            ]
+        },
+        static_summary=_summary(req),
+        static_details=_details(req),
+    )
+
+
+async def submit(
+    client: Client,
+    settings: Settings,
+    pipeline: Pipeline,
+    *,
+    user: str,
+    user_hash: str,
+    num_jobs: int = 1,
+    pool: str | None = None,
+    priority: int = 0,
+) -> list[int]:
+    """Start `num_jobs` managed jobs running `pipeline`; returns their ids (ranks follow id order)."""
+    first = await allocate_job_ids(client, num_jobs)
+    secrets = [task.secrets for task in pipeline.tasks]
+    sealed = [seal(s, load_key(settings.home, create=True)) if s else {} for s in secrets]
+    policy = JobPolicy.from_settings(settings)
+    now = datetime.now(UTC)
+    ids = list(range(first, first + num_jobs))
+    semaphore = asyncio.Semaphore(_START_CONCURRENCY)
+
+    async def start(rank: int, job_id: int) -> None:
+        req = JobRequest(
+            job_id=job_id,
+            name=pipeline.name,
+            pipeline=pipeline,
+            user=user,
+            user_hash=user_hash,
+            submitted_at=now,
+            sealed_secrets=sealed,
+            rank=rank,
+            num_jobs=num_jobs,
+            pool=pool,
+            priority=priority,
+            policy=policy,
+        )
+        async with semaphore:
+            await start_job(client, req)
+
+    await asyncio.gather(*(start(rank, job_id) for rank, job_id in enumerate(ids)))
+    return ids
+
+
+# -- listing ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class JobRow:
+    job_id: int
+    name: str
+    user: str
+    status: ManagedJobStatus
+    submitted_at: datetime | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    recoveries: int
+    resources: str
+    pool: str
+    infra: str
+    closed: bool
+    tasks: list[TaskState] = field(default_factory=list)
+
+
+def _quoted(value: str) -> str:
+    """A visibility-query string literal (names are validated, but never trust them in a query)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _query(user: str | None, extra: str = "") -> str:
+    query = "WorkflowType = 'ManagedJob'"
+    if user is not None:
+        query += f" AND {sa.USER.name} = {_quoted(user)}"
+    return query + extra
+
+
+async def row_from_execution(execution: WorkflowExecution) -> JobRow:
+    attrs = execution.typed_search_attributes
+    memo = await execution.memo()
+    tasks = [TaskState.model_validate(t) for t in memo.get("tasks", [])]
+    return JobRow(
+        job_id=attrs.get(sa.JOB_ID) or 0,
+        name=attrs.get(sa.JOB_NAME) or "",
+        user=attrs.get(sa.USER) or "",
+        status=ManagedJobStatus(attrs.get(sa.STATUS) or "PENDING"),
+        submitted_at=attrs.get(sa.SUBMITTED_AT),
+        started_at=attrs.get(sa.STARTED_AT),
+        ended_at=attrs.get(sa.ENDED_AT),
+        recoveries=attrs.get(sa.RECOVERIES) or 0,
+        resources=attrs.get(sa.RESOURCES) or "-",
+        pool=attrs.get(sa.POOL) or "",
+        infra=attrs.get(sa.INFRA) or "",
+        closed=execution.status is not None and execution.status != WorkflowExecutionStatus.RUNNING,
+        tasks=tasks,
+    )
+
+
+async def list_jobs(client: Client, *, user: str | None, skip_finished: bool = False) -> list[JobRow]:
+    """Every managed job (of `user`, or everyone's when None), newest first. One visibility query."""
+    extra = " AND ExecutionStatus = 'Running'" if skip_finished else ""
+    rows = [await row_from_execution(e) async for e in client.list_workflows(_query(user, extra), page_size=1000)]
+    rows.sort(key=lambda r: r.job_id, reverse=True)
+    return rows
+
+
+async def get_job(client: Client, job_id: int) -> JobRow | None:
+    """One job's row, or None if no such job exists."""
+    handle = client.get_workflow_handle(job_workflow_id(job_id))
+    try:
+        description = await handle.describe()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+    return await row_from_execution(description)
+
+
+async def jobs_named(client: Client, name: str, *, running_only: bool) -> list[JobRow]:
+    extra = f" AND {sa.JOB_NAME.name} = {_quoted(name)}"
+    if running_only:
+        extra += " AND ExecutionStatus = 'Running'"
+    rows = [await row_from_execution(e) async for e in client.list_workflows(_query(None, extra))]
+    return sorted(rows, key=lambda r: r.job_id)
+
+
+async def cancel(client: Client, job_ids: list[int]) -> None:
+    """Request cancellation; the workflows go CANCELLING, tear down, then CANCELLED."""
+    semaphore = asyncio.Semaphore(_START_CONCURRENCY)
+
+    async def one(job_id: int) -> None:
+        async with semaphore:
+            await client.get_workflow_handle(job_workflow_id(job_id)).cancel()
+
+    await asyncio.gather(*(one(j) for j in job_ids))
+
+
+async def wait(client: Client, job_id: int) -> JobResult | None:
+    """Block until the job ends; its result, or None if it was cancelled."""
+    handle = client.get_workflow_handle(job_workflow_id(job_id), result_type=JobResult)
+    from temporalio.client import WorkflowFailureError
+
+    try:
+        return await handle.result()
+    except WorkflowFailureError:
+        return None
+
+
+def as_dict(row: JobRow) -> dict[str, Any]:
+    return {
+        "job_id": row.job_id,
+        "name": row.name,
+        "user": row.user,
+        "status": row.status.value,
+        "submitted_at": row.submitted_at.isoformat() if row.submitted_at else None,
+        "started_at": row.started_at.isoformat() if row.started_at else None,
+        "ended_at": row.ended_at.isoformat() if row.ended_at else None,
+        "recoveries": row.recoveries,
+        "resources": row.resources,
+        "pool": row.pool or None,
+        "infra": row.infra or None,
+        "tasks": [t.model_dump(mode="json", exclude={"attempts"}) for t in row.tasks],
+    }

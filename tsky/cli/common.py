@@ -1,0 +1,133 @@
+"""What every command shares: the console, settings, errors that end a command cleanly, the client."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import socket
+from collections.abc import Coroutine
+from datetime import UTC, datetime
+from typing import Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from temporalio.client import Client
+
+from tsky.spec.ids import user_hash
+from tsky.spec.settings import Settings, SettingsError, load_settings
+
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+T = TypeVar("T")
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one paragraph, exit code 2, nothing started."""
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    err_console.print(f"[bold red]Error:[/] {message}", markup=True)
+    raise typer.Exit(code)
+
+
+def settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as err:
+        fail(str(err))
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a command's async body; the errors a user can cause become clean messages."""
+    from tsky.worker.client import ConnectError
+    from tsky.worker.embedded import EmbeddedError
+
+    try:
+        return asyncio.run(coro)
+    except (UsageError, SettingsError) as err:
+        fail(str(err))
+    except (ConnectError, EmbeddedError) as err:
+        fail(str(err), code=1)
+    except KeyboardInterrupt:
+        err_console.print("Interrupted.")
+        raise typer.Exit(130) from None
+
+
+async def client_for(s: Settings, *, start: bool = True) -> Client:
+    """Connect, starting the embedded server and worker first when they are not running."""
+    from tsky.worker.client import connect
+    from tsky.worker.embedded import ensure_up, read_server_state
+
+    if s.embedded and start:
+        before = read_server_state(s)
+        if before is None or not before.running():
+            err_console.print("Starting tsky's embedded Temporal server and worker (tsky server up)...")
+        await asyncio.to_thread(ensure_up, s)
+    return await connect(s)
+
+
+def current_user() -> str:
+    return getpass.getuser()
+
+
+def current_user_hash() -> str:
+    return user_hash(current_user(), socket.gethostname())
+
+
+def ui_base(s: Settings) -> str | None:
+    if s.temporal.ui_url:
+        return s.temporal.ui_url.rstrip("/")
+    if s.embedded:
+        from tsky.worker.embedded import read_server_state
+
+        state = read_server_state(s)
+        return state.ui_url if state else None
+    return None
+
+
+def workflow_url(s: Settings, workflow_id: str) -> str | None:
+    base = ui_base(s)
+    return f"{base}/namespaces/{s.temporal.namespace}/workflows/{workflow_id}" if base else None
+
+
+# -- time formatting as SkyPilot's queue shows it ------------------------------------------------------
+
+
+def ago(when: datetime | None, now: datetime | None = None) -> str:
+    if when is None:
+        return "-"
+    seconds = ((now or datetime.now(UTC)) - when).total_seconds()
+    for unit, size in (("day", 86400), ("hr", 3600), ("min", 60)):
+        if seconds >= size:
+            n = int(seconds // size)
+            return f"{n} {unit}{'s' if n > 1 else ''} ago"
+    return "a few secs ago" if seconds >= 10 else "just now"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    total = int(seconds)
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m" if minutes else f"{hours}h"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{secs}s"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    """A plain, borderless, left-aligned table like SkyPilot's (easy to read and to grep)."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)

@@ -1,0 +1,421 @@
+"""`tsky jobs ...`: launch, queue, logs, cancel — SkyPilot's managed-jobs commands and output."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tsky.cli import api
+from tsky.cli.common import (
+    UsageError,
+    ago,
+    client_for,
+    console,
+    current_user,
+    duration,
+    err_console,
+    fail,
+    run,
+    settings,
+    table,
+    workflow_url,
+)
+from tsky.cli.follow import follow
+from tsky.spec.ids import job_workflow_id
+from tsky.spec.job import TaskState
+from tsky.spec.status import JobExitCode, ManagedJobStatus
+
+app = typer.Typer(help="Managed jobs: launch, queue, logs, cancel.", no_args_is_help=True)
+
+_DEFAULT_QUEUE_LIMIT = 50
+
+
+def _useful_commands(job_id: int, url: str | None) -> None:
+    console.print("📋 Useful Commands", style="bold cyan")
+    console.print(f"Managed Job ID: {job_id}")
+    if url:
+        console.print(f"├── View in the Temporal Web UI:  {url}")
+    console.print(f"├── To cancel the job:            tsky jobs cancel {job_id}")
+    console.print(f"├── To stream job logs:           tsky jobs logs {job_id}")
+    console.print(f"├── To stream controller logs:    tsky jobs logs --controller {job_id}")
+    console.print("└── To view all managed jobs:     tsky jobs queue")
+
+
+def _id_ranges(ids: list[int]) -> str:
+    """`1-3,5-6`: SkyPilot's way of printing the ids of a multi-job launch."""
+    parts: list[str] = []
+    start = prev = ids[0]
+    for job_id in [*ids[1:], None]:
+        if job_id is not None and job_id == prev + 1:
+            prev = job_id
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if job_id is not None:
+            start = prev = job_id
+    return ",".join(parts)
+
+
+@app.command()
+def launch(
+    entrypoint: Annotated[list[str], typer.Argument(help="A task YAML, or a command to run as an inline task.")],
+    name: Annotated[str | None, typer.Option("--name", "-n", help="Job name (overrides the YAML's).")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Skip the confirmation prompt.")] = False,
+    detach_run: Annotated[bool, typer.Option("--detach-run", "-d", help="Return once the job is submitted.")] = False,
+    dryrun: Annotated[bool, typer.Option("--dryrun", help="Show the plan; launch nothing.")] = False,
+    env: Annotated[list[str] | None, typer.Option("--env", help="KEY=VALUE, or KEY to take it from here.")] = None,
+    env_file: Annotated[Path | None, typer.Option("--env-file", help="A dotenv file of envs.")] = None,
+    secret: Annotated[list[str] | None, typer.Option("--secret", help="KEY=VALUE, or KEY from here.")] = None,
+    secret_file: Annotated[Path | None, typer.Option("--secret-file", help="A dotenv file of secrets.")] = None,
+    workdir: Annotated[str | None, typer.Option("--workdir", help="Override the workdir.")] = None,
+    infra: Annotated[
+        str | None, typer.Option("--infra", help="cloud[/region[/zone]], k8s/<ctx>, ssh/<pool>.")
+    ] = None,
+    use_spot: Annotated[bool | None, typer.Option("--use-spot/--no-use-spot", help="Use spot instances.")] = None,
+    cpus: Annotated[str | None, typer.Option("--cpus", help="vCPUs per node: N or N+.")] = None,
+    memory: Annotated[str | None, typer.Option("--memory", help="Memory per node in GB: N or N+.")] = None,
+    gpus: Annotated[str | None, typer.Option("--gpus", help="Accelerators per node, e.g. A100:8.")] = None,
+    instance_type: Annotated[str | None, typer.Option("--instance-type", "-t", help="Instance type.")] = None,
+    num_nodes: Annotated[int | None, typer.Option("--num-nodes", help="Number of nodes.")] = None,
+    pool: Annotated[str | None, typer.Option("--pool", "-p", help="Run on a pool's workers.")] = None,
+    num_jobs: Annotated[int, typer.Option("--num-jobs", help="Submit N copies (ranks 0..N-1).")] = 1,
+) -> None:
+    """Launch a managed job from a SkyPilot task YAML (or a pipeline); stream its logs until it ends."""
+    from tsky.cli.launching import LaunchOptions, launch_job
+
+    options = LaunchOptions(
+        entrypoint=entrypoint,
+        name=name,
+        yes=yes,
+        detach_run=detach_run,
+        dryrun=dryrun,
+        env=env or [],
+        env_file=env_file,
+        secret=secret or [],
+        secret_file=secret_file,
+        workdir=workdir,
+        infra=infra,
+        use_spot=use_spot,
+        cpus=cpus,
+        memory=memory,
+        gpus=gpus,
+        instance_type=instance_type,
+        num_nodes=num_nodes,
+        pool=pool,
+        num_jobs=num_jobs,
+    )
+    raise typer.Exit(launch_job(options))
+
+
+@dataclass
+class _QueueLine:
+    """One printed row of `tsky jobs queue`: a job, a pipeline's aggregate, or one of its tasks."""
+
+    ident: str
+    task: str
+    name: str
+    user: str
+    requested: str
+    submitted: datetime | None
+    end: datetime | None
+    job_duration: float | None
+    recoveries: int
+    status: str
+    pool: str
+    started: datetime | None
+    infra: str
+    details: str
+
+    def cells(self, show_user: bool, verbose: bool, now: datetime) -> list[str]:
+        total = ((self.end or now) - self.submitted).total_seconds() if self.submitted else None
+        row = [self.ident, self.task, self.name] + ([self.user] if show_user else [])
+        row += [
+            self.requested,
+            ago(self.submitted, now),
+            duration(total),
+            duration(self.job_duration),
+            str(self.recoveries),
+            self.status,
+            self.pool or "-",
+        ]
+        if verbose:
+            row += [ago(self.started, now), self.infra or "-", self.details or "-"]
+        return row
+
+
+def _details(task: TaskState) -> str:
+    return f"Failure: {task.failure_reason}" if task.failure_reason else task.details or ""
+
+
+def _queue_lines(job: api.JobRow) -> list[_QueueLine]:
+    """SkyPilot's rows: one per single-task job; for a pipeline an aggregate row (the status of the first
+    task not SUCCEEDED, with "(task: k)" while in progress) followed by one ` ↳` row per task."""
+    tasks = job.tasks
+    if len(tasks) <= 1:
+        task = tasks[0] if tasks else None
+        return [
+            _QueueLine(str(job.job_id), "-", job.name, job.user, job.resources, job.submitted_at, job.ended_at,
+                       task.job_duration_s if task else None, job.recoveries, job.status.value, job.pool,
+                       job.started_at, job.infra, _details(task) if task else "")
+        ]  # fmt: skip
+    current = next((t for t in tasks if t.status is not ManagedJobStatus.SUCCEEDED), tasks[-1])
+    status = current.status.value + ("" if current.status.is_terminal() else f" (task: {current.index})")
+    failure = next((_details(t) for t in tasks if t.failure_reason), "")
+    lines = [
+        _QueueLine(str(job.job_id), "", job.name, job.user, "-", job.submitted_at, job.ended_at,
+                   sum(t.job_duration_s for t in tasks), job.recoveries, status, job.pool, job.started_at,
+                   job.infra, failure)
+    ]  # fmt: skip
+    for t in tasks:
+        lines.append(
+            _QueueLine(" ↳", str(t.index), t.name, job.user, t.resources, t.submitted_at,
+                       t.end_at if t.status.is_terminal() else None, t.job_duration_s if t.submitted_at else None,
+                       t.recovery_count, t.status.value, job.pool, t.start_at, t.infra or "", _details(t))
+        )  # fmt: skip
+    return lines
+
+
+def _queue_table(jobs: list[api.JobRow], show_user: bool, verbose: bool) -> str:
+    headers = ["ID", "TASK", "NAME"] + (["USER"] if show_user else [])
+    headers += ["REQUESTED", "SUBMITTED", "TOT. DURATION", "JOB DURATION", "#RECOVERIES", "STATUS", "POOL"]
+    if verbose:
+        headers += ["STARTED", "INFRA", "DETAILS"]
+    now = datetime.now(UTC)
+    rows: list[list[str]] = []
+    for job in jobs:
+        lines = _queue_lines(job)
+        if len(lines) > 1 and rows:
+            rows.append([""] * len(headers))  # a blank line sets a pipeline apart
+        rows += [line.cells(show_user, verbose, now) for line in lines]
+        if len(lines) > 1:
+            rows.append([""] * len(headers))
+    while rows and not any(rows[-1]):
+        rows.pop()
+    return table(headers, rows)
+
+
+@app.command()
+def queue(
+    job_ids: Annotated[list[int] | None, typer.Argument(help="Only these jobs.")] = None,
+    all_users: Annotated[bool, typer.Option("--all-users", "-u", help="Show every user's jobs.")] = False,
+    skip_finished: Annotated[bool, typer.Option("--skip-finished", help="Only jobs still in progress.")] = False,
+    show_all: Annotated[bool, typer.Option("--all", "-a", help="No limit on the number of jobs shown.")] = False,
+    limit: Annotated[int, typer.Option("--limit", "-l", help="Show the latest N jobs.")] = _DEFAULT_QUEUE_LIMIT,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More columns.")] = False,
+    status: Annotated[list[str] | None, typer.Option("--status", "-s", help="Only these statuses.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON records.")] = False,
+) -> None:
+    """Show managed jobs (yours, newest first) from one visibility query."""
+    wanted: set[str] = set()
+    for item in status or []:
+        for value in item.split(","):
+            value = value.strip().upper()
+            if value not in ManagedJobStatus.__members__:
+                fail(f"--status {value!r} is not a status; use one of {', '.join(ManagedJobStatus.__members__)}.")
+            wanted.add(value)
+    s = settings()
+
+    async def body() -> None:
+        client = await client_for(s)
+        rows = await api.list_jobs(client, user=None if all_users else current_user(), skip_finished=skip_finished)
+        if job_ids:
+            rows = [r for r in rows if r.job_id in set(job_ids)]
+        if wanted:
+            rows = [r for r in rows if r.status.value in wanted]
+        truncated = not show_all and not job_ids and len(rows) > limit
+        shown = rows if show_all or job_ids else rows[:limit]
+        if as_json:
+            console.out(json.dumps([api.as_dict(r) for r in shown], indent=2))
+            return
+        console.print("[bold cyan]Managed jobs[/]" + (" (showing in-progress jobs only)" if skip_finished else ""))
+        counts = Counter(t.status.value for r in rows for t in r.tasks if not t.status.is_terminal())
+        if counts:
+            console.print("In progress tasks: " + ", ".join(f"{n} {st}" for st, n in sorted(counts.items())))
+        else:
+            console.print("No in-progress managed jobs.")
+        if shown:
+            console.out(_queue_table(shown, all_users, verbose))
+        if truncated:
+            console.print(
+                f"Only showing the latest {limit} managed jobs "
+                "(use --limit to show more managed jobs or --all to show all managed jobs)"
+            )
+
+    run(body())
+
+
+async def _resolve_job(client: object, job_id: int | None, name: str | None, *, running_only: bool) -> int:
+    from temporalio.client import Client
+
+    assert isinstance(client, Client)
+    if job_id is not None and name is not None:
+        raise UsageError("Give a job id or --name, not both.")
+    if name is not None:
+        matches = await api.jobs_named(client, name, running_only=running_only)
+        if not matches and running_only:
+            matches = await api.jobs_named(client, name, running_only=False)
+            matches = matches[-1:]
+        if not matches:
+            raise UsageError(f"No job found with name {name!r}.")
+        if len(matches) > 1:
+            ids = ", ".join(str(m.job_id) for m in matches)
+            raise UsageError(f"Multiple running jobs found with name {name!r}: {ids}. Give the job id instead.")
+        return matches[0].job_id
+    if job_id is None:
+        rows = await api.list_jobs(client, user=current_user())
+        if not rows:
+            raise UsageError("No managed jobs yet: launch one with `tsky jobs launch`.")
+        return rows[0].job_id
+    return job_id
+
+
+@app.command()
+def logs(
+    job_id: Annotated[int | None, typer.Argument(help="Job id (default: your latest job).")] = None,
+    task: Annotated[str | None, typer.Argument(help="Task index or name (pipelines).")] = None,
+    name: Annotated[str | None, typer.Option("--name", "-n", help="Select the job by name.")] = None,
+    do_follow: Annotated[bool, typer.Option("--follow/--no-follow", help="Keep streaming until the job ends.")] = True,
+    controller: Annotated[bool, typer.Option("--controller", help="The job's controller log (its decisions).")] = False,
+    attempt: Annotated[int | None, typer.Option("--attempt", help="Only this attempt's output (0 = first).")] = None,
+) -> None:
+    """Stream a managed job's output (or its controller log) until it ends."""
+    s = settings()
+
+    async def body() -> int:
+        client = await client_for(s)
+        resolved = await _resolve_job(client, job_id, name, running_only=True)
+        row = await api.get_job(client, resolved)
+        if row is None:
+            err_console.print(f"Job {resolved} not found.")
+            return JobExitCode.NOT_FOUND
+        task_index = _task_index(row, task)
+        if attempt is not None:
+            return _print_attempt(s.home, row, task_index, attempt)
+        status = await follow(client, s, resolved, console, task=task_index, controller=controller, follow=do_follow)
+        if status is None:
+            return JobExitCode.NOT_FOUND
+        if status.is_terminal() and do_follow and not controller:
+            console.print(f"[green]✓ Managed job finished: {resolved} (status: {status.value}).[/]")
+        return status.exit_code() if status.is_terminal() else JobExitCode.NOT_FINISHED
+
+    raise typer.Exit(run(body()))
+
+
+def _task_index(row: api.JobRow, task: str | None) -> int | None:
+    if task is None:
+        return None
+    for t in row.tasks:
+        if task == str(t.index) or task == t.name:
+            return t.index
+    names = ", ".join(f"{t.index} ({t.name})" for t in row.tasks)
+    raise UsageError(f"Job {row.job_id} has no task {task!r}; its tasks are: {names}.")
+
+
+def _print_attempt(home: Path, row: api.JobRow, task_index: int | None, attempt: int) -> int:
+    from tsky.spec.logs import phase_log
+
+    task = row.tasks[task_index or 0]
+    if not 0 <= attempt < task.attempt_count:
+        raise UsageError(
+            f"Task {task.index} of job {row.job_id} has {task.attempt_count} attempt(s): "
+            f"--attempt takes 0..{task.attempt_count - 1}."
+        )
+    for phase in ("setup", "run"):
+        path = phase_log(home, row.job_id, task.index, attempt, phase)
+        if path.exists():
+            console.out(path.read_text(errors="replace"), end="")
+    return 0
+
+
+@app.command()
+def cancel(
+    job_ids: Annotated[list[int] | None, typer.Argument(help="Jobs to cancel.")] = None,
+    name: Annotated[str | None, typer.Option("--name", "-n", help="Cancel the running job with this name.")] = None,
+    all_jobs: Annotated[bool, typer.Option("--all", "-a", help="All your running jobs.")] = False,
+    all_users: Annotated[bool, typer.Option("--all-users", "-u", help="Everyone's running jobs.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Skip the confirmation prompt.")] = False,
+) -> None:
+    """Cancel managed jobs: their processes are killed and their clusters torn down."""
+    given = [label for label, on in (("JOB_IDS", bool(job_ids)), ("--name", name is not None),
+                                     ("--all/--all-users", all_jobs or all_users)) if on]  # fmt: skip
+    if len(given) != 1:
+        fail(
+            "Can only specify one of JOB_IDS, --name, or --all/--all-users. "
+            f"Provided {', '.join(given) if given else 'none'}."
+        )
+    s = settings()
+
+    async def body() -> int:
+        client = await client_for(s)
+        if job_ids:
+            targets: list[int] = []
+            for job_id in job_ids:
+                row = await api.get_job(client, job_id)
+                if row is None:
+                    err_console.print(f"Job {job_id} not found.")
+                elif row.status.is_terminal() or row.closed:
+                    err_console.print(f"Job {job_id} is already in terminal state {row.status.value}; skipped.")
+                else:
+                    targets.append(job_id)
+            what = f"managed job(s) with ID(s) {','.join(map(str, job_ids))}"
+        elif name is not None:
+            matches = [r for r in await api.jobs_named(client, name, running_only=True) if not r.status.is_terminal()]
+            if not matches:
+                console.print(f"No running job found with name {name!r}.")
+                return 0
+            if len(matches) > 1:
+                ids = ", ".join(str(m.job_id) for m in matches)
+                raise UsageError(f"Multiple running jobs found with name {name!r}: {ids}. Cancel by id instead.")
+            targets = [matches[0].job_id]
+            what = f"managed job {name!r}"
+        else:
+            user = None if all_users else current_user()
+            rows = await api.list_jobs(client, user=user, skip_finished=True)
+            targets = [r.job_id for r in rows if not r.status.is_terminal()]
+            what = "all managed jobs FOR ALL USERS" if all_users else "all managed jobs"
+        if not targets:
+            console.print("No job to cancel.")
+            return 0 if not job_ids or len(targets) == len(job_ids) else 1
+        if not yes:
+            typer.confirm(f"Cancelling {what}. Proceed?", default=True, abort=True)
+        await api.cancel(client, targets)
+        if len(targets) == 1:
+            console.print(f"Job with ID {targets[0]} is scheduled to be cancelled.")
+        else:
+            console.print(f"Jobs with IDs {', '.join(map(str, targets))} are scheduled to be cancelled.")
+        return 0
+
+    raise typer.Exit(run(body()))
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="jobs")
+
+
+# Used by launching.py; kept here so every `jobs` output string lives in one module.
+def print_submitted(ids: list[int], detach: bool) -> None:
+    s = settings()
+    if len(ids) == 1:
+        console.print(f"⚙︎ Job submitted, ID: {ids[0]}")
+        console.print(f"Managed job ID: {ids[0]}")
+        if detach:
+            _useful_commands(ids[0], workflow_url(s, job_workflow_id(ids[0])))
+    else:
+        console.print(f"Jobs submitted with IDs: {_id_ranges(ids)}.")
+        console.print("📋 Useful Commands", style="bold cyan")
+        console.print("├── To stream job logs:           tsky jobs logs <job-id>")
+        console.print("├── To stream controller logs:    tsky jobs logs --controller <job-id>")
+        console.print(f"└── To cancel all these jobs:     tsky jobs cancel {' '.join(map(str, ids))}")
+
+
+def print_finished(job_id: int, status: ManagedJobStatus) -> None:
+    s = settings()
+    color = "green" if status is ManagedJobStatus.SUCCEEDED else "red"
+    mark = "✓" if status is ManagedJobStatus.SUCCEEDED else "✗"
+    console.print(f"[{color}]{mark} Managed job finished: {job_id} (status: {status.value}).[/]")
+    _useful_commands(job_id, workflow_url(s, job_workflow_id(job_id)))

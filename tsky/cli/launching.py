@@ -1,0 +1,155 @@
+"""`tsky jobs launch`: load and check the spec, show the plan, confirm, submit, then follow the job.
+
+Everything that can be wrong with the input is found before anything is started: a bad YAML, a bad
+flag, or a request no enabled infra can serve ends here with exit code 2 and nothing submitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+import yaml
+
+from tsky.activities.planning import plan_for_task
+from tsky.cli import api
+from tsky.cli.common import (
+    client_for,
+    console,
+    current_user,
+    current_user_hash,
+    err_console,
+    fail,
+    run,
+    settings,
+)
+from tsky.cli.follow import follow
+from tsky.cli.jobs import print_finished, print_submitted
+from tsky.cli.plan_table import render_pipeline_plan, render_plan
+from tsky.spec.activity_io import PlanResult
+from tsky.spec.envs import env_overrides, secret_overrides
+from tsky.spec.errors import SpecError
+from tsky.spec.loader import apply_overrides, load_pipeline
+from tsky.spec.status import JobExitCode
+from tsky.spec.task import Pipeline
+
+
+@dataclass
+class LaunchOptions:
+    entrypoint: list[str]
+    name: str | None = None
+    yes: bool = False
+    detach_run: bool = False
+    dryrun: bool = False
+    env: list[str] | None = None
+    env_file: Path | None = None
+    secret: list[str] | None = None
+    secret_file: Path | None = None
+    workdir: str | None = None
+    infra: str | None = None
+    use_spot: bool | None = None
+    cpus: str | None = None
+    memory: str | None = None
+    gpus: str | None = None
+    instance_type: str | None = None
+    num_nodes: int | None = None
+    pool: str | None = None
+    num_jobs: int = 1
+
+
+def _is_yaml(entrypoint: list[str]) -> bool:
+    if len(entrypoint) != 1:
+        return False
+    path = Path(entrypoint[0])
+    return path.suffix in (".yaml", ".yml") or path.is_file()
+
+
+def load(opts: LaunchOptions) -> tuple[Pipeline, list[str]]:
+    """The pipeline to launch with every override applied, and the warnings to print."""
+    envs = env_overrides(opts.env, [opts.env_file] if opts.env_file else None)
+    secrets = secret_overrides(opts.secret, [opts.secret_file] if opts.secret_file else None)
+    if _is_yaml(opts.entrypoint):
+        path = Path(opts.entrypoint[0])
+        if not path.exists():
+            raise SpecError(f"{path}: no such file. Give the path of a task YAML, or a command to run.")
+        pipeline = load_pipeline(path, env_overrides=envs, secret_overrides=secrets, name=opts.name)
+    else:
+        # An inline command becomes a one-task job named `sky-cmd`, as in SkyPilot.
+        text = yaml.safe_dump({"name": opts.name or "sky-cmd", "run": " ".join(opts.entrypoint)})
+        pipeline = load_pipeline(text, env_overrides=envs, secret_overrides=secrets)
+    return apply_overrides(
+        pipeline,
+        infra=opts.infra,
+        cpus=opts.cpus,
+        memory=opts.memory,
+        gpus=opts.gpus,
+        instance_type=opts.instance_type,
+        use_spot=opts.use_spot,
+        num_nodes=opts.num_nodes,
+        workdir=opts.workdir,
+    )
+
+
+def launch_job(opts: LaunchOptions) -> int:
+    if opts.num_jobs < 1:
+        fail(f"--num-jobs must be at least 1 (got {opts.num_jobs}).")
+    s = settings()
+    try:
+        pipeline, warnings = load(opts)
+    except SpecError as err:
+        fail(str(err))
+    for warning in warnings:
+        err_console.print(f"[yellow]Warning: {warning}[/]")
+    ignored = sorted({f for task in pipeline.tasks for f in task.ignored_fields()})
+    if ignored:
+        err_console.print(f"[yellow]Ignoring fields tsky does not act on yet: {', '.join(ignored)}.[/]")
+
+    plans: list[PlanResult] = [plan_for_task(task, s) for task in pipeline.tasks if task.run]
+    infeasible = [p.infeasible_reason for p in plans if p.infeasible_reason or not p.candidates]
+    if not opts.yes or opts.dryrun or infeasible:
+        console.print(f"Managed job {pipeline.name!r} will be launched on (estimated):")
+        runnable = [t for t in pipeline.tasks if t.run]
+        if len(runnable) == 1:
+            render_plan(console, runnable[0].name, runnable[0].num_nodes, plans[0])
+        elif runnable:
+            render_pipeline_plan(
+                console, [(t.name or "", t.num_nodes, p) for t, p in zip(runnable, plans, strict=True)]
+            )
+    if infeasible:
+        fail(f"Nothing was launched: {infeasible[0]}")
+    if opts.dryrun:
+        return 0
+    if not opts.yes:
+        what = f"{opts.num_jobs} managed jobs" if opts.num_jobs > 1 else "a managed job"
+        typer.confirm(f"Launching {what} {pipeline.name!r}. Proceed?", default=True, abort=True)
+
+    async def body() -> int:
+        client = await client_for(s)
+        if opts.num_jobs > 1:
+            console.print(f"Submitting {opts.num_jobs} managed jobs. Each job will be launched on its own cluster.")
+        ids = await api.submit(
+            client,
+            s,
+            pipeline,
+            user=current_user(),
+            user_hash=current_user_hash(),
+            num_jobs=opts.num_jobs,
+        )
+        detach = opts.detach_run or len(ids) > 1
+        print_submitted(ids, detach)
+        if detach:
+            return 0
+        console.print("[dim]Streaming logs (Ctrl-C to stop streaming; the job keeps running).[/]")
+        try:
+            status = await follow(client, s, ids[0], console)
+        except asyncio.CancelledError:
+            console.print(f"\nJob {ids[0]} keeps running: `tsky jobs logs {ids[0]}` resumes the stream.")
+            return JobExitCode.NOT_FINISHED
+        if status is None:
+            return JobExitCode.NOT_FOUND
+        print_finished(ids[0], status)
+        return status.exit_code()
+
+    return run(body())

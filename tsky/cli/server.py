@@ -1,0 +1,122 @@
+"""`tsky server up|down|status`, `tsky worker`, `tsky dashboard`: the embedded stack and the Web UI."""
+
+from __future__ import annotations
+
+import asyncio
+import webbrowser
+from typing import Annotated
+from urllib.parse import quote
+
+import typer
+
+from tsky.cli.common import console, fail, settings, ui_base
+from tsky.spec.settings import Settings
+
+server_app = typer.Typer(help="The embedded Temporal server and worker daemon.", no_args_is_help=True)
+
+
+def _external(s: Settings) -> str:
+    return (
+        f"tsky uses the Temporal service at {s.temporal.address} (TSKY_TEMPORAL_ADDRESS / temporal.address); "
+        "it never starts a server of its own then. Run workers there with `tsky worker`."
+    )
+
+
+def _print_status(s: Settings) -> bool:
+    from tsky.worker.embedded import read_server_state, read_worker_state
+
+    server = read_server_state(s)
+    worker = read_worker_state(s)
+    server_up = server is not None and server.running()
+    worker_up = worker is not None and worker.running()
+    if server is not None and server_up:
+        console.print(f"Temporal server: running (pid {server.pid})")
+        console.print(f"  gRPC address:  {server.address}")
+        console.print(f"  Web UI:        {server.ui_url}")
+    else:
+        stale = " (stale pid file)" if server is not None and server.pid is not None else ""
+        console.print(f"Temporal server: stopped{stale}")
+    if worker is not None and worker_up:
+        console.print(f"Worker:          running (pid {worker.pid}), log {s.home / 'logs' / 'worker.log'}")
+    else:
+        console.print(f"Worker:          stopped{' (stale pid file)' if worker is not None else ''}")
+    console.print(
+        f"Worker limits:   launch concurrency {s.launch_concurrency()}, "
+        f"watch concurrency {s.jobs.controller.watch_concurrency}, "
+        f"max running jobs {s.jobs.controller.max_running_jobs or 'unlimited'}"
+    )
+    console.print(f"State:           {s.home}")
+    return server_up and worker_up
+
+
+@server_app.command()
+def up() -> None:
+    """Start the embedded Temporal server and worker (harmless if they already run)."""
+    from tsky.worker.embedded import EmbeddedError, start_server, start_worker
+
+    s = settings()
+    if not s.embedded:
+        fail(_external(s))
+    try:
+        _, server_started = start_server(s)
+        _, worker_started = start_worker(s)
+    except EmbeddedError as err:
+        fail(str(err), code=1)
+    if not (server_started or worker_started):
+        console.print("Already running.")
+    _print_status(s)
+
+
+@server_app.command()
+def down() -> None:
+    """Stop the embedded worker and server (jobs resume when they start again)."""
+    from tsky.worker.embedded import stop_all
+
+    s = settings()
+    if not s.embedded:
+        fail(_external(s))
+    stopped = stop_all(s)
+    console.print("Stopped " + " and ".join(stopped) + "." if stopped else "Nothing was running.")
+
+
+@server_app.command()
+def status() -> None:
+    """Show the server's address, the Web UI URL, both pids and the worker's limits."""
+    s = settings()
+    if not s.embedded:
+        console.print(_external(s))
+        raise typer.Exit(0)
+    raise typer.Exit(0 if _print_status(s) else 1)
+
+
+def worker() -> None:
+    """Run a worker in the foreground (the production form; many may run against one Temporal)."""
+    from tsky.worker.main import run_worker
+
+    s = settings()
+    if s.embedded:
+        from tsky.worker.embedded import start_server
+
+        start_server(s)
+    asyncio.run(run_worker(s))
+
+
+def dashboard(
+    no_browser: Annotated[bool, typer.Option("--no-browser", help="Only print the URL.")] = False,
+) -> None:
+    """Print (and open) the Temporal Web UI, filtered to tsky's managed jobs."""
+    s = settings()
+    base = ui_base(s)
+    if base is None:
+        fail("No Web UI known: start the embedded stack (`tsky server up`) or set TSKY_TEMPORAL_UI_URL.")
+    query = quote("WorkflowType = 'ManagedJob'")
+    url = f"{base}/namespaces/{s.temporal.namespace}/workflows?query={query}"
+    console.print(url)
+    if not no_browser:
+        webbrowser.open(url)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(server_app, name="server")
+    root.command("worker")(worker)
+    root.command("dashboard")(dashboard)

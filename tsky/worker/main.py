@@ -1,0 +1,98 @@
+"""The worker process: every workflow on the control queue, the launch activities on the launch queue
+(bounded: SkyPilot's launch limit), the watchers on the watch queue (thousands of cheap coroutines)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from datetime import timedelta
+from typing import Any
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+
+from tsky.activities.cluster import ClusterActivities
+from tsky.activities.controller_log import ControllerLogActivities
+from tsky.activities.planning import PlanningActivities
+from tsky.activities.watch import PhaseActivities
+from tsky.spec.ids import CONTROL_QUEUE, LAUNCH_QUEUE, WATCH_QUEUE
+from tsky.spec.settings import Settings
+from tsky.workflows import WORKFLOWS
+
+logger = logging.getLogger("tsky.worker")
+
+
+def workflow_runner() -> SandboxedWorkflowRunner:
+    """Our pure spec package is shared with the sandbox instead of re-imported for every workflow run:
+    tens of KB per cached workflow instead of megabytes."""
+    return SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules("tsky.spec"))
+
+
+def build_workers(client: Client, settings: Settings) -> list[Worker]:
+    cluster = ClusterActivities(settings)
+    phases = PhaseActivities(settings)
+    planning = PlanningActivities(settings)
+    controller_log = ControllerLogActivities(settings)
+    controller = settings.jobs.controller
+    shutdown = timedelta(seconds=settings.worker.graceful_shutdown_seconds)
+    common: dict[str, Any] = {"graceful_shutdown_timeout": shutdown}
+    return [
+        Worker(
+            client,
+            task_queue=CONTROL_QUEUE,
+            workflows=WORKFLOWS,
+            activities=[controller_log.append_controller_log],
+            workflow_runner=workflow_runner(),
+            max_cached_workflows=controller.max_cached_workflows,
+            **common,
+        ),
+        Worker(
+            client,
+            task_queue=LAUNCH_QUEUE,
+            activities=[
+                planning.plan_task,
+                cluster.launch_cluster,
+                cluster.sync_files,
+                cluster.teardown_cluster,
+                phases.run_setup,
+            ],
+            max_concurrent_activities=settings.launch_concurrency(),
+            **common,
+        ),
+        Worker(
+            client,
+            task_queue=WATCH_QUEUE,
+            activities=[phases.run_and_watch, phases.stop_phase],
+            max_concurrent_activities=controller.watch_concurrency,
+            # Heartbeats reach the server at most this often; the watchers call heartbeat() every poll.
+            max_heartbeat_throttle_interval=timedelta(seconds=10),
+            **common,
+        ),
+    ]
+
+
+async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    from tsky.worker.client import connect
+
+    client = await connect(settings, metrics_port=settings.worker.metrics_port)
+    workers = build_workers(client, settings)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    logger.info(
+        "tsky worker up: launch concurrency %d, watch concurrency %d, cached workflows %d",
+        settings.launch_concurrency(),
+        settings.jobs.controller.watch_concurrency,
+        settings.jobs.controller.max_cached_workflows,
+    )
+    runs = [asyncio.create_task(w.run()) for w in workers]
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([*runs, stopper], return_when=asyncio.FIRST_COMPLETED)
+    logger.info("tsky worker shutting down (in-flight activities get %ss)", settings.worker.graceful_shutdown_seconds)
+    await asyncio.gather(*(w.shutdown() for w in workers))
+    for task in done:
+        if task is not stopper and task.exception():
+            raise task.exception()  # type: ignore[misc]

@@ -1,0 +1,552 @@
+"""The ManagedJob workflow: one durable workflow per managed job (one task or a pipeline of tasks).
+
+Per task, in order: plan → launch (with failover and backoff) → sync files → setup → run_and_watch →
+decide (tsky.workflows.recovery) → recover or finish → teardown. The cluster is torn down on every
+ending — success, failure, cancel — from a `finally`, shielded from a cancel that arrives mid-teardown.
+
+State lives in this workflow (its history), so a crash of any tsky process loses nothing: a new worker
+replays it and carries on, re-attaching to the processes already running on the cluster.
+
+Durability rules honoured here: no I/O, no wall clock (workflow.now), no global randomness
+(workflow.random); activities are called by name, never imported; any change to the sequence of
+commands needs `workflow.patched` (the replay tests catch it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeUpdate
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
+from temporalio.workflow import ActivityCancellationType
+
+with workflow.unsafe.imports_passed_through():
+    from tsky.spec import search_attributes as sa
+    from tsky.spec.activity_io import (
+        ActivityName,
+        ClusterInfo,
+        ControllerLogInput,
+        ErrorType,
+        JobMeta,
+        LaunchInput,
+        LaunchResult,
+        PhaseInput,
+        PhaseResult,
+        PlanInput,
+        PlanResult,
+        SyncInput,
+        TeardownInput,
+    )
+    from tsky.spec.ids import LAUNCH_QUEUE, WATCH_QUEUE, cluster_name
+    from tsky.spec.job import Attempt, JobRequest, JobResult, JobState, TaskResult, TaskState
+    from tsky.spec.requests import Candidate, requested_label
+    from tsky.spec.status import ManagedJobStatus
+    from tsky.spec.task import Task
+    from tsky.workflows.recovery import Action, Outcome, OutcomeKind, decide, launch_backoff, launch_order
+
+Status = ManagedJobStatus
+T = TypeVar("T")
+
+_PLAN_TIMEOUT = timedelta(minutes=5)
+_LAUNCH_TIMEOUT = timedelta(hours=2)
+_LAUNCH_HEARTBEAT = timedelta(minutes=2)
+_SETUP_TIMEOUT = timedelta(days=7)
+_RUN_TIMEOUT = timedelta(days=365)
+_TEARDOWN_TIMEOUT = timedelta(minutes=20)
+_TEARDOWN_GIVE_UP = timedelta(hours=1)  # then FAILED_CONTROLLER; the sweeper keeps trying
+
+# Watching a phase is retried without end (a dead worker must never kill a job); only the policy's
+# own error types stop it.
+_WATCH_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=30),
+    non_retryable_error_types=[ErrorType.CLUSTER_LOST, ErrorType.UNREACHABLE],
+)
+_TEARDOWN_RETRY = RetryPolicy(initial_interval=timedelta(seconds=5), maximum_interval=timedelta(minutes=1))
+_LAUNCH_RETRY = RetryPolicy(initial_interval=timedelta(seconds=5), maximum_attempts=3)
+_PLAN_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_attempts=5)
+
+
+class _TaskEnded(Exception):
+    """Ends the current task with a status (e.g. FAILED_PRECHECKS) from deep inside its loop."""
+
+    def __init__(self, status: ManagedJobStatus, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def task_ids(req: JobRequest, start: datetime) -> list[str]:
+    """SkyPilot's SKYPILOT_TASK_ID: `sky-managed-<run timestamp>_<name>_<job id>-<task index>`,
+    stable across recoveries (the timestamp is the workflow's start)."""
+    stamp = start.strftime("%Y-%m-%d-%H-%M-%S-%f")
+    tasks = req.pipeline.tasks
+    names = [f"{req.name}_{t.name}" if len(tasks) > 1 else req.name for t in tasks]
+    return [f"sky-managed-{stamp}_{name}_{req.job_id}-{i}" for i, name in enumerate(names)]
+
+
+@workflow.defn(name="ManagedJob")
+class ManagedJobWorkflow:
+    @workflow.init
+    def __init__(self, req: JobRequest) -> None:
+        self.req = req
+        ids = task_ids(req, workflow.info().start_time)
+        self.job = JobState(
+            job_id=req.job_id,
+            name=req.name,
+            user=req.user,
+            pool=req.pool,
+            submitted_at=req.submitted_at,
+            tasks=[
+                TaskState(
+                    index=i,
+                    name=task.name or f"task-{i}",
+                    task_id=ids[i],
+                    resources=requested_label(task.num_nodes, task.requests().options),
+                )
+                for i, task in enumerate(req.pipeline.tasks)
+            ],
+        )
+        self._log_lines: list[str] = []
+        self._log_seq = 0
+        self._running_since: datetime | None = None
+        self._published: dict[str, Any] = {}
+        # What must be torn down if the job ends now: the live cluster, or a launch in flight.
+        self._cluster: ClusterInfo | None = None
+        self._launching: tuple[str, list[str]] | None = None
+
+    @workflow.query(description="The job's full state: tasks, statuses, attempts.")
+    def state(self) -> JobState:
+        return self.job
+
+    # -- the job ---------------------------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, req: JobRequest) -> JobResult:
+        tasks = req.pipeline.tasks
+        self._log(f"Job {req.job_id} '{req.name}' submitted by {req.user}: {len(tasks)} task(s).")
+        try:
+            for index in range(len(tasks)):
+                await self._run_task(index)
+                if self.job.tasks[index].status is not Status.SUCCEEDED:
+                    break
+        except BaseException as err:
+            if not is_cancelled_exception(err):
+                raise
+            for task in self.job.tasks:
+                if not task.status.is_terminal():
+                    self._finish(task, Status.CANCELLED, None)
+            self._log("Job cancelled.")
+            await self._publish()
+            raise
+        finally:
+            # Pipeline semantics: tasks after a failed one never run and end CANCELLED.
+            for task in self.job.tasks:
+                if not task.status.is_terminal():
+                    self._finish(task, Status.CANCELLED, None)
+        self._log(f"Job finished: {self.job.status.value}.")
+        await self._publish()
+        return self._result()
+
+    def _result(self) -> JobResult:
+        return JobResult(
+            job_id=self.req.job_id,
+            name=self.req.name,
+            status=self.job.status,
+            failure_reason=self.job.failure_reason(),
+            tasks=[
+                TaskResult(
+                    name=t.name,
+                    status=t.status,
+                    recovery_count=t.recovery_count,
+                    attempts=t.attempts,
+                    failure_reason=t.failure_reason,
+                )
+                for t in self.job.tasks
+            ],
+        )
+
+    # -- one task --------------------------------------------------------------------------------------
+
+    def _meta(self, index: int) -> JobMeta:
+        return JobMeta(
+            job_id=self.req.job_id,
+            job_name=self.req.name,
+            task_index=index,
+            task_name=self.job.tasks[index].name,
+            task_id=self.job.tasks[index].task_id,
+            task_ids=[t.task_id for t in self.job.tasks],
+            user=self.req.user,
+            rank=self.req.rank,
+            num_jobs=self.req.num_jobs,
+        )
+
+    async def _run_task(self, index: int) -> None:
+        task = self.req.pipeline.tasks[index]
+        ts = self.job.tasks[index]
+        ts.submitted_at = workflow.now()
+        if not task.run:
+            # SkyPilot's empty-run shortcut: nothing to run, nothing to provision.
+            self._enter_running(ts, recovering=False)
+            self._leave_running(ts)
+            self._finish(ts, Status.SUCCEEDED, None)
+            self._log(f"Task {index} ({ts.name}) has no run command: done.")
+            await self._publish()
+            return
+        try:
+            await self._run_attempts(index, task, ts)
+        except _TaskEnded as ended:
+            self._finish(ts, ended.status, ended.reason)
+            self._log(f"Task {index} ({ts.name}) {ended.status.value}: {ended.reason}")
+        except BaseException as err:
+            if is_cancelled_exception(err):
+                self._set(ts, Status.CANCELLING, "Cancellation requested; cleaning up.")
+                self._log(f"Cancellation requested for task {index} ({ts.name}); cleaning up.")
+                await self._publish()
+            raise
+        finally:
+            await self._release_cluster(ts)
+        await self._publish()
+
+    async def _run_attempts(self, index: int, task: Task, ts: TaskState) -> None:
+        recovery = task.job_recovery()
+        self._set(ts, Status.STARTING, "Planning")
+        await self._publish()
+        plan = await self._activity(
+            ActivityName.PLAN,
+            PlanInput(meta=self._meta(index), task=task),
+            PlanResult,
+            LAUNCH_QUEUE,
+            timeout=_PLAN_TIMEOUT,
+            retry=_PLAN_RETRY,
+        )
+        if plan.infeasible_reason or not plan.candidates:
+            raise _TaskEnded(Status.FAILED_PRECHECKS, plan.infeasible_reason or "No resources satisfy the request.")
+
+        launch = 0
+        restarts = 0
+        lost_region: str | None = None
+        recovering = False
+        while True:
+            attempt = Attempt(index=len(ts.attempts), launch=launch)
+            if self._cluster is None:
+                self._cluster, chosen = await self._launch(
+                    index, task, ts, plan.candidates, launch, recovery.strategy or "", lost_region, recovering
+                )
+                ts.infra = chosen.display_infra()
+                attempt.candidate = chosen
+            else:
+                attempt.candidate = ts.attempts[-1].candidate
+            attempt.cluster_name = self._cluster.name
+            attempt.started_at = workflow.now()
+            ts.attempts.append(attempt)
+            ts.attempt_count = len(ts.attempts)
+            self._enter_running(ts, recovering)
+            self._log(f"Task {index} ({ts.name}) attempt {attempt.index} running on {self._cluster.name}.")
+            await self._publish()
+
+            outcome = await self._run_phases(index, task, ts, attempt, self._cluster)
+            self._leave_running(ts)
+            decision = decide(outcome, recovery, restarts)
+            attempt.ended_at = workflow.now()
+            attempt.cause = decision.cause
+            attempt.exit_codes = list(outcome.exit_codes)
+            if decision.action is Action.FINISH:
+                assert decision.status is not None
+                await self._release_cluster(ts)
+                self._finish(ts, decision.status, decision.reason or None)
+                self._log(f"Task {index} ({ts.name}) {decision.status.value}. {decision.reason}".rstrip())
+                return
+            restarts += decision.counts_restart
+            recovering = True
+            self._set(ts, Status.RECOVERING, decision.reason)
+            self._log(f"Task {index} ({ts.name}) recovering: {decision.reason}")
+            await self._publish()
+            if decision.action is Action.RELAUNCH:
+                lost_region = self._cluster.region
+                await self._release_cluster(ts)
+                launch += 1
+
+    async def _launch(
+        self,
+        index: int,
+        task: Task,
+        ts: TaskState,
+        candidates: list[Candidate],
+        launch: int,
+        strategy: str,
+        lost_region: str | None,
+        recovering: bool,
+    ) -> tuple[ClusterInfo, Candidate]:
+        """Launch rounds until one candidate has room. Capacity failures back off and retry without
+        end; when every candidate fails its prechecks on the first launch, the task fails."""
+        name = cluster_name(ts.name, self.req.job_id, index, launch)
+        round_index = 0
+        while True:
+            order = launch_order(candidates, strategy, lost_region, first_round=round_index == 0)
+            self._launching = (name, sorted({c.cloud for c in order}))
+            self._log(f"Launching {name}: trying {', '.join(c.infra + ' ' + c.instance_type for c in order[:5])}.")
+            try:
+                result = await self._activity(
+                    ActivityName.LAUNCH,
+                    LaunchInput(
+                        meta=self._meta(index),
+                        cluster_name=name,
+                        launch=launch,
+                        candidates=order,
+                        num_nodes=task.num_nodes,
+                    ),
+                    LaunchResult,
+                    LAUNCH_QUEUE,
+                    timeout=_LAUNCH_TIMEOUT,
+                    heartbeat=_LAUNCH_HEARTBEAT,
+                    retry=_LAUNCH_RETRY,
+                )
+            except ActivityError as err:
+                if is_cancelled_exception(err):
+                    raise
+                result = LaunchResult()
+                self._log(f"Launch of {name} failed unexpectedly: {err.cause or err}")
+            if result.cluster is not None and result.chosen is not None:
+                self._launching = None
+                self._log(f"Launched {name} on {result.chosen.resources_label()}.")
+                return result.cluster, result.chosen
+            for failure in result.failures:
+                self._log(f"  {failure.candidate.infra} {failure.candidate.instance_type}: {failure.message}")
+            self._launching = None
+            prechecks = [f.message for f in result.failures if f.kind == "precheck"]
+            if not recovering and result.failures and len(prechecks) == len(result.failures):
+                raise _TaskEnded(Status.FAILED_PRECHECKS, "; ".join(dict.fromkeys(prechecks)))
+            delay = launch_backoff(self.req.policy, round_index, workflow.random())
+            back_to = Status.RECOVERING if recovering else Status.STARTING
+            self._set(ts, Status.PENDING, f"In backoff, waiting for resources (next try in {delay:.0f}s)")
+            self._log(f"No capacity for task {index} ({ts.name}); retrying in {delay:.0f}s.")
+            await self._publish()
+            await workflow.sleep(timedelta(seconds=delay), summary="launch backoff")
+            self._set(ts, back_to, "Retrying launch")
+            await self._publish()
+            round_index += 1
+
+    async def _run_phases(
+        self, index: int, task: Task, ts: TaskState, attempt: Attempt, cluster: ClusterInfo
+    ) -> Outcome:
+        meta = self._meta(index)
+        policy = self.req.policy
+        sealed = self.req.sealed_secrets[index] if index < len(self.req.sealed_secrets) else {}
+        gpus = attempt.candidate.accelerator_count if attempt.candidate else 0
+        phase = "setup"
+        try:
+            if task.workdir or task.file_mounts:
+                await self._activity(
+                    ActivityName.SYNC_FILES,
+                    SyncInput(meta=meta, cluster=cluster, task=task),
+                    type(None),
+                    LAUNCH_QUEUE,
+                    timeout=timedelta(hours=2),
+                    heartbeat=_LAUNCH_HEARTBEAT,
+                    retry=_LAUNCH_RETRY,
+                )
+            for phase in ("setup", "run"):
+                if phase == "setup" and not task.setup:
+                    continue
+                ts.details = "Setting up" if phase == "setup" else "Running"
+                result = await self._activity(
+                    ActivityName.SETUP if phase == "setup" else ActivityName.RUN,
+                    PhaseInput(
+                        meta=meta,
+                        cluster=cluster,
+                        phase=phase,
+                        attempt=attempt.index,
+                        task=task,
+                        sealed_secrets=sealed,
+                        gpus_per_node=gpus,
+                        poll_seconds=policy.watch_poll_seconds,
+                        status_check_min_elapsed_seconds=policy.status_check_min_elapsed_seconds,
+                        status_check_min_retries=policy.status_check_min_retries,
+                    ),
+                    PhaseResult,
+                    LAUNCH_QUEUE if phase == "setup" else WATCH_QUEUE,
+                    timeout=_SETUP_TIMEOUT if phase == "setup" else _RUN_TIMEOUT,
+                    heartbeat=timedelta(seconds=policy.watch_heartbeat_timeout_seconds),
+                    retry=_WATCH_RETRY,
+                    cancellation=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                )
+                if phase == "setup" and any(result.exit_codes):
+                    return Outcome(OutcomeKind.EXITED, "setup", tuple(result.exit_codes))
+            return Outcome(OutcomeKind.EXITED, "run", tuple(result.exit_codes))
+        except ActivityError as err:
+            cause = err.cause
+            if isinstance(cause, ApplicationError) and cause.type == ErrorType.CLUSTER_LOST:
+                return Outcome(OutcomeKind.LOST, phase, reason=cause.message)
+            if isinstance(cause, ApplicationError) and cause.type == ErrorType.UNREACHABLE:
+                return Outcome(OutcomeKind.UNREACHABLE, phase, reason=cause.message)
+            raise
+
+    # -- teardown --------------------------------------------------------------------------------------
+
+    async def _release_cluster(self, ts: TaskState) -> None:
+        """Tear down the task's cluster (or what a launch in flight may have made). Shielded: a cancel
+        arriving meanwhile waits for the teardown to finish, then proceeds."""
+        targets: list[TeardownInput] = []
+        if self._cluster is not None:
+            targets.append(
+                TeardownInput(cluster_name=self._cluster.name, backend=self._cluster.backend, cluster=self._cluster)
+            )
+        elif self._launching is not None:
+            name, backends = self._launching
+            targets += [TeardownInput(cluster_name=name, backend=b) for b in backends]
+        if not targets:
+            return
+
+        async def teardown_all() -> None:
+            for target in targets:
+                await self._activity(
+                    ActivityName.TEARDOWN,
+                    target,
+                    type(None),
+                    LAUNCH_QUEUE,
+                    timeout=_TEARDOWN_TIMEOUT,
+                    heartbeat=_LAUNCH_HEARTBEAT,
+                    retry=_TEARDOWN_RETRY,
+                    schedule_to_close=_TEARDOWN_GIVE_UP,
+                )
+                self._log(f"Cluster {target.cluster_name} torn down.")
+
+        try:
+            await _shielded(teardown_all)
+        except ActivityError as err:
+            if is_cancelled_exception(err):
+                raise
+            names = ", ".join(t.cluster_name for t in targets)
+            self._finish(
+                ts,
+                Status.FAILED_CONTROLLER,
+                f"Failed to clean up {names}, resources may have leaked: {err.cause}",
+            )
+        finally:
+            self._cluster = None
+            self._launching = None
+
+    # -- state and visibility --------------------------------------------------------------------------
+
+    def _set(self, ts: TaskState, status: ManagedJobStatus, details: str | None) -> None:
+        ts.status = status
+        ts.details = details
+
+    def _enter_running(self, ts: TaskState, recovering: bool) -> None:
+        now = workflow.now()
+        if recovering:
+            ts.recovery_count += 1
+            ts.last_recovered_at = now
+        ts.start_at = ts.start_at or now
+        self._running_since = now
+        self._set(ts, Status.RUNNING, "Running")
+
+    def _leave_running(self, ts: TaskState) -> None:
+        if self._running_since is not None:
+            ts.job_duration_s += (workflow.now() - self._running_since).total_seconds()
+            self._running_since = None
+
+    def _finish(self, ts: TaskState, status: ManagedJobStatus, reason: str | None) -> None:
+        if ts.status.is_terminal() and status is not Status.FAILED_CONTROLLER:
+            return  # a terminal status is never overwritten, except by a controller failure
+        self._leave_running(ts)
+        ts.status = status
+        ts.details = None
+        ts.end_at = workflow.now()
+        if reason and status.is_failed():
+            ts.failure_reason = reason
+
+    def _log(self, message: str) -> None:
+        stamp = workflow.now().strftime("%Y-%m-%d %H:%M:%S")
+        self._log_lines.append(f"{stamp} | {message}")
+
+    async def _publish(self) -> None:
+        """Show the state: search attributes (queue, Web UI filters), memo (per-task rows for the queue),
+        current details (Web UI), and the controller log. Only what changed is written."""
+        job_status = self.job.status
+        current = self.job.current_task()
+        started = [t.start_at for t in self.job.tasks if t.start_at]
+        updates: list[SearchAttributeUpdate] = []
+        wanted: dict[str, Any] = {
+            sa.STATUS.name: job_status.value,
+            sa.RECOVERIES.name: sum(t.recovery_count for t in self.job.tasks),
+            sa.INFRA.name: current.infra or "",
+            sa.STARTED_AT.name: min(started) if started else None,
+            sa.ENDED_AT.name: current.end_at if job_status.is_terminal() else None,
+        }
+        keys = {k.name: k for k in (sa.STATUS, sa.RECOVERIES, sa.INFRA, sa.STARTED_AT, sa.ENDED_AT)}
+        for name, value in wanted.items():
+            if self._published.get(name) != value:
+                key = keys[name]
+                updates.append(key.value_unset() if value is None else key.value_set(value))
+                self._published[name] = value
+        if updates:
+            workflow.upsert_search_attributes(updates)
+        memo = [t.model_dump(mode="json", exclude={"attempts"}) for t in self.job.tasks]
+        if self._published.get("memo") != memo:
+            workflow.upsert_memo({"tasks": memo})
+            self._published["memo"] = memo
+        workflow.set_current_details(self._details_markdown())
+        if self._log_lines:
+            lines, self._log_lines = self._log_lines, []
+            first = self._log_seq
+            self._log_seq += len(lines)
+            await workflow.execute_local_activity(
+                ActivityName.CONTROLLER_LOG,
+                ControllerLogInput(job_id=self.req.job_id, first_seq=first, lines=lines),
+                start_to_close_timeout=timedelta(seconds=30),
+            )
+
+    def _details_markdown(self) -> str:
+        rows = "\n".join(
+            f"| {t.index} | {t.name} | {t.status.value} | {t.recovery_count} | {t.infra or '-'} | "
+            f"{(t.details or t.failure_reason or '').replace('|', '/')} |"
+            for t in self.job.tasks
+        )
+        return (
+            f"**Job {self.req.job_id}** `{self.req.name}` — **{self.job.status.value}**\n\n"
+            "| task | name | status | recoveries | infra | details |\n|---|---|---|---|---|---|\n" + rows
+        )
+
+    # -- helpers ---------------------------------------------------------------------------------------
+
+    async def _activity(
+        self,
+        name: str,
+        arg: Any,
+        result_type: type[T],
+        task_queue: str,
+        *,
+        timeout: timedelta,
+        retry: RetryPolicy,
+        heartbeat: timedelta | None = None,
+        schedule_to_close: timedelta | None = None,
+        cancellation: ActivityCancellationType = ActivityCancellationType.TRY_CANCEL,
+    ) -> T:
+        return await workflow.execute_activity(
+            name,
+            arg,
+            result_type=result_type,
+            task_queue=task_queue,
+            start_to_close_timeout=timeout,
+            schedule_to_close_timeout=schedule_to_close,
+            heartbeat_timeout=heartbeat,
+            retry_policy=retry,
+            cancellation_type=cancellation,
+            summary=f"{name} (job {self.req.job_id})",
+        )
+
+
+async def _shielded(work: Callable[[], Awaitable[None]]) -> None:
+    """Run `work` to completion even if the workflow is cancelled meanwhile; then re-raise the cancel."""
+    task = asyncio.ensure_future(work())
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
