@@ -183,21 +183,20 @@ def from_validation_error(
     exc: ValidationError,
     *,
     candidates: Callable[[Path], tuple[list[str], str]],
-    locate: Callable[[Path, bool], tuple[int, int] | None] | None = None,
+    locate: Callable[[Path], tuple[int, int] | None] | None = None,
     file: str | None = None,
     task: str | None = None,
-    root: Path = (),
 ) -> SpecError:
     """The first of pydantic's errors as a SpecError.
 
     `candidates(path)` names the fields allowed at `path` and the kind of section it is, for the
-    did-you-mean; `locate(path, at_key)` gives the (line, column) of a path in the YAML, if known.
+    did-you-mean; `locate(path)` gives the (line, column) of a path in the YAML, if known.
     """
     error = dict(exc.errors(include_url=False)[0])
-    loc = root + error_path(error)
+    loc = error_path(error)
     error["_path"] = loc
     message = _describe(error, candidates)
-    position = locate(loc, error["type"] == "extra_forbidden") if locate else None
+    position = locate(loc) if locate else None
     return SpecError(
         message,
         file=file,

@@ -135,11 +135,10 @@ def _error(
     doc: Document,
     file: str | None,
     label: str | None,
-    root: Path = (),
 ) -> SpecError:
     if isinstance(exc, ValidationError):
-        return from_validation_error(exc, candidates=fields_at, locate=doc.locate, file=file, task=label, root=root)
-    path = root + exc.path
+        return from_validation_error(exc, candidates=fields_at, locate=doc.locate, file=file, task=label)
+    path = exc.path
     position = doc.locate(path)
     return SpecError(
         exc.message,

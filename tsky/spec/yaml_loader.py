@@ -53,13 +53,12 @@ class Document:
     values: dict[Path, tuple[int, int]] = field(default_factory=dict)
     keys: dict[Path, tuple[int, int]] = field(default_factory=dict)
 
-    def locate(self, path: Path, at_key: bool = False) -> tuple[int, int] | None:
-        """(line, column) of `path`, or of its nearest ancestor that is known."""
-        if at_key and path in self.keys:
-            return self.keys[path]
+    def locate(self, path: Path) -> tuple[int, int] | None:
+        """(line, column) of `path` (its key, for a mapping entry), or of its nearest known ancestor."""
         for end in range(len(path), -1, -1):
-            if path[:end] in self.values:
-                return self.values[path[:end]]
+            found = self.keys.get(path[:end]) or self.values.get(path[:end])
+            if found:
+                return found
         return None
 
     def line_of(self, path: Path) -> int | None:
