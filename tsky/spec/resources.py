@@ -69,6 +69,7 @@ _NUMBER = r"\d+(?:\.\d+)?|\.\d+"
 _MEMORY_RE = re.compile(rf"^({_NUMBER})\s*([kmgtp](?:i?b)?)?(\+)?$", re.IGNORECASE)
 _DISK_RE = re.compile(r"^(\d+)\s*([kmgtp](?:i?b)?)?$", re.IGNORECASE)
 _UNIT_GB = {"k": 1 / 1024**2, "m": 1 / 1024, "g": 1.0, "t": 1024.0, "p": 1024.0**2}
+_ACCEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_. -]*$")
 _ACCEL_MEMORY_RE = re.compile(rf"^({_NUMBER})\s*[gt]b\+?$", re.IGNORECASE)
 _PORT_RANGE_RE = re.compile(r"^(\d+)(?:-(\d+))?$")
 
@@ -143,13 +144,13 @@ def parse_disk_size(value: Any) -> int:
 def parse_accelerator(text: str) -> tuple[str, float]:
     """`"V100"` -> ("V100", 1); `"V100:4"` -> ("V100", 4); `"T4:0.5"` -> ("T4", 0.5)."""
     text = text.strip()
-    parts = text.split(":")
-    if len(parts) == 3 or _ACCEL_MEMORY_RE.match(parts[0]):
+    parts = [part.strip() for part in text.split(":")]
+    if _ACCEL_MEMORY_RE.match(parts[0]) or (len(parts) == 3 and _ACCEL_MEMORY_RE.match(parts[1])):
         raise FieldError(
             f"Memory-based accelerator requests such as {text!r} are not supported by tsky yet. "
             "Name the accelerator instead, e.g. `A100-80GB:1`."
         )
-    if len(parts) > 2 or not parts[0]:
+    if len(parts) > 2 or not _ACCEL_NAME_RE.match(parts[0]):
         raise FieldError(f'The "accelerators" field as a str should be <name> or <name>:<cnt>. Found: {text!r}.')
     count: float = 1
     if len(parts) == 2:
@@ -247,8 +248,11 @@ def _legacy_infra(cloud: Any, region: Any, zone: Any) -> str | None:
         )
     if cloud is None and region is None and zone is None:
         return None
-    if cloud is not None and cloud.lower() == "ssh" and region and region.startswith("ssh-"):
-        region = region[len("ssh-") :]  # SkyPilot stores an SSH pool as region `ssh-<pool>`
+    if cloud is not None and cloud.lower() in ("k8s", "kubernetes", "ssh"):
+        if cloud.lower() == "ssh" and region and region.startswith("ssh-"):
+            region = region[len("ssh-") :]  # SkyPilot stores an SSH pool as region `ssh-<pool>`
+        # The region is a kubeconfig context or an SSH node pool; neither has zones.
+        return canonical_infra(f"{cloud}/{region}" if region else cloud)
     return canonical_infra("/".join([cloud or "*", region or "*", zone or "*"]))
 
 
