@@ -117,8 +117,12 @@ class PhaseActivities:
             try:
                 return await self._watch_loop(inp, backend, agents, phase_key, out, offsets, prefixes)
             except asyncio.CancelledError:
-                # The job is being cancelled: the phase's processes must be dead before teardown.
-                await asyncio.shield(asyncio.gather(*(a.stop_phase(phase_key) for a in agents)))
+                # Only a cancel the workflow asked for kills the job's processes (they must be dead before
+                # teardown). A heartbeat timeout or a worker shutdown also cancels this coroutine, and
+                # then the job must keep running for the next attempt to re-attach to.
+                details = activity.cancellation_details()
+                if details is not None and details.cancel_requested and not details.timed_out:
+                    await asyncio.shield(asyncio.gather(*(a.stop_phase(phase_key) for a in agents)))
                 raise
 
     async def _start(self, inp: PhaseInput, agents: list[NodeAgent], phase_key: str) -> list[int]:

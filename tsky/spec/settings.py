@@ -97,6 +97,9 @@ class TemporalSettings(_Section):
 class WorkerSettings(_Section):
     metrics_port: int | None = None  # Prometheus scrape port; None disables
     graceful_shutdown_seconds: float = 30
+    # How long a workflow task waits for the worker that last ran the workflow before any worker may
+    # take it: the delay a crashed worker adds to its jobs.
+    sticky_schedule_to_start_seconds: float = 10
 
 
 class Settings(_Section):
@@ -160,7 +163,5 @@ def load_settings(home: Path | None = None) -> Settings:
     try:
         return Settings(home=home, **data)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors(include_url=False)
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors(include_url=False))
         raise SettingsError(f"{path}: {problems}. Fix these keys (see README, 'Settings').") from err

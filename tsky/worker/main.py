@@ -46,6 +46,7 @@ def build_workers(client: Client, settings: Settings) -> list[Worker]:
             activities=[controller_log.append_controller_log],
             workflow_runner=workflow_runner(),
             max_cached_workflows=controller.max_cached_workflows,
+            sticky_queue_schedule_to_start_timeout=timedelta(seconds=settings.worker.sticky_schedule_to_start_seconds),
             **common,
         ),
         Worker(

@@ -32,6 +32,7 @@ from tsky.spec.status import NodeState
 
 NAME = "local"
 PREEMPTED_MARKER = "PREEMPTED"
+KILLED_EXIT_CODE = 137  # what a shell reports for a process ended by SIGKILL
 
 # Popen objects of phases this process started, so their exit is reaped (no zombies) while we live.
 _children: dict[int, subprocess.Popen[bytes]] = {}
@@ -136,6 +137,8 @@ class LocalNodeAgent:
         except FileNotFoundError:
             log_size = 0
         alive = pid is not None and exit_code is None and pid_alive(pid, start)
+        if not alive and exit_code is None and self._path(phase, "stopped").exists():
+            exit_code = KILLED_EXIT_CODE  # tsky stopped it: a known ending, not a vanished process
         return PhaseStatus(started=True, pid=pid, alive=alive, exit_code=exit_code, log_size=log_size)
 
     async def read_log(self, phase: str, offset: int, limit: int) -> bytes:
