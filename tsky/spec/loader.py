@@ -104,8 +104,9 @@ def _split_header(documents: list[Document], file: str | None) -> tuple[str | No
     execution = data.get("execution")
     if execution == "parallel":
         raise SpecError(
-            "Job groups (execution: parallel) are not supported yet: tsky runs the tasks of a pipeline "
-            "one after another. Remove `execution`, or set it to `serial`.",
+            "`execution: parallel` makes this file a job group, and job groups are not supported yet: "
+            "tsky runs the tasks of a pipeline one after another. Remove `execution` (or set it to "
+            "`serial`) to run them as a pipeline.",
             file=file,
             path="execution",
             line=first.line_of(("execution",)),
@@ -113,7 +114,7 @@ def _split_header(documents: list[Document], file: str | None) -> tuple[str | No
     if execution not in (None, "serial"):
         raise SpecError(
             f"Invalid execution mode for pipeline: {execution!r}. Pipelines must use execution: serial "
-            "(or omit it). Use execution: parallel for job groups.",
+            "(or omit it); execution: parallel (job groups) is not supported yet.",
             file=file,
             path="execution",
             line=first.line_of(("execution",)),
@@ -393,8 +394,8 @@ def apply_overrides(
     elif given or num_nodes is not None:
         tasks[0] = _override_task(tasks[0], given, flags, num_nodes)
     if workdir is not None:
-        path = _local_path(workdir)
-        if not path.is_dir():
+        path = _local_path(workdir) if isinstance(workdir, str) else None
+        if path is None or not path.is_dir():
             raise SpecError(
                 f"Workdir must be a valid directory (or a symlink to a directory). {workdir} not found.",
                 path="--workdir",

@@ -9,6 +9,7 @@ alternatives and a list an ordered preference, and both multiply with the entrie
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, ClassVar
 
@@ -83,7 +84,8 @@ class _Model(BaseModel):
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A finite int or float (YAML's `.inf` and `.nan` are floats too, and no valid count)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _fmt(number: float) -> str:
@@ -161,8 +163,9 @@ def parse_accelerator(text: str) -> tuple[str, float]:
                 'The "accelerators" field as a str should be <name> or <name>:<cnt>. '
                 f"Found: {text!r}. The count must be a number, e.g. V100:2."
             ) from None
-    if count <= 0:
-        raise FieldError(f"Accelerator count must be a positive number. Got: {parts[0]!r}: {_fmt(count)}.")
+    if not math.isfinite(count) or count <= 0:
+        shown = _fmt(count) if math.isfinite(count) else parts[1]
+        raise FieldError(f"Accelerator count must be a positive number. Got: {parts[0]!r}: {shown}.")
     return parts[0], count
 
 
@@ -174,7 +177,7 @@ def _accelerator_count(name: str, value: Any) -> float:
             count = float(value)
         except ValueError:
             count = float("nan")
-        if count == count:  # not NaN
+        if math.isfinite(count):
             if count <= 0:
                 raise FieldError(f"Accelerator count must be a positive number. Got: {name!r}: {value}.")
             return count
