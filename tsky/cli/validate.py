@@ -30,11 +30,17 @@ def _check(path: str, envs: dict[str, str], secrets: dict[str, str]) -> tuple[st
 def register(app: typer.Typer) -> None:
     @app.command()
     def validate(
-        files: list[Path] = typer.Argument(..., help="Task, pipeline or pool YAML files."),
-        env: list[str] = typer.Option([], "--env", help="KEY=VALUE, or KEY to take its value from your environment."),
-        env_file: list[Path] = typer.Option([], "--env-file", help="A dotenv file of environment variables."),
-        secret: list[str] = typer.Option([], "--secret", help="KEY=VALUE, or KEY to take it from your environment."),
-        secret_file: list[Path] = typer.Option([], "--secret-file", help="A dotenv file of secrets."),
+        files: list[Path] = typer.Argument(..., metavar="FILE", help="Task, pipeline or pool YAML files."),
+        env: list[str] = typer.Option(
+            [], "--env", metavar="KEY[=VALUE]", help="KEY=VALUE, or KEY to take its value from your environment."
+        ),
+        env_file: list[Path] = typer.Option(
+            [], "--env-file", metavar="FILE", help="A dotenv file of environment variables."
+        ),
+        secret: list[str] = typer.Option(
+            [], "--secret", metavar="KEY[=VALUE]", help="KEY=VALUE, or KEY to take it from your environment."
+        ),
+        secret_file: list[Path] = typer.Option([], "--secret-file", metavar="FILE", help="A dotenv file of secrets."),
     ) -> None:
         """Check task, pipeline and pool YAML files without starting anything.
 
