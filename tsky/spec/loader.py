@@ -159,30 +159,28 @@ def _apply_env(raw: dict[str, Any], env: dict[str, str], secret: dict[str, str])
     """
     raw = dict(raw)
     envs = raw.get("envs")
-    if isinstance(envs, dict):
-        envs = {str(k): v for k, v in envs.items()}
-    elif envs is None:
-        envs = {}
+    envs = {} if envs is None else envs
+    if not isinstance(envs, dict):
+        return raw  # the model names the type error
+    envs = {str(k): v for k, v in envs.items()}
     try:
         declared = normalise_secrets(raw.get("secrets"))
     except FieldError as exc:
         raise FieldError(exc.message, ("secrets", *exc.path)) from None
     declared.update(secret)
-    if isinstance(envs, dict):
-        for key, value in env.items():
-            if key in declared and key not in secret:
-                declared[key] = value
-            if key in envs or key not in declared:
-                envs[key] = value
-        raw["envs"] = envs
+    for key, value in env.items():
+        if key in declared and key not in secret:
+            declared[key] = value
+        if key in envs or key not in declared:
+            envs[key] = value
+    raw["envs"] = envs
     if declared or "secrets" in raw:
         raw["secrets"] = declared
-    if isinstance(envs, dict):
-        variables = {k: str(v) for k, v in envs.items() if v is not None}
-        variables.update({k: v for k, v in declared.items() if v is not None})
-        for key in _SUBSTITUTED:
-            if key in raw:
-                raw[key] = substitute(raw[key], variables)
+    variables = {k: str(v) for k, v in envs.items() if v is not None}
+    variables.update({k: v for k, v in declared.items() if v is not None})
+    for key in _SUBSTITUTED:
+        if key in raw:
+            raw[key] = substitute(raw[key], variables)
     return raw
 
 
@@ -190,47 +188,45 @@ def _local_path(path: str) -> FsPath:
     return FsPath(path).expanduser().absolute()
 
 
-def _resolve_paths(task: Task) -> tuple[dict[str, Any], list[tuple[Path, str]]]:
-    """Local workdir and file-mount sources made absolute; the ones missing, with their YAML paths."""
+def _local_source(source: str, path: Path) -> str:
+    """A file-mount source: a URL as is, a local path made absolute after checking it exists."""
+    if is_url(source):
+        return source
+    local = _local_path(source)
+    if not local.exists():
+        raise FieldError(
+            f"File mount source {source!r} does not exist locally. To fix: check if it exists, and correct the path.",
+            path,
+        )
+    return str(local)
+
+
+def _resolve_paths(task: Task) -> dict[str, Any]:
+    """Local workdir and file-mount sources made absolute; a FieldError for the first one missing."""
     update: dict[str, Any] = {}
-    missing: list[tuple[Path, str]] = []
     if isinstance(task.workdir, str):
         workdir = _local_path(task.workdir)
         if not workdir.is_dir():
-            missing.append(
-                (
-                    ("workdir",),
-                    f"Workdir must be a valid directory (or a symlink to a directory). {task.workdir} not found.",
-                )
+            raise FieldError(
+                f"Workdir must be a valid directory (or a symlink to a directory). {task.workdir} not found.",
+                ("workdir",),
             )
         update["workdir"] = str(workdir)
     mounts: dict[str, str | Storage] = {}
     for target, source in task.file_mounts.items():
         if isinstance(source, str):
-            if not is_url(source):
-                local = _local_path(source)
-                if not local.exists():
-                    missing.append((("file_mounts", target), _missing_source(source)))
-                source = str(local)
+            source = _local_source(source, ("file_mounts", target))
+        elif isinstance(source.source, str):
+            source = source.model_copy(
+                update={"source": _local_source(source.source, ("file_mounts", target, "source"))}
+            )
         elif source.source is not None:
-            sources = [source.source] if isinstance(source.source, str) else source.source
-            resolved = []
-            for item in sources:
-                if not is_url(item):
-                    local = _local_path(item)
-                    if not local.exists():
-                        missing.append((("file_mounts", target, "source"), _missing_source(item)))
-                    item = str(local)
-                resolved.append(item)
-            value = resolved[0] if isinstance(source.source, str) else resolved
-            source = source.model_copy(update={"source": value})
+            where = ("file_mounts", target, "source")
+            sources = [_local_source(item, (*where, index)) for index, item in enumerate(source.source)]
+            source = source.model_copy(update={"source": sources})
         mounts[target] = source
     update["file_mounts"] = mounts
-    return update, missing
-
-
-def _missing_source(source: str) -> str:
-    return f"File mount source {source!r} does not exist locally. To fix: check if it exists, and correct the path."
+    return update
 
 
 def _build_task(
@@ -250,15 +246,10 @@ def _build_task(
             task=label,
         )
     try:
-        raw = _apply_env(doc.data, env, secret)
-        task = Task.model_validate(raw)
+        task = Task.model_validate(_apply_env(doc.data, env, secret))
+        return task.model_copy(update=_resolve_paths(task))
     except (ValidationError, FieldError) as exc:
         raise _error(exc, doc, file, label) from None
-    update, missing = _resolve_paths(task)
-    if missing:
-        path, message = missing[0]
-        raise _error(FieldError(message, path), doc, file, label)
-    return task.model_copy(update=update)
 
 
 def load_pipeline(
