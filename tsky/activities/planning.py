@@ -16,7 +16,7 @@ import asyncio
 import math
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from temporalio import activity
 
@@ -162,7 +162,14 @@ def infra_offers(enabled: Iterable[EnabledInfra], catalog: Catalog, settings: Se
             offers.extend(_local_offers(settings, host, regions))
         elif infra.cloud in ("ssh", "k8s"):
             offers.extend(_remote_offers(infra))
-    return offers
+    # Simulated and declared GPUs have the memory the catalog knows for their name.
+    memory = {name.lower(): gb for name, gb in catalog.accelerator_memory_gb.items()}
+    return [
+        replace(o, accelerator_memory_gb=memory.get(o.accelerator.lower()))
+        if o.accelerator and o.accelerator_memory_gb is None
+        else o
+        for o in offers
+    ]
 
 
 def _local_offers(settings: Settings, host: HostFacts, regions: set[str] | None) -> list[Offer]:
