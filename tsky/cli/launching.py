@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 import yaml
 
+from tsky.activities.infra_check import check_infra
 from tsky.activities.planning import plan_for_task
 from tsky.cli import api
 from tsky.cli.common import (
@@ -106,7 +107,18 @@ def launch_job(opts: LaunchOptions) -> int:
     if ignored:
         err_console.print(f"[yellow]Ignoring fields tsky does not act on yet: {', '.join(ignored)}.[/]")
 
-    plans: list[PlanResult] = [plan_for_task(task, s) for task in pipeline.tasks if task.run]
+    statuses = check_infra(s)
+    if opts.dryrun:
+        # A dry run prices the request everywhere the catalog knows, enabled here or not, and says which
+        # infra a real launch would skip.
+        skipped = [st.name for st in statuses if not st.enabled and st.name in ("aws", "gcp")]
+        statuses = [st.model_copy(update={"enabled": True}) if st.name in skipped else st for st in statuses]
+        if skipped:
+            err_console.print(
+                f"[dim]Dry run: priced on every catalog cloud; not enabled here: {', '.join(skipped)} "
+                "(a real launch skips them; see `tsky check`).[/]"
+            )
+    plans: list[PlanResult] = [plan_for_task(task, s, statuses) for task in pipeline.tasks if task.run]
     infeasible = [p.infeasible_reason for p in plans if p.infeasible_reason or not p.candidates]
     if not opts.yes or opts.dryrun or infeasible:
         console.print(f"Managed job {pipeline.name!r} will be launched on (estimated):")

