@@ -75,9 +75,7 @@ def launch(
     workdir: Annotated[str | None, typer.Option("--workdir", help="Override the workdir.")] = None,
     infra: Annotated[
         str | None,
-        typer.Option(
-            "--infra", help="Where to run: aws, aws/us-east-1, gcp/*/us-central1-a, k8s/CTX, ssh/POOL, local."
-        ),
+        typer.Option("--infra", help="aws, aws/us-east-1, gcp/*/us-central1-a, k8s/CTX, ssh/POOL, local."),
     ] = None,
     use_spot: Annotated[bool | None, typer.Option("--use-spot/--no-use-spot", help="Use spot instances.")] = None,
     cpus: Annotated[str | None, typer.Option("--cpus", help="vCPUs per node: N or N+.")] = None,
