@@ -1,0 +1,101 @@
+"""The embedded default: zero set-up, `tsky server up | down | status`, the Web UI."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from tests.harness import EXAMPLES, TSKY
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Iterator[Path]:
+    home = tmp_path / "tsky-home"
+    yield home
+    # Whatever the test did, stop what it started (by the pids the stack recorded).
+    subprocess.run([TSKY, "server", "down"], env=_env(home), capture_output=True, timeout=60)
+
+
+def _env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TSKY_")}
+    env["TSKY_HOME"] = str(home)
+    return env
+
+
+def tsky(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([TSKY, *args], env=_env(home), capture_output=True, text=True, timeout=180)
+
+
+def test_first_launch_starts_the_stack_and_server_commands_manage_it(home: Path) -> None:
+    result = tsky(home, "jobs", "launch", "-y", str(EXAMPLES / "hello_sky.yaml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Starting tsky's embedded Temporal server and worker" in result.stderr
+    assert re.search(r"\(hello-sky, pid=\d+\) Hello, SkyPilot!", result.stdout)
+    assert "Managed job finished: 1 (status: SUCCEEDED)." in result.stdout
+    assert (home / "temporal.db").exists()
+    assert (home / "logs" / "worker.log").exists()
+
+    status = tsky(home, "server", "status")
+    assert status.returncode == 0
+    address = re.search(r"gRPC address:\s+(127\.0\.0\.1:\d+)", status.stdout)
+    ui = re.search(r"Web UI:\s+(http://127\.0\.0\.1:\d+)", status.stdout)
+    assert address and ui, status.stdout
+    assert re.search(r"Temporal server: running \(pid \d+\)", status.stdout)
+    assert re.search(r"Worker:\s+running \(pid \d+\)", status.stdout)
+
+    # The Web UI lists the job with its status attribute.
+    query = quote("WorkflowType = 'ManagedJob'")
+    with urllib.request.urlopen(f"{ui.group(1)}/api/v1/namespaces/default/workflows?query={query}", timeout=30) as r:
+        listing = json.load(r)
+    executions = listing["executions"]
+    assert [e["execution"]["workflowId"] for e in executions] == ["tsky-job-1"]
+    attributes = json.dumps(executions[0]["searchAttributes"])
+    assert "TskyStatus" in attributes
+
+    # `up` twice is harmless: same pids, same ports.
+    again = tsky(home, "server", "up")
+    assert again.returncode == 0 and "Already running." in again.stdout
+    assert address.group(1) in again.stdout
+
+    down = tsky(home, "server", "down")
+    assert "Stopped worker" in down.stdout and "Temporal server" in down.stdout
+    stopped = tsky(home, "server", "status")
+    assert stopped.returncode == 1
+    assert "Temporal server: stopped" in stopped.stdout
+
+    # The jobs survive a restart of the stack, on the remembered ports.
+    queue = tsky(home, "jobs", "queue")
+    assert re.search(r"^1\s+-\s+hello-sky.*SUCCEEDED", queue.stdout, re.M), queue.stdout + queue.stderr
+    assert address.group(1) in tsky(home, "server", "status").stdout
+
+
+def test_stale_pid_files_are_detected_and_replaced(home: Path) -> None:
+    home.mkdir(parents=True)
+    # A server and worker "running" under pids that are not theirs (this test process, long gone pids).
+    (home / "server.json").write_text(json.dumps({"port": 1, "ui_port": 2, "pid": os.getpid(), "start_time": "1"}))
+    (home / "worker.json").write_text(json.dumps({"pid": 999999, "start_time": "1"}))
+    status = tsky(home, "server", "status")
+    assert status.returncode == 1
+    assert "stale pid file" in status.stdout
+    up = tsky(home, "server", "up")
+    assert up.returncode == 0, up.stderr
+    assert re.search(r"Temporal server: running \(pid \d+\)", up.stdout)
+    assert str(os.getpid()) not in up.stdout
+
+
+def test_external_address_never_starts_a_server(home: Path) -> None:
+    env = _env(home) | {"TSKY_TEMPORAL_ADDRESS": "127.0.0.1:9"}
+    result = subprocess.run([TSKY, "server", "up"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "never starts a server of its own" in result.stderr
+    assert not (home / "server.json").exists()
