@@ -51,6 +51,7 @@ PhaseScript = list[int] | str
 class FakeCloud:
     candidates: list[Candidate] = field(default_factory=lambda: [REGION_A, REGION_B])
     infeasible: str | None = None
+    plan_broken: bool = False  # the plan activity fails every time (e.g. a corrupt catalog)
     # Per launch call: regions that have no capacity ("precheck:<region>" fails the precheck instead).
     full: list[set[str]] = field(default_factory=list)
     setup_script: list[PhaseScript] = field(default_factory=list)
@@ -70,6 +71,8 @@ class FakeCloud:
 
     @activity.defn(name=ActivityName.PLAN)
     async def plan(self, inp: PlanInput) -> PlanResult:
+        if self.plan_broken:
+            raise RuntimeError("catalog file is corrupt")
         if self.infeasible:
             return PlanResult(candidates=[], infeasible_reason=self.infeasible)
         return PlanResult(candidates=self.candidates)

@@ -150,6 +150,14 @@ async def test_infeasible_plan_fails_prechecks_without_launching() -> None:
     assert cloud.launches == []
 
 
+async def test_an_activity_failing_past_its_retries_ends_failed_controller() -> None:
+    cloud = FakeCloud(plan_broken=True)
+    result = await run_job(cloud)
+    assert result.status is S.FAILED_CONTROLLER
+    assert "catalog file is corrupt" in (result.failure_reason or "")
+    assert cloud.launches == []
+
+
 async def test_unreachable_past_the_window_recovers() -> None:
     cloud = FakeCloud(run_script=[UNREACHABLE, [0]])
     result = await run_job(cloud)

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeUpdate
-from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError, is_cancelled_exception
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
@@ -202,6 +202,15 @@ class ManagedJobWorkflow:
         except _TaskEnded as ended:
             self._finish(ts, ended.status, ended.reason)
             self._log(f"Task {index} ({ts.name}) {ended.status.value}: {ended.reason}")
+        except FailureError as err:
+            if is_cancelled_exception(err):
+                raise
+            # An activity failed past its retries (e.g. the plan could not be computed): SkyPilot's
+            # FAILED_CONTROLLER, with the cause. Bugs in this workflow's own code are not caught here: they
+            # fail the workflow task and the job waits, intact, for a fixed worker.
+            reason = f"Unexpected error: {err.cause or err}"
+            self._finish(ts, Status.FAILED_CONTROLLER, reason)
+            self._log(f"Task {index} ({ts.name}) FAILED_CONTROLLER: {reason}")
         except BaseException as err:
             if is_cancelled_exception(err):
                 self._set(ts, Status.CANCELLING, "Cancellation requested; cleaning up.")
