@@ -40,6 +40,8 @@ FAST_CONFIG: dict[str, Any] = {
         "watch": {"poll_seconds": 0.5, "heartbeat_timeout_seconds": 5},
         "status_check": {"min_elapsed_seconds": 2, "min_retries": 2},
         "launch_backoff": {"initial_seconds": 1, "multiplier": 1.5, "max_seconds": 3, "jitter": 0.2},
+        # Off unless a test is about it: a sweeper lists every enabled infra, which must stay local here.
+        "sweeper": {"enabled": False},
     },
     "worker": {"graceful_shutdown_seconds": 2, "sticky_schedule_to_start_seconds": 2},
 }

@@ -3,20 +3,32 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from tsky.activities.clouds import get_backend
 from tsky.activities.clouds.local import preempt_job
-from tsky.cli.common import ago, console, fail, settings, table
+from tsky.cli.common import ago, console, err_console, fail, run, settings, table
+from tsky.spec.settings import Settings
+
+if TYPE_CHECKING:
+    from tsky.activities.sweeper import ClusterView
 
 debug_app = typer.Typer(help="Tools for trying recovery on the local simulator.", no_args_is_help=True)
 
 
-def status() -> None:
-    """List the live clusters tsky has launched on the local infra."""
+def status(
+    all_infra: Annotated[
+        bool,
+        typer.Option("--all-infra", help="Every enabled infra (clouds, k8s, ssh pools), with each cluster's job."),
+    ] = False,
+) -> None:
+    """List the live clusters tsky has launched on the local infra (or on every enabled infra)."""
     s = settings()
+    if all_infra:
+        run(_status_all_infra(s))
+        return
     records = asyncio.run(get_backend("local", s).list_clusters())
     if not records:
         console.print("No live clusters.")
@@ -36,6 +48,52 @@ def status() -> None:
         for r in sorted(records, key=lambda r: r.name)
     ]
     console.out(table(["NAME", "JOB", "INFRA", "NODES", "INSTANCE", "STATUS", "LAUNCHED"], rows))
+
+
+async def _status_all_infra(s: Settings) -> None:
+    from datetime import UTC, datetime
+
+    from tsky.activities.sweeper import UNKNOWN_JOB, survey
+    from tsky.worker.client import ConnectError, connect
+
+    try:
+        client = await connect(s)
+    except ConnectError as err:
+        client = None
+        err_console.print(f"Job states unknown: {err}")
+    found = await survey(s, client)
+    for infra, error in sorted(found.errors.items()):
+        err_console.print(f"Could not list clusters on {infra}: {error}")
+    if not found.clusters:
+        console.print("No tsky clusters on any enabled infra.")
+        return
+
+    def job_cells(view: ClusterView) -> list[str]:
+        if not view.ours:
+            return ["(another tsky installation)", "-"]
+        if view.job is None:
+            return ["-", "-"]
+        if view.job.status == UNKNOWN_JOB:
+            return ["UNKNOWN (no such job)", "no"]
+        return [view.job.status, "yes" if view.job.live else "no"]
+
+    rows = [
+        [
+            v.record.name,
+            "-" if v.record.job_id is None else str(v.record.job_id),
+            *job_cells(v),
+            f"{v.record.backend} ({v.record.region})",
+            str(v.record.nodes),
+            v.record.extra.get("instance_type", "-") + ("[Spot]" if v.record.extra.get("spot") == "True" else ""),
+            v.record.state,
+            ago(datetime.fromtimestamp(v.record.launched_at, UTC) if v.record.launched_at else None),
+        ]
+        for v in sorted(found.clusters, key=lambda v: (v.record.backend, v.record.name))
+    ]
+    headers = ["NAME", "JOB", "JOB STATUS", "JOB LIVE", "INFRA", "NODES", "INSTANCE", "STATUS", "LAUNCHED"]
+    console.out(table(headers, rows))
+    if any(v.orphaned for v in found.clusters):
+        console.print("Clusters whose job is not live are torn down by the sweeper after its grace period.")
 
 
 @debug_app.command()

@@ -28,6 +28,7 @@ class ActivityName(StrEnum):
     TEARDOWN = "teardown_cluster"
     CONTROLLER_LOG = "append_controller_log"
     CLEANUP_JOB = "cleanup_job"
+    SWEEP = "sweep_clusters"
 
 
 class ErrorType(StrEnum):
@@ -150,3 +151,15 @@ class ControllerLogInput(_Model):
 
 class CleanupJobInput(_Model):
     job_id: int
+
+
+class SweepInput(_Model):
+    # cluster key (`backend/region/name`) -> when a sweep first saw it without a live job (epoch seconds)
+    orphans_since: dict[str, float] = {}
+
+
+class SweepResult(_Model):
+    orphans_since: dict[str, float] = {}
+    torn_down: list[str] = []  # cluster keys
+    live: int = 0  # clusters whose job is running (never touched)
+    next_sweep_seconds: float = 60  # the worker's jobs.sweeper.interval_seconds

@@ -57,6 +57,16 @@ def cluster_name(task_name: str, job_id: int, task_index: int, launch: int) -> s
     return name
 
 
+def owner_id(temporal_address: str | None, namespace: str, host: str, home: str) -> str:
+    """10 hex characters naming the tsky installation that launched a cluster (a label on cloud clusters).
+
+    Jobs live in one Temporal namespace, so a sweeper may only judge clusters whose job ids are its own:
+    the same cloud account can hold clusters of other users' embedded servers, or of another namespace.
+    An embedded server is identified by its host and home, a shared server by its address."""
+    where = temporal_address or f"embedded:{host}:{home}"
+    return hashlib.sha256(f"{where}/{namespace}".encode()).hexdigest()[:10]
+
+
 def user_hash(user: str, host: str) -> str:
     """8 hex characters identifying a user, as SkyPilot's `user_hash`."""
     return hashlib.sha256(f"{user}@{host}".encode()).hexdigest()[:8]

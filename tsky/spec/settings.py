@@ -49,11 +49,22 @@ class WatchSettings(_Section):
     heartbeat_timeout_seconds: float = Field(default=30, gt=0)
 
 
+class SweeperSettings(_Section):
+    """The sweeper: tears down tsky-tagged clusters whose job ended or never existed (leak backstop)."""
+
+    enabled: bool = True
+    interval_seconds: float = Field(default=60, gt=0)
+    # How long a cluster must be seen without a live job before it is torn down: room for the job's
+    # own teardown, and for a job that is just being started.
+    grace_seconds: float = Field(default=300, ge=0)
+
+
 class JobsSettings(_Section):
     controller: ControllerSettings = ControllerSettings()
     status_check: StatusCheckSettings = StatusCheckSettings()
     launch_backoff: LaunchBackoffSettings = LaunchBackoffSettings()
     watch: WatchSettings = WatchSettings()
+    sweeper: SweeperSettings = SweeperSettings()
     bucket: str | None = Field(default=None, pattern=r"^(https|s3|gs|r2|cos|local)://.+")
     force_disable_cloud_bucket: bool = False
 

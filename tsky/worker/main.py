@@ -16,6 +16,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from tsky.activities.cluster import ClusterActivities
 from tsky.activities.controller_log import ControllerLogActivities
 from tsky.activities.planning import PlanningActivities
+from tsky.activities.sweeper import SweeperActivities
 from tsky.activities.watch import PhaseActivities
 from tsky.spec.ids import CONTROL_QUEUE, LAUNCH_QUEUE, WATCH_QUEUE
 from tsky.spec.settings import Settings
@@ -35,6 +36,7 @@ def build_workers(client: Client, settings: Settings) -> list[Worker]:
     phases = PhaseActivities(settings)
     planning = PlanningActivities(settings)
     controller_log = ControllerLogActivities(settings)
+    sweeper = SweeperActivities(settings, client)
     controller = settings.jobs.controller
     shutdown = timedelta(seconds=settings.worker.graceful_shutdown_seconds)
     common: dict[str, Any] = {"graceful_shutdown_timeout": shutdown}
@@ -58,6 +60,7 @@ def build_workers(client: Client, settings: Settings) -> list[Worker]:
                 cluster.sync_files,
                 cluster.teardown_cluster,
                 phases.run_setup,
+                sweeper.sweep_clusters,
             ],
             max_concurrent_activities=settings.launch_concurrency(),
             **common,
@@ -76,9 +79,11 @@ def build_workers(client: Client, settings: Settings) -> list[Worker]:
 
 async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
     from tsky.worker.client import connect
+    from tsky.worker.sweeper import ensure_sweeper
 
     client = await connect(settings, metrics_port=settings.worker.metrics_port)
     workers = build_workers(client, settings)
+    await ensure_sweeper(client, settings)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -4,5 +4,6 @@ from __future__ import annotations
 
 from tsky.workflows.id_registry import IdRegistryWorkflow
 from tsky.workflows.managed_job import ManagedJobWorkflow
+from tsky.workflows.sweeper import SweeperWorkflow
 
-WORKFLOWS: list[type] = [ManagedJobWorkflow, IdRegistryWorkflow]
+WORKFLOWS: list[type] = [ManagedJobWorkflow, IdRegistryWorkflow, SweeperWorkflow]

@@ -7,11 +7,14 @@ method is idempotent: provisioning a name that exists adopts it, tearing down a 
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from tsky.spec.activity_io import ClusterInfo, JobMeta
+from tsky.spec.ids import owner_id
 from tsky.spec.requests import Candidate
+from tsky.spec.settings import Settings
 from tsky.spec.status import NodeState
 
 
@@ -54,6 +57,14 @@ class ClusterRecord:
     state: str = "UP"
     launched_at: float | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    # The installation that launched it (`owner_of(settings)`), where the backend is shared with others
+    # (a cloud account, a k8s namespace); None where only this installation can see it (local).
+    owner: str | None = None
+
+
+def owner_of(settings: Settings) -> str:
+    """This installation's owner id, which backends put on the clusters they create."""
+    return owner_id(settings.temporal.address, settings.temporal.namespace, socket.gethostname(), str(settings.home))
 
 
 class NodeAgent(Protocol):
