@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict
 
+from tsky.activities.clouds.ssh_pools import PoolFileError, parse_pool
 from tsky.spec.settings import Settings
 
 INFRA_NAMES = ("local", "ssh", "aws", "gcp", "k8s")
@@ -101,6 +102,11 @@ def _check_ssh(settings: Settings) -> InfraStatus:
     for name, pool in data.items():
         if not isinstance(pool, dict) or not pool.get("hosts") or not isinstance(pool["hosts"], list):
             problems.append(f"pool '{name}' has no `hosts` list")
+            continue
+        try:
+            parse_pool(str(name), pool)  # each host entry, as the ssh backend reads it
+        except PoolFileError as err:
+            problems.append(str(err))
             continue
         pools.append(str(name))
         shape = _ssh_shape(pool)

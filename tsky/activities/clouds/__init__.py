@@ -13,6 +13,7 @@ from tsky.spec.settings import Settings
 # backend name (as in `infra:` and ClusterInfo.backend) -> module defining `make_backend(settings)`
 _MODULES = {
     "local": "tsky.activities.clouds.local",
+    "ssh": "tsky.activities.clouds.ssh",
 }
 
 _cache: dict[tuple[str, int], Backend] = {}

@@ -338,8 +338,8 @@ kill_tagged -x "TSKY_PROCESS_TAG=$tag:$p"
 """
 )
 
-# args: dir tag grace [paths to remove...]. Stops every phase of the node (TERM, then KILL), kills every
-# process tagged with the node's tag, then removes the cluster directory and the given paths.
+# args: dir tag-prefix grace [paths to remove...]. Stops every phase of the node (TERM, then KILL), kills
+# every process whose tag starts with the prefix, then removes the cluster directory and the given paths.
 _TERMINATE = (
     _PRELUDE
     + r"""
@@ -478,15 +478,17 @@ class SSHNodeAgent:
     async def stop_phase(self, phase: str, grace: float = 3.0) -> None:
         await self._program(_STOP, phase, self.tag, str(int(grace)), timeout=self.options.command_timeout + grace)
 
-    async def terminate(self, grace: float = 3.0, remove: Iterable[str] = ()) -> None:
-        """Stop every phase of this node (TERM, KILL after `grace` s), kill every process carrying the
-        node's tag, and remove the cluster directory plus `remove` (e.g. the workdir). Idempotent."""
+    async def terminate(self, grace: float = 3.0, remove: Iterable[str] = (), tag_prefix: str | None = None) -> None:
+        """Stop every phase of this node (TERM, KILL after `grace` s), kill every process whose tag starts
+        with `tag_prefix` (default: this node's phases), and remove the cluster directory plus `remove`
+        (e.g. the workdir). Idempotent."""
         paths = [_remote_path(p) for p in remove]
         for path in paths:
             norm = os.path.normpath(path)
             if norm in (".", "/") or norm.startswith(".."):
                 raise ValueError(f"refusing to remove {path!r} on {self.target}")
-        await self._program(_TERMINATE, self.tag, str(int(grace)), *paths, timeout=self.options.command_timeout + grace)
+        prefix = tag_prefix if tag_prefix is not None else f"{self.tag}:"
+        await self._program(_TERMINATE, prefix, str(int(grace)), *paths, timeout=self.options.command_timeout + grace)
 
     async def sync_dir(self, local_src: str, dest: str) -> None:
         """Copy the contents of `local_src` into `dest` (created if missing); existing files are

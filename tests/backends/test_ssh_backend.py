@@ -1,0 +1,142 @@
+"""The `ssh` backend against real sshd nodes: claims (adopt, capacity, concurrent launches), node states,
+teardown that leaves nothing behind, and the records the sweeper lists."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+import yaml
+
+from tests.backends.sshd import SSHNode, SSHNodes
+from tsky.activities.clouds import ssh_runner
+from tsky.activities.clouds.base import CapacityError, PrecheckError
+from tsky.activities.clouds.ssh import SSHBackend
+from tsky.activities.clouds.ssh_runner import NodeUnreachable, SSHOptions
+from tsky.spec.activity_io import JobMeta
+from tsky.spec.requests import Candidate
+from tsky.spec.settings import load_settings
+from tsky.spec.status import NodeState
+
+pytestmark = pytest.mark.asyncio
+
+FAST = SSHOptions(connect_timeout=3, keepalive_interval=1, keepalive_count_max=2, command_timeout=20)
+
+
+def write_pools(home: Path, nodes: SSHNodes, pools: dict[str, list[SSHNode]]) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    data = {
+        name: {
+            "user": "root",
+            "identity_file": str(nodes.client_key),
+            "hosts": [{"ip": n.addr, "port": n.port} for n in members],
+        }
+        for name, members in pools.items()
+    }
+    (home / "ssh_node_pools.yaml").write_text(yaml.safe_dump(data))
+
+
+def meta(job_id: int) -> JobMeta:
+    return JobMeta(job_id=job_id, job_name="j", task_index=0, task_name="j", task_id="t", task_ids=["t"], user="u")
+
+
+def candidate(pool: str) -> Candidate:
+    return Candidate(cloud="ssh", region=pool, instance_type="node", vcpus=1, memory_gb=1)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def pool() -> AsyncIterator[None]:
+    yield
+    await ssh_runner.close_all()
+
+
+def claim_of(node: SSHNode) -> str | None:
+    link = node.home / ".tsky" / "claim"
+    return str(link.readlink()) if link.is_symlink() else None
+
+
+async def test_claims_adopt_capacity_states_and_teardown(ssh_nodes: SSHNodes, pool: None, tmp_path: Path) -> None:
+    nodes = [ssh_nodes.start() for _ in range(3)]
+    home = tmp_path / "home"
+    write_pools(home, ssh_nodes, {"p": nodes})
+    backend = SSHBackend(load_settings(home), FAST)
+
+    info = await backend.provision("a-1", candidate("p"), 2, meta(1))
+    assert [n.ip for n in info.nodes] == [nodes[0].addr, nodes[1].addr]  # pool order
+    assert info.backend == "ssh" and info.region == "p"
+    owner = backend.owner
+    assert claim_of(nodes[0]) == claim_of(nodes[1]) == f"a-1@{owner}" and claim_of(nodes[2]) is None
+    again = await backend.provision("a-1", candidate("p"), 2, meta(1))
+    assert again == info  # a retried provision adopts its hosts
+
+    with pytest.raises(CapacityError, match="2 free host\\(s\\) needed, 1 available \\(2 in use"):
+        await backend.provision("b-2", candidate("p"), 2, meta(2))
+    assert claim_of(nodes[2]) is None  # the failed launch let go of what it took
+    with pytest.raises(PrecheckError, match="has 3 host"):
+        await backend.provision("c-3", candidate("p"), 4, meta(3))
+    with pytest.raises(PrecheckError, match="pool 'nope' is not in"):
+        await backend.provision("c-3", candidate("nope"), 1, meta(3))
+
+    agents = [backend.node(info, r) for r in range(2)]
+    for agent in agents:
+        await agent.start_phase("run-a0", "setsid sleep 300 & sleep 300", {})
+    await agents[0].sync_dir(str(tmp_path), "sky_workdir")
+    assert await backend.node_states(info) == [NodeState.UP, NodeState.UP]
+
+    [record] = await backend.list_clusters()
+    assert (record.name, record.region, record.job_id, record.nodes, record.owner) == ("a-1", "p", 1, 2, owner)
+    assert record.extra["hosts"] == f"{nodes[0].addr}:{nodes[0].port},{nodes[1].addr}:{nodes[1].port}"
+
+    # A host that answers without the cluster's claim: the cluster is gone there.
+    (nodes[1].home / ".tsky" / "claim").unlink()
+    assert await backend.node_states(info) == [NodeState.UP, NodeState.GONE]
+
+    await backend.teardown("a-1", info)
+    for node in nodes[:2]:
+        assert claim_of(node) is None
+        assert not (node.home / ".tsky/clusters/a-1").exists() and not (node.home / "sky_workdir").exists()
+        assert (await backend.node(info, 0).run("pgrep -c sleep")).stdout.strip() == b"0"
+    await backend.teardown("a-1", info)  # idempotent
+    assert await backend.list_clusters() == []
+
+
+async def test_concurrent_launches_never_share_a_host(ssh_nodes: SSHNodes, pool: None, tmp_path: Path) -> None:
+    nodes = [ssh_nodes.start() for _ in range(3)]
+    home = tmp_path / "home"
+    write_pools(home, ssh_nodes, {"p": nodes})
+    # Two workers (two backends, separate settings objects) launching at the same moment.
+    backends = [SSHBackend(load_settings(home), FAST) for _ in range(2)]
+    results = await asyncio.gather(
+        *(b.provision(f"x-{i}", candidate("p"), 2, meta(i)) for i, b in enumerate(backends)), return_exceptions=True
+    )
+    won = [r for r in results if not isinstance(r, BaseException)]
+    lost = [r for r in results if isinstance(r, BaseException)]
+    assert len(won) == 1 and len(lost) == 1 and isinstance(lost[0], CapacityError), results
+    claims = [claim_of(n) for n in nodes]
+    assert claims.count(f"{won[0].name}@{backends[0].owner}") == 2 and claims.count(None) == 1
+    await backends[0].teardown(won[0].name, None)  # found by scanning the pools, as after a failed launch
+    assert [claim_of(n) for n in nodes] == [None, None, None]
+
+
+async def test_dead_host_is_unreachable_then_skipped_by_teardown(
+    ssh_nodes: SSHNodes, pool: None, tmp_path: Path
+) -> None:
+    nodes = [ssh_nodes.start() for _ in range(3)]
+    home = tmp_path / "home"
+    write_pools(home, ssh_nodes, {"p": nodes})
+    backend = SSHBackend(load_settings(home), FAST)
+    info = await backend.provision("d-1", candidate("p"), 2, meta(1))
+    nodes[1].kill()
+    with pytest.raises(NodeUnreachable):
+        await backend.node_states(info)
+    await backend.teardown("d-1", info)  # the live host is cleaned, the dead one skipped
+    assert claim_of(nodes[0]) is None
+    # The pool now has two live hosts: a 2-node cluster fits, without the dead one.
+    again = await backend.provision("d-1-r1", candidate("p"), 2, meta(1))
+    assert [n.ip for n in again.nodes] == [nodes[0].addr, nodes[2].addr]
+    with pytest.raises(CapacityError, match="unreachable"):
+        await backend.provision("e-2", candidate("p"), 1, meta(2))
+    await backend.teardown("d-1-r1", again)
