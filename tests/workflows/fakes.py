@@ -19,6 +19,7 @@ from tests.harness import BIN
 from tsky.spec import search_attributes
 from tsky.spec.activity_io import (
     ActivityName,
+    CleanupJobInput,
     ClusterInfo,
     ControllerLogInput,
     ErrorType,
@@ -32,6 +33,7 @@ from tsky.spec.activity_io import (
     PlanResult,
     StopPhaseInput,
     SyncInput,
+    SyncResult,
     TeardownInput,
 )
 from tsky.spec.ids import CONTROL_QUEUE, LAUNCH_QUEUE, WATCH_QUEUE
@@ -63,6 +65,8 @@ class FakeCloud:
     phases: list[tuple[str, str, int]] = field(default_factory=list)  # (phase, cluster, attempt)
     log: list[str] = field(default_factory=list)
     run_started: asyncio.Event = field(default_factory=asyncio.Event)
+    syncs: list[tuple[str, str]] = field(default_factory=list)  # (task name, direction)
+    cleanups: list[CleanupJobInput] = field(default_factory=list)
 
     def live_clusters(self) -> set[str]:
         return set(self.launched) - set(self.torn_down)
@@ -101,8 +105,13 @@ class FakeCloud:
         return LaunchResult(failures=failures)
 
     @activity.defn(name=ActivityName.SYNC_FILES)
-    async def sync(self, inp: SyncInput) -> None:
-        return None
+    async def sync(self, inp: SyncInput) -> SyncResult:
+        self.syncs.append((inp.task.name or "", inp.direction))
+        return SyncResult()
+
+    @activity.defn(name=ActivityName.CLEANUP_JOB)
+    async def cleanup_job(self, inp: CleanupJobInput) -> None:
+        self.cleanups.append(inp)
 
     async def _phase(self, inp: PhaseInput, script: list[PhaseScript]) -> PhaseResult:
         self.phases.append((inp.phase, inp.cluster.name, inp.attempt))
@@ -138,7 +147,7 @@ class FakeCloud:
         self.log.extend(inp.lines)
 
     def activities(self) -> list[object]:
-        return [self.plan, self.launch, self.sync, self.setup, self.run, self.stop, self.teardown]
+        return [self.plan, self.launch, self.sync, self.setup, self.run, self.stop, self.teardown, self.cleanup_job]
 
 
 LOST = ErrorType.CLUSTER_LOST.value

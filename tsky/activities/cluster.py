@@ -1,4 +1,4 @@
-"""Launching and tearing down clusters, and copying a task's files onto them.
+"""Launching and tearing down clusters, copying a task's files onto them, and cleaning up after a job.
 
 `launch_cluster` tries the candidates in the order the workflow gave (the recovery policy decides that
 order) and reports every failure with its kind, so the workflow can tell "no capacity anywhere, back off"
@@ -7,20 +7,29 @@ from "this can never work, fail now". `teardown_cluster` returns only once the b
 
 from __future__ import annotations
 
-import os
+import asyncio
+import shutil
+import tempfile
 from pathlib import Path
 
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from tsky.activities.clouds import get_backend
 from tsky.activities.clouds.base import CapacityError, PrecheckError
 from tsky.activities.heartbeat import heartbeating
+from tsky.activities.mounts import FileSync, storages
+from tsky.activities.storage import delete_prefix, get_store
+from tsky.activities.uploads import uploads_root
 from tsky.spec.activity_io import (
     ActivityName,
+    CleanupJobInput,
+    ErrorType,
     LaunchFailure,
     LaunchInput,
     LaunchResult,
     SyncInput,
+    SyncResult,
     TeardownInput,
 )
 from tsky.spec.settings import Settings
@@ -52,23 +61,65 @@ class ClusterActivities:
         return LaunchResult(failures=failures)
 
     @activity.defn(name=ActivityName.SYNC_FILES)
-    async def sync_files(self, inp: SyncInput) -> None:
-        """Copy the workdir and local file mounts to every node (idempotent: copies overwrite)."""
+    async def sync_files(self, inp: SyncInput) -> SyncResult:
+        """Down: the workdir, file mounts and buckets onto every node (idempotent: copies overwrite).
+        Up: the nodes' cached copies of mounted buckets back into the buckets. See `mounts.py`.
+
+        A problem the job's spec causes (a missing bucket, a bad path) fails fast as PrecheckError."""
         backend = get_backend(inp.cluster.backend, self.settings)
         task = inp.task
-        async with heartbeating("sync"):
-            for node in inp.cluster.nodes:
-                agent = backend.node(inp.cluster, node.rank)
-                if isinstance(task.workdir, str):
-                    await agent.sync_dir(task.workdir, "sky_workdir")
-                for dest, source in task.file_mounts.items():
-                    if not isinstance(source, str) or "://" in source:
-                        continue  # buckets are mounted by the storage step
-                    src = Path(os.path.expanduser(source))
-                    if src.is_dir():
-                        await agent.sync_dir(str(src), dest)
-                    else:
-                        await agent.sync_file(str(src), dest)
+        scratch_root = self.settings.home / "tmp"
+        scratch_root.mkdir(parents=True, exist_ok=True)
+        try:
+            async with heartbeating("sync", inp.direction):
+                with tempfile.TemporaryDirectory(dir=scratch_root, prefix="sync-") as scratch:
+                    files = FileSync(self.settings, inp.cluster.backend, Path(scratch))
+                    agents = [backend.node(inp.cluster, node.rank) for node in inp.cluster.nodes]
+                    if inp.direction == "up":
+                        for dest, storage in storages(task):
+                            where = files.location(storage)
+                            for agent in agents:
+                                await files.write_back(agent, storage, where, dest)
+                        return SyncResult()
+                    buckets = {dest: await files.bucket_of(storage) for dest, storage in storages(task)}
+                    for agent in agents:
+                        if isinstance(task.workdir, str):
+                            await files.put(agent, task.workdir, "sky_workdir")
+                        for dest, source in task.file_mounts.items():
+                            if isinstance(source, str):
+                                await files.put(agent, source, dest)
+                            else:
+                                await files.put_storage(agent, source, buckets[dest], dest)
+                    return SyncResult(notes=files.notes)
+        except PrecheckError as err:
+            raise ApplicationError(str(err), type=ErrorType.PRECHECK, non_retryable=True) from err
+
+    @activity.defn(name=ActivityName.CLEANUP_JOB)
+    async def cleanup_job(self, inp: CleanupJobInput) -> None:
+        """Remove what a job made for itself: its uploads (a prefix of the intermediate bucket, the whole
+        temporary bucket, or its file-store directory) and its `persistent: false` buckets. Idempotent."""
+        async with heartbeating("cleanup", inp.job_id):
+            await asyncio.to_thread(self._cleanup, inp)
+
+    def _cleanup(self, inp: CleanupJobInput) -> None:
+        for location in inp.uploads:
+            if location.path is not None:
+                path = Path(location.path)
+                root = uploads_root(self.settings)
+                if not path.resolve().is_relative_to(root.resolve()):
+                    raise ApplicationError(
+                        f"refusing to delete {path}: not in this worker's file store {root}", non_retryable=True
+                    )
+                shutil.rmtree(path, ignore_errors=True)
+            elif location.bucket is not None:
+                store = get_store(location.bucket.store, self.settings)
+                if location.delete_bucket:
+                    store.delete_bucket(location.bucket.bucket)
+                else:
+                    delete_prefix(store, location.bucket)
+        for ref in inp.buckets:
+            get_store(ref.store, self.settings).delete_bucket(ref.name)
+        logger.info("job %s cleaned up", inp.job_id)
 
     @activity.defn(name=ActivityName.TEARDOWN)
     async def teardown_cluster(self, inp: TeardownInput) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +28,7 @@ from temporalio.common import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
+from tsky.activities.uploads import Uploader
 from tsky.spec import search_attributes as sa
 from tsky.spec.ids import CONTROL_QUEUE, ID_REGISTRY_WORKFLOW_ID, job_workflow_id
 from tsky.spec.job import JobPolicy, JobRequest, JobResult, TaskState
@@ -34,6 +36,7 @@ from tsky.spec.requests import requested_label
 from tsky.spec.secrets import load_key, seal
 from tsky.spec.settings import Settings
 from tsky.spec.status import ManagedJobStatus
+from tsky.spec.storage import UploadLocation
 from tsky.spec.task import Pipeline
 from tsky.workflows.id_registry import AllocateRequest, IdRegistryWorkflow, RegistryState
 from tsky.workflows.managed_job import ManagedJobWorkflow
@@ -115,8 +118,14 @@ async def submit(
     num_jobs: int = 1,
     pool: str | None = None,
     priority: int = 0,
+    progress: Callable[[str], None] | None = None,
 ) -> list[int]:
-    """Start `num_jobs` managed jobs running `pipeline`; returns their ids (ranks follow id order)."""
+    """Start `num_jobs` managed jobs running `pipeline`; returns their ids (ranks follow id order).
+
+    Local workdir and file mounts are uploaded first (see `tsky.activities.uploads`), one copy per job,
+    and each job's tasks refer to its copy. An `UploadError` (bad `jobs.bucket`, a storage object
+    that cannot be uploaded) is raised before any job id is taken."""
+    uploader = Uploader(settings, pipeline, user=user, user_hash=user_hash)
     first = await allocate_job_ids(client, num_jobs)
     secrets = [task.secrets for task in pipeline.tasks]
     sealed = [seal(s, load_key(settings.home, create=True)) if s else {} for s in secrets]
@@ -124,12 +133,22 @@ async def submit(
     now = datetime.now(UTC)
     ids = list(range(first, first + num_jobs))
     semaphore = asyncio.Semaphore(_START_CONCURRENCY)
+    prepared: dict[int, tuple[Pipeline, list[UploadLocation]]] = {}
+    if uploader.needed:
+        if progress is not None:
+            progress(uploader.describe())
+        done = await asyncio.to_thread(uploader.upload, _run_id(ids[0]))
+        prepared[ids[0]] = done
+        for job_id in ids[1:]:
+            prepared[job_id] = await asyncio.to_thread(uploader.copy_for, done[0], done[1], _run_id(job_id))
 
     async def start(rank: int, job_id: int) -> None:
+        job_pipeline, uploads = prepared.get(job_id, (pipeline, []))
         req = JobRequest(
             job_id=job_id,
             name=pipeline.name,
-            pipeline=pipeline,
+            pipeline=job_pipeline,
+            uploads=uploads,
             user=user,
             user_hash=user_hash,
             submitted_at=now,
@@ -145,6 +164,12 @@ async def submit(
 
     await asyncio.gather(*(start(rank, job_id) for rank, job_id in enumerate(ids)))
     return ids
+
+
+def _run_id(job_id: int) -> str:
+    """Names a job's upload directory: its id (for people) and 8 random hex digits (for uniqueness in a
+    `jobs.bucket` shared by several tsky installations)."""
+    return f"{job_id}-{uuid.uuid4().hex[:8]}"
 
 
 # -- listing ----------------------------------------------------------------------------------------

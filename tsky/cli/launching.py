@@ -15,8 +15,10 @@ import yaml
 
 from tsky.activities.infra_check import check_infra
 from tsky.activities.planning import plan_for_task
+from tsky.activities.uploads import UploadError
 from tsky.cli import api
 from tsky.cli.common import (
+    UsageError,
     client_for,
     console,
     current_user,
@@ -141,14 +143,18 @@ def launch_job(opts: LaunchOptions) -> int:
         client = await client_for(s)
         if opts.num_jobs > 1:
             console.print(f"Submitting {opts.num_jobs} managed jobs. Each job will be launched on its own cluster.")
-        ids = await api.submit(
-            client,
-            s,
-            pipeline,
-            user=current_user(),
-            user_hash=current_user_hash(),
-            num_jobs=opts.num_jobs,
-        )
+        try:
+            ids = await api.submit(
+                client,
+                s,
+                pipeline,
+                user=current_user(),
+                user_hash=current_user_hash(),
+                num_jobs=opts.num_jobs,
+                progress=lambda text: console.print(f"[dim]{text}[/]"),
+            )
+        except UploadError as err:
+            raise UsageError(str(err)) from None
         detach = opts.detach_run or len(ids) > 1
         print_submitted(ids, detach)
         if detach:

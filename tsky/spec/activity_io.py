@@ -10,7 +10,9 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
+from tsky.spec.job import JobPolicy
 from tsky.spec.requests import Candidate
+from tsky.spec.storage import BucketRef, UploadLocation
 from tsky.spec.task import Task
 
 
@@ -28,6 +30,8 @@ class ActivityName(StrEnum):
     TEARDOWN = "teardown_cluster"
     CONTROLLER_LOG = "append_controller_log"
     CLEANUP_JOB = "cleanup_job"
+    ALLOCATE_JOB_ID = "allocate_job_id"
+    JOB_RESULT = "job_result"
     SWEEP = "sweep_clusters"
 
 
@@ -111,6 +115,13 @@ class SyncInput(_Model):
     meta: JobMeta
     cluster: ClusterInfo
     task: Task
+    # "down": workdir, file mounts and buckets onto the nodes (before setup). "up": the cached copies of
+    # MOUNT / MOUNT_CACHED buckets back into their buckets (after the phases).
+    direction: str = "down"
+
+
+class SyncResult(_Model):
+    notes: list[str] = []  # for the controller log: how each mount was realised where it is not obvious
 
 
 class PhaseInput(_Model):
@@ -150,6 +161,25 @@ class ControllerLogInput(_Model):
 
 
 class CleanupJobInput(_Model):
+    job_id: int
+    uploads: list[UploadLocation] = []
+    buckets: list[BucketRef] = []  # `persistent: false` buckets
+
+
+class AllocateJobInput(_Model):
+    """A workflow asking tsky's worker for a job id (workflows cannot send updates themselves)."""
+
+    request_id: str  # the same on every retry, so a retried allocation returns the same id
+
+
+class AllocateJobResult(_Model):
+    job_id: int
+    user: str  # the worker's user and user hash, for jobs whose starter names none
+    user_hash: str
+    policy: JobPolicy  # from the worker's settings, as the CLI would fix it at submission
+
+
+class JobResultInput(_Model):
     job_id: int
 
 

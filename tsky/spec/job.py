@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict
 from tsky.spec.requests import Candidate
 from tsky.spec.settings import Settings
 from tsky.spec.status import ManagedJobStatus
+from tsky.spec.storage import UploadLocation
 from tsky.spec.task import Pipeline
 
 
@@ -63,6 +64,9 @@ class JobRequest(_Model):
     pool: str | None = None
     priority: int = 0
     policy: JobPolicy = JobPolicy()
+    # Where the CLI uploaded the job's local workdir and file mounts (the tasks refer to these
+    # locations, never to the submitting machine's paths); removed when the job ends.
+    uploads: list[UploadLocation] = []
 
 
 class Attempt(_Model):

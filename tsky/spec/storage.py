@@ -91,3 +91,88 @@ class GitWorkdir(_Model):
                 f"Invalid git URL {value!r}. Use an https://, ssh:// or scp-style (git@host:org/repo.git) URL."
             )
         return value.strip()
+
+
+# -- where bucket data lives, as the runtime sees it ---------------------------------------------------
+
+# URL scheme -> store, for the stores tsky can read and write.
+SCHEME_STORES = {"s3": "s3", "gs": "gcs", "local": "local"}
+STORE_SCHEMES = {store: scheme for scheme, store in SCHEME_STORES.items()}
+SUPPORTED_STORES = tuple(STORE_SCHEMES)
+# The store a bucket goes to when a storage object names none: the one of the cloud the task runs on.
+_BACKEND_STORES = {"aws": "s3", "gcp": "gcs"}
+
+
+class BucketURL(BaseModel):
+    """`s3://bucket/prefix`, `gs://bucket/prefix` or `local://bucket/prefix`, split."""
+
+    model_config = ConfigDict(frozen=True)
+
+    store: str
+    bucket: str
+    prefix: str = ""  # no leading or trailing slash; "" is the whole bucket
+
+    @property
+    def url(self) -> str:
+        tail = f"/{self.prefix}" if self.prefix else ""
+        return f"{STORE_SCHEMES[self.store]}://{self.bucket}{tail}"
+
+    def child(self, *parts: str) -> BucketURL:
+        prefix = "/".join(p.strip("/") for p in (self.prefix, *parts) if p.strip("/"))
+        return BucketURL(store=self.store, bucket=self.bucket, prefix=prefix)
+
+
+def parse_bucket_url(url: str) -> BucketURL:
+    """Split a bucket URL; a ValueError names the schemes tsky supports when the URL uses another."""
+    scheme, sep, rest = url.partition("://")
+    store = SCHEME_STORES.get(scheme.lower())
+    bucket, _, prefix = rest.partition("/")
+    if not sep or store is None or not bucket:
+        raise ValueError(
+            f"{url!r} is not a bucket URL tsky can use: write s3://<bucket>[/path], gs://<bucket>[/path] "
+            "or local://<bucket>[/path]."
+        )
+    return BucketURL(store=store, bucket=bucket, prefix=prefix.strip("/"))
+
+
+def storage_store(storage: Storage, backend: str) -> str:
+    """The store a storage object's bucket lives in: the one it names, the one its source URL names,
+    else the store of the cloud the task runs on (`local` for the local infra and ssh/k8s)."""
+    if storage.store:
+        return storage.store
+    source = storage.source if isinstance(storage.source, str) else None
+    if source and is_url(source):
+        scheme = source.partition("://")[0].lower()
+        return SCHEME_STORES.get(scheme, scheme)
+    return _BACKEND_STORES.get(backend, "local")
+
+
+def writes_back(storage: Storage, backend: str) -> bool:
+    """True when a mount is realised as a cached copy that must be uploaded again after the task's
+    phases: MOUNT / MOUNT_CACHED of an object store. A `local` bucket on the local infra is bound
+    live instead, and COPY is read-only."""
+    if storage.mode == "COPY":
+        return False
+    return not (backend == "local" and storage_store(storage, backend) == "local")
+
+
+class UploadLocation(BaseModel):
+    """Where a job's local files were uploaded at submission, removed when the job ends.
+
+    Either a prefix of an intermediate bucket (`bucket`, with `delete_bucket` when tsky created the
+    whole bucket for this job), or a directory of the worker's own file store (`path`, two-hop)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    bucket: BucketURL | None = None
+    delete_bucket: bool = False
+    path: str | None = None
+
+
+class BucketRef(BaseModel):
+    """A bucket tsky made for a `persistent: false` storage object: deleted when the job ends."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    store: str
+    name: str

@@ -59,6 +59,7 @@ def build_workers(client: Client, settings: Settings) -> list[Worker]:
                 cluster.launch_cluster,
                 cluster.sync_files,
                 cluster.teardown_cluster,
+                cluster.cleanup_job,
                 phases.run_setup,
                 sweeper.sweep_clusters,
             ],

@@ -28,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
     from tsky.spec import search_attributes as sa
     from tsky.spec.activity_io import (
         ActivityName,
+        CleanupJobInput,
         ClusterInfo,
         ControllerLogInput,
         ErrorType,
@@ -39,13 +40,15 @@ with workflow.unsafe.imports_passed_through():
         PlanInput,
         PlanResult,
         SyncInput,
+        SyncResult,
         TeardownInput,
     )
     from tsky.spec.ids import LAUNCH_QUEUE, WATCH_QUEUE, cluster_name
     from tsky.spec.job import Attempt, JobRequest, JobResult, JobState, TaskResult, TaskState
     from tsky.spec.requests import Candidate, requested_label
     from tsky.spec.status import ManagedJobStatus
-    from tsky.spec.task import Task
+    from tsky.spec.storage import BucketRef, is_url, parse_bucket_url, storage_store, writes_back
+    from tsky.spec.task import Storage, Task
     from tsky.workflows.recovery import Action, Outcome, OutcomeKind, decide, launch_backoff, launch_order
 
 Status = ManagedJobStatus
@@ -148,6 +151,8 @@ class ManagedJobWorkflow:
             for task in self.job.tasks:
                 if not task.status.is_terminal():
                     self._finish(task, Status.CANCELLED, None)
+            # On every ending, once the clusters are gone: the job's uploads and ephemeral buckets.
+            await self._cleanup_job()
         self._log(f"Job finished: {self.job.status.value}.")
         await self._publish()
         return self._result()
@@ -223,6 +228,7 @@ class ManagedJobWorkflow:
 
     async def _run_attempts(self, index: int, task: Task, ts: TaskState) -> None:
         recovery = task.job_recovery()
+        storages = [s for s in task.file_mounts.values() if isinstance(s, Storage)]
         self._set(ts, Status.STARTING, "Planning")
         await self._publish()
         plan = await self._activity(
@@ -258,7 +264,11 @@ class ManagedJobWorkflow:
             self._log(f"Task {index} ({ts.name}) attempt {attempt.index} running on {self._cluster.name}.")
             await self._publish()
 
-            outcome = await self._run_phases(index, task, ts, attempt, self._cluster)
+            cluster = self._cluster
+            outcome = await self._run_phases(index, task, ts, attempt, cluster)
+            if outcome.kind is OutcomeKind.EXITED and any(writes_back(s, cluster.backend) for s in storages):
+                # MOUNT of an object-store bucket is a cached copy on the nodes: save what the phases wrote.
+                await self._sync(self._meta(index), cluster, task, "up")
             self._leave_running(ts)
             decision = decide(outcome, recovery, restarts)
             attempt.ended_at = workflow.now()
@@ -350,15 +360,9 @@ class ManagedJobWorkflow:
         phase = "setup"
         try:
             if task.workdir or task.file_mounts:
-                await self._activity(
-                    ActivityName.SYNC_FILES,
-                    SyncInput(meta=meta, cluster=cluster, task=task),
-                    type(None),
-                    LAUNCH_QUEUE,
-                    timeout=timedelta(hours=2),
-                    heartbeat=_LAUNCH_HEARTBEAT,
-                    retry=_LAUNCH_RETRY,
-                )
+                synced = await self._sync(meta, cluster, task, "down")
+                for note in synced.notes:
+                    self._log(f"Task {index} ({ts.name}): {note}")
             for phase in ("setup", "run"):
                 if phase == "setup" and not task.setup:
                     continue
@@ -393,7 +397,20 @@ class ManagedJobWorkflow:
                 return Outcome(OutcomeKind.LOST, phase, reason=cause.message)
             if isinstance(cause, ApplicationError) and cause.type == ErrorType.UNREACHABLE:
                 return Outcome(OutcomeKind.UNREACHABLE, phase, reason=cause.message)
+            if isinstance(cause, ApplicationError) and cause.type == ErrorType.PRECHECK:
+                raise _TaskEnded(Status.FAILED_PRECHECKS, cause.message) from None  # the files can never sync
             raise
+
+    async def _sync(self, meta: JobMeta, cluster: ClusterInfo, task: Task, direction: str) -> SyncResult:
+        return await self._activity(
+            ActivityName.SYNC_FILES,
+            SyncInput(meta=meta, cluster=cluster, task=task, direction=direction),
+            SyncResult,
+            LAUNCH_QUEUE,
+            timeout=timedelta(hours=2),
+            heartbeat=_LAUNCH_HEARTBEAT,
+            retry=_LAUNCH_RETRY,
+        )
 
     # -- teardown --------------------------------------------------------------------------------------
 
@@ -439,6 +456,56 @@ class ManagedJobWorkflow:
         finally:
             self._cluster = None
             self._launching = None
+
+    def _ephemeral_buckets(self) -> list[BucketRef]:
+        """The `persistent: false` buckets tsky made for the job (a bucket named by a source URL is
+        someone else's and stays). A store left to the infra is the one of each backend a task ran on."""
+        refs: list[BucketRef] = []
+        for task, ts in zip(self.req.pipeline.tasks, self.job.tasks, strict=True):
+            backends = sorted({a.candidate.cloud for a in ts.attempts if a.candidate is not None})
+            for storage in task.file_mounts.values():
+                if not isinstance(storage, Storage) or storage.persistent or storage.name is None:
+                    continue
+                source = storage.source if isinstance(storage.source, str) else None
+                if source is not None and is_url(source):
+                    try:
+                        where = parse_bucket_url(source)
+                    except ValueError:
+                        continue
+                    if where.bucket == storage.name:  # the local source the CLI uploaded into `name`
+                        refs.append(BucketRef(store=where.store, name=where.bucket))
+                elif storage.store:
+                    refs.append(BucketRef(store=storage.store, name=storage.name))
+                else:
+                    refs += [BucketRef(store=storage_store(storage, b), name=storage.name) for b in backends]
+        return list(dict.fromkeys(refs))
+
+    async def _cleanup_job(self) -> None:
+        """Remove the job's uploads and ephemeral buckets. Shielded like teardown: a cancel arriving
+        meanwhile waits for it. A failure is logged, never changes the job's status."""
+        work = CleanupJobInput(job_id=self.req.job_id, uploads=self.req.uploads, buckets=self._ephemeral_buckets())
+        if not work.uploads and not work.buckets:
+            return
+
+        async def cleanup() -> None:
+            await self._activity(
+                ActivityName.CLEANUP_JOB,
+                work,
+                type(None),
+                LAUNCH_QUEUE,
+                timeout=_TEARDOWN_TIMEOUT,
+                heartbeat=_LAUNCH_HEARTBEAT,
+                retry=_TEARDOWN_RETRY,
+                schedule_to_close=_TEARDOWN_GIVE_UP,
+            )
+
+        try:
+            await _shielded(cleanup)
+            self._log("Cleaned up the job's uploaded files and ephemeral buckets.")
+        except ActivityError as err:
+            if is_cancelled_exception(err):
+                raise
+            self._log(f"Could not clean up the job's uploads/buckets, they may have leaked: {err.cause or err}")
 
     # -- state and visibility --------------------------------------------------------------------------
 

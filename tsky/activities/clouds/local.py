@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import hashlib
 import os
 import random
 import shutil
@@ -24,7 +25,14 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from tsky.activities.clouds.base import CapacityError, ClusterRecord, PhaseStatus, PrecheckError
-from tsky.activities.clouds.phases import PROCESS_TAG_VAR, WRAPPER, kill_tagged, pid_alive, proc_start_time
+from tsky.activities.clouds.phases import (
+    MOUNTS_FILE,
+    PROCESS_TAG_VAR,
+    WRAPPER,
+    kill_tagged,
+    pid_alive,
+    proc_start_time,
+)
 from tsky.spec.activity_io import ClusterInfo, JobMeta, NodeInfo
 from tsky.spec.requests import Candidate
 from tsky.spec.settings import LocalRegion, Settings
@@ -65,20 +73,70 @@ class LocalNodeAgent:
             path.chmod(0o600)
 
     async def sync_dir(self, local_src: str, dest: str) -> None:
-        target = self._resolve(dest)
+        target = self.host_path(dest)
         await asyncio.to_thread(shutil.copytree, local_src, target, symlinks=True, dirs_exist_ok=True)
+        self._bind_if_absolute(target, dest)
 
     async def sync_file(self, local_src: str, dest: str) -> None:
-        target = self._resolve(dest)
+        target = self.host_path(dest)
         target.parent.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(shutil.copy2, local_src, target)
+        self._bind_if_absolute(target, dest)
 
-    def _resolve(self, dest: str) -> Path:
-        """Relative and `~/` destinations land in the node's own directory (its home)."""
+    def host_path(self, dest: str) -> Path:
+        """Where this node keeps `dest`. Relative and `~/` destinations land in the node's directory (its
+        home); absolute ones under its `fs/` and are bound at `dest` for its phases only, so nodes that
+        share this host never see (or clobber) each other's `/data` and the host's is left alone."""
         if dest.startswith("~/"):
             dest = dest[2:]
         path = Path(dest)
-        return path if path.is_absolute() else self.root / path
+        return self.root / "fs" / path.relative_to("/") if path.is_absolute() else self.root / path
+
+    def _bind_if_absolute(self, target: Path, dest: str) -> None:
+        if Path(dest).is_absolute():
+            self.mount(target, dest)
+
+    def storage_cache(self, dest: str) -> Path:
+        """A node-local directory holding a cached copy of the bucket mounted at `dest`."""
+        name = hashlib.sha256(dest.encode()).hexdigest()[:16]
+        return self.dir / "storage" / name
+
+    def mount(self, source: Path, dest: str) -> None:
+        """Show `source` (a directory or file on this host) at the absolute path `dest` to this node's
+        phases (in their private mount namespace). Idempotent; a later source for `dest` replaces it."""
+        path = Path(dest)
+        if not path.is_absolute() or ".." in path.parts or str(path) != dest or "\t" in dest or "\n" in dest:
+            raise PrecheckError(f"mount path {dest!r} must be a plain absolute path (no tabs or newlines)")
+        if path == Path("/") or self.root.is_relative_to(path):
+            raise PrecheckError(
+                f"mount path {dest} would hide tsky's own directory {self.root} from the job: choose a path "
+                "outside it (e.g. /data)"
+            )
+        mounts = self._read_mounts()
+        mounts[dest] = str(source)
+
+        def redundant(d: str, src: str) -> bool:
+            # Under a parent bound to the directory that already holds it: the parent's bind shows it.
+            return any(d.startswith(a + "/") and src == mounts[a] + d[len(a) :] for a in mounts if a != d)
+
+        kept = {d: src for d, src in mounts.items() if not redundant(d, src)}
+        lines = [f"{src}\t{d}\n" for d, src in sorted(kept.items(), key=lambda i: (i[0].count("/"), i[0]))]
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f"{MOUNTS_FILE}.tmp"
+        tmp.write_text("".join(lines))
+        tmp.rename(self.dir / MOUNTS_FILE)
+
+    def _read_mounts(self) -> dict[str, str]:
+        try:
+            text = (self.dir / MOUNTS_FILE).read_text()
+        except FileNotFoundError:
+            return {}
+        mounts = {}
+        for line in text.splitlines():
+            src, _, dest = line.partition("\t")
+            if dest:
+                mounts[dest] = src
+        return mounts
 
     async def start_phase(self, phase: str, script: str, env: dict[str, str]) -> int:
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -20,16 +20,37 @@ PHASES = ("setup", "run")
 # group (setsid, double fork) can still be found and killed.
 PROCESS_TAG_VAR = "TSKY_PROCESS_TAG"
 
+# Optional, in the phase directory: `<source>\t<path>` lines (parents first), directories or files
+# on the node to bind at absolute paths for the phases' processes only. A node that shares its host
+# with other nodes (the local infra) keeps its absolute-path file mounts and buckets this way.
+MOUNTS_FILE = "mounts"
+
 # Runs one phase and records its exit code. Arguments: the phase directory, the phase, the working
 # directory. The user's commands run in a child bash so that an `exit` in them still reaches the
-# line that records the code; stdin is closed, as on a cluster.
+# line that records the code; stdin is closed, as on a cluster. When the node has a mounts file, the
+# wrapper first re-runs itself in a private mount namespace (`unshare`; needs root or CAP_SYS_ADMIN)
+# and binds them there: nobody else on the host sees them, and they vanish with the phase's processes.
+# A mount point missing on the host is created empty (mkdir/touch): binds need an existing target.
 WRAPPER = """\
 #!/bin/bash
 dir="$1"; phase="$2"; cwd="$3"
-mkdir -p "$cwd" && cd "$cwd" || { echo 1 >"$dir/$phase.exit"; exit 1; }
+record() { echo "$1" >"$dir/$phase.exit.tmp" && mv "$dir/$phase.exit.tmp" "$dir/$phase.exit"; }
+if [ -s "$dir/mounts" ] && [ "$4" != --in-mount-ns ]; then
+  unshare --mount --propagation private bash "$0" "$dir" "$phase" "$cwd" --in-mount-ns 2>>"$dir/$phase.log"
+  code=$?
+  [ -e "$dir/$phase.exit" ] || record "$code"
+  exit "$code"
+fi
+if [ "$4" = --in-mount-ns ]; then
+  while IFS=$'\\t' read -r src dst; do
+    [ -n "$dst" ] || continue
+    if [ -d "$src" ]; then mkdir -p "$dst"; else mkdir -p "$(dirname "$dst")" && { [ -e "$dst" ] || : >"$dst"; }; fi &&
+      mount --bind "$src" "$dst" || { echo "tsky: cannot mount $src at $dst" >>"$dir/$phase.log"; record 1; exit 1; }
+  done <"$dir/mounts"
+fi
+mkdir -p "$cwd" && cd "$cwd" || { record 1; exit 1; }
 bash "$dir/$phase.sh" >>"$dir/$phase.log" 2>&1 </dev/null
-code=$?
-echo "$code" >"$dir/$phase.exit.tmp" && mv "$dir/$phase.exit.tmp" "$dir/$phase.exit"
+record $?
 """
 
 
