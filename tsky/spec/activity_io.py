@@ -33,6 +33,8 @@ class ActivityName(StrEnum):
     ALLOCATE_JOB_ID = "allocate_job_id"
     JOB_RESULT = "job_result"
     SWEEP = "sweep_clusters"
+    REQUEST_SLOT = "request_running_slot"
+    ENDED_JOBS = "ended_jobs"
 
 
 class ErrorType(StrEnum):

@@ -13,6 +13,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from tsky.activities import scheduling
 from tsky.activities.cluster import ClusterActivities
 from tsky.activities.controller_log import ControllerLogActivities
 from tsky.activities.planning import PlanningActivities
@@ -20,6 +21,7 @@ from tsky.activities.sweeper import SweeperActivities
 from tsky.activities.watch import PhaseActivities
 from tsky.spec.ids import CONTROL_QUEUE, LAUNCH_QUEUE, WATCH_QUEUE
 from tsky.spec.settings import Settings
+from tsky.worker.interceptors import HandOverOnShutdown
 from tsky.workflows import WORKFLOWS
 
 logger = logging.getLogger("tsky.worker")
@@ -39,13 +41,13 @@ def build_workers(client: Client, settings: Settings) -> list[Worker]:
     sweeper = SweeperActivities(settings, client)
     controller = settings.jobs.controller
     shutdown = timedelta(seconds=settings.worker.graceful_shutdown_seconds)
-    common: dict[str, Any] = {"graceful_shutdown_timeout": shutdown}
+    common: dict[str, Any] = {"graceful_shutdown_timeout": shutdown, "interceptors": [HandOverOnShutdown()]}
     return [
         Worker(
             client,
             task_queue=CONTROL_QUEUE,
             workflows=WORKFLOWS,
-            activities=[controller_log.append_controller_log],
+            activities=[controller_log.append_controller_log, scheduling.request_slot, scheduling.ended_jobs],
             workflow_runner=workflow_runner(),
             max_cached_workflows=controller.max_cached_workflows,
             sticky_queue_schedule_to_start_timeout=timedelta(seconds=settings.worker.sticky_schedule_to_start_seconds),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tsky.workflows.id_registry import IdRegistryWorkflow
 from tsky.workflows.managed_job import ManagedJobWorkflow
+from tsky.workflows.scheduler import SchedulerWorkflow
 from tsky.workflows.sweeper import SweeperWorkflow
 
-WORKFLOWS: list[type] = [ManagedJobWorkflow, IdRegistryWorkflow, SweeperWorkflow]
+WORKFLOWS: list[type] = [ManagedJobWorkflow, IdRegistryWorkflow, SchedulerWorkflow, SweeperWorkflow]

@@ -25,6 +25,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, FailureError,
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
+    from tsky.spec import scheduling
     from tsky.spec import search_attributes as sa
     from tsky.spec.activity_io import (
         ActivityName,
@@ -121,10 +122,17 @@ class ManagedJobWorkflow:
         # What must be torn down if the job ends now: the live cluster, or a launch in flight.
         self._cluster: ClusterInfo | None = None
         self._launching: tuple[str, list[str]] | None = None
+        # The running-jobs limit: None (no limit), "waiting" for a slot, or "held".
+        self._slot: str | None = None
 
     @workflow.query(description="The job's full state: tasks, statuses, attempts.")
     def state(self) -> JobState:
         return self.job
+
+    @workflow.signal(name=scheduling.SLOT_GRANTED_SIGNAL, description="The scheduler gives the job a running slot.")
+    def slot_granted(self) -> None:
+        if self._slot == "waiting":
+            self._slot = "held"
 
     # -- the job ---------------------------------------------------------------------------------------
 
@@ -133,6 +141,7 @@ class ManagedJobWorkflow:
         tasks = req.pipeline.tasks
         self._log(f"Job {req.job_id} '{req.name}' submitted by {req.user}: {len(tasks)} task(s).")
         try:
+            await self._take_slot()
             for index in range(len(tasks)):
                 await self._run_task(index)
                 if self.job.tasks[index].status is not Status.SUCCEEDED:
@@ -147,6 +156,7 @@ class ManagedJobWorkflow:
             await self._publish()
             raise
         finally:
+            await self._give_slot()
             # Pipeline semantics: tasks after a failed one never run and end CANCELLED.
             for task in self.job.tasks:
                 if not task.status.is_terminal():
@@ -174,6 +184,43 @@ class ManagedJobWorkflow:
                 for t in self.job.tasks
             ],
         )
+
+    # -- the running-jobs limit (tsky.workflows.scheduler) ------------------------------------------------
+
+    async def _take_slot(self) -> None:
+        """Wait PENDING for a running slot when the request carries a limit; without one this costs nothing.
+        Pool jobs run on the pool's workers and skip the limit, as in SkyPilot."""
+        limit = self.req.policy.max_running_jobs
+        if limit is None or self.req.pool is not None:
+            return
+        self._slot = "waiting"
+        self._set(self.job.tasks[0], Status.PENDING, scheduling.WAITING_DETAILS)
+        self._log(f"Waiting for a running slot (at most {limit} jobs run at once).")
+        await self._publish()
+        request = scheduling.SlotRequest(job_id=self.req.job_id, limit=limit)
+        await _shielded(
+            lambda: workflow.execute_local_activity(
+                ActivityName.REQUEST_SLOT, request, start_to_close_timeout=timedelta(seconds=30)
+            )
+        )
+        await workflow.wait_condition(lambda: self._slot == "held")
+        self.job.tasks[0].details = None
+        self._log("Running slot granted.")
+
+    async def _give_slot(self) -> None:
+        """Free the slot, or the place in the wait, on every ending. Shielded like teardown."""
+        if self._slot is None:
+            return
+        self._slot = None
+
+        async def release() -> None:
+            try:
+                scheduler = workflow.get_external_workflow_handle(scheduling.SCHEDULER_WORKFLOW_ID)
+                await scheduler.signal(scheduling.RELEASE_SIGNAL, self.req.job_id)
+            except FailureError as err:  # the scheduler reconciles against ended jobs
+                self._log(f"Could not give the running slot back ({err}); the scheduler will notice.")
+
+        await _shielded(release)
 
     # -- one task --------------------------------------------------------------------------------------
 

@@ -1,0 +1,120 @@
+"""The running-jobs limit (`jobs.controller.max_running_jobs`): one entity workflow grants slots.
+
+A job whose request carries a limit asks for a slot before its first launch (`acquire`, sent by a local
+activity with signal-with-start, so the first such job creates this workflow) and waits PENDING for the
+`slot_granted` signal; it gives the slot back on every ending (`release`, which also withdraws a job
+cancelled while it waits). Waiting jobs are granted in job-id order as slots free up. The limit is the
+one of the latest request: a config change applies from the next submission on.
+
+A holder that dies without releasing (a terminated workflow) is found by reconciling against the job
+workflows' state in visibility while jobs wait; a grant to a job that no longer runs fails and frees its
+slot at once. The workflow continues-as-new, carrying holders and waiters, well before its history or
+outgoing-signal limits; signals arriving meanwhile are not lost (the server refuses a continue-as-new
+while new signals are pending, and the next run gets them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.exceptions import FailureError
+
+with workflow.unsafe.imports_passed_through():
+    from tsky.spec.activity_io import ActivityName
+    from tsky.spec.ids import job_workflow_id
+    from tsky.spec.scheduling import (
+        ACQUIRE_SIGNAL,
+        RELEASE_SIGNAL,
+        SLOT_GRANTED_SIGNAL,
+        EndedJobsInput,
+        SchedulerState,
+        SchedulerStatus,
+        SlotRequest,
+    )
+
+@workflow.defn(name="TskyScheduler")
+class SchedulerWorkflow:
+    @workflow.init
+    def __init__(self, state: SchedulerState) -> None:
+        self.reconcile_seconds = state.reconcile_seconds
+        self.actions_per_run = state.actions_per_run
+        self.limit = state.limit
+        self.holders = set(state.holders)
+        self.waiters = set(state.waiters)
+        self.actions = 0
+
+    @workflow.signal(name=ACQUIRE_SIGNAL, description="A job asks for a running slot (answered by `slot_granted`).")
+    def acquire(self, req: SlotRequest) -> None:
+        self.actions += 1
+        self.limit = req.limit
+        if req.job_id not in self.holders:
+            self.waiters.add(req.job_id)
+
+    @workflow.signal(name=RELEASE_SIGNAL, description="A job ended, or was cancelled while waiting: free its slot.")
+    def release(self, job_id: int) -> None:
+        self.actions += 1
+        self.holders.discard(job_id)
+        self.waiters.discard(job_id)
+
+    @workflow.query(description="The limit, the jobs holding a slot, and the jobs waiting in grant order.")
+    def status(self) -> SchedulerStatus:
+        return SchedulerStatus(limit=self.limit, holders=sorted(self.holders), waiters=sorted(self.waiters))
+
+    def _free(self) -> int:
+        return len(self.waiters) if self.limit is None else max(0, self.limit - len(self.holders))
+
+    def _rotate(self) -> bool:
+        return self.actions >= self.actions_per_run or workflow.info().is_continue_as_new_suggested()
+
+    @workflow.run
+    async def run(self, state: SchedulerState) -> None:
+        while not self._rotate():
+            if self.waiters and self._free():
+                await self._grant()
+                continue
+            blocked = bool(self.waiters)  # every slot held: a silent holder would block them for ever
+            try:
+                await workflow.wait_condition(
+                    lambda: (bool(self.waiters) and self._free() > 0) or self._rotate(),
+                    timeout=timedelta(seconds=self.reconcile_seconds) if blocked else None,
+                    timeout_summary="reconcile",
+                )
+            except TimeoutError:
+                await self._reconcile()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        workflow.continue_as_new(
+            SchedulerState(
+                limit=self.limit,
+                holders=sorted(self.holders),
+                waiters=sorted(self.waiters),
+                reconcile_seconds=self.reconcile_seconds,
+                actions_per_run=self.actions_per_run,
+            )
+        )
+
+    async def _grant(self) -> None:
+        chosen = sorted(self.waiters)[: self._free()]
+        self.waiters.difference_update(chosen)
+        self.holders.update(chosen)
+        self.actions += len(chosen)
+
+        async def tell(job_id: int) -> None:
+            try:
+                await workflow.get_external_workflow_handle(job_workflow_id(job_id)).signal(SLOT_GRANTED_SIGNAL)
+            except FailureError:
+                self.holders.discard(job_id)  # the job ended before its turn: the slot goes to the next one
+
+        await asyncio.gather(*(tell(job_id) for job_id in chosen))
+
+    async def _reconcile(self) -> None:
+        """Free the slots and places of jobs whose workflow closed without a word (e.g. terminated)."""
+        ended: list[int] = await workflow.execute_activity(
+            ActivityName.ENDED_JOBS,
+            EndedJobsInput(job_ids=sorted(self.holders | self.waiters)),
+            result_type=list[int],
+            start_to_close_timeout=timedelta(minutes=2),
+        )
+        self.holders.difference_update(ended)
+        self.waiters.difference_update(ended)
