@@ -94,6 +94,23 @@ class LocalSettings(_Section):
     spot_preemption_probability: float = Field(default=0.0, ge=0, le=1)
 
 
+class AwsSettings(_Section):
+    """The `aws` infra: EC2 instances, reached over SSH with tsky's own key. Credentials: boto3's usual chain."""
+
+    ami: str | dict[str, str] | None = None  # an AMI id, or region -> AMI id; None: latest Ubuntu 22.04 (Canonical)
+    ssh_user: str = "ubuntu"
+    # None: $TSKY_HOME/ssh/tsky-aws (created on first use), imported as key pair `tsky-<hash of the key>`.
+    ssh_private_key: str | None = None
+    key_name: str | None = None  # an existing EC2 key pair holding ssh_private_key's public half
+    security_group: str = "tsky"  # a name (created in the default VPC: SSH open, all traffic within) or an sg- id
+    use_internal_ips: bool = False  # reach instances on their private address (the worker runs in the VPC)
+    regions: list[str] | None = None  # where listing and teardown-by-name look; None: every EC2 region
+    # Seconds for new instances to run and answer SSH (and for terminations to be confirmed).
+    provision_timeout: float = Field(default=600, gt=0)
+    state_check_seconds: float = Field(default=15, gt=0)  # how often a watcher asks EC2 about the nodes
+    endpoint_url: str | None = None  # an EC2 endpoint override (tests: moto). Never set for AWS itself.
+
+
 class TemporalSettings(_Section):
     address: str | None = None  # None: the embedded dev server
     namespace: str = "default"
@@ -117,6 +134,7 @@ class Settings(_Section):
     home: Path
     jobs: JobsSettings = JobsSettings()
     local: LocalSettings = LocalSettings()
+    aws: AwsSettings = AwsSettings()
     temporal: TemporalSettings = TemporalSettings()
     worker: WorkerSettings = WorkerSettings()
 

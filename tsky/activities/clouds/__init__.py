@@ -14,6 +14,7 @@ from tsky.spec.settings import Settings
 _MODULES = {
     "local": "tsky.activities.clouds.local",
     "ssh": "tsky.activities.clouds.ssh",
+    "aws": "tsky.activities.clouds.aws",
 }
 
 _cache: dict[tuple[str, int], Backend] = {}

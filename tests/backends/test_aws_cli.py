@@ -1,0 +1,94 @@
+"""Managed jobs on AWS end to end through the CLI: instances provisioned on moto's EC2, setup and run over
+real SSH to sshd nodes standing in for them (the `TSKY_TEST_SSH_HOSTS` seam), a spot interruption
+injected in moto, recovery, teardown; nothing left behind."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.backends.conftest import MotoEC2
+from tests.backends.sshd import SSHNodes
+from tests.backends.test_aws import aws_config
+from tests.harness import TskyEnv, WorkerProc, wait_until
+from tests.integration.test_jobs_cli import no_tagged_processes, queue_json, wait_status
+from tsky.activities.clouds.ssh_runner import TEST_HOSTS_VAR
+
+pytestmark = pytest.mark.integration
+
+HELLO = """\
+name: hello-sky
+setup: echo "Running setup."
+run: echo "Hello, SkyPilot!"
+"""
+
+
+def aws_world(env: TskyEnv, moto: MotoEC2, nodes: SSHNodes, count: int) -> WorkerProc:
+    """Config pointing the aws infra at moto, and a worker that reaches instances through `count` sshd nodes."""
+    endpoints = [nodes.start().endpoint for _ in range(count)]
+    env.configure({"aws": aws_config(moto, nodes)})
+    return env.start_worker({TEST_HOSTS_VAR: ",".join(endpoints)})
+
+
+def test_hello_on_aws(tsky_env: TskyEnv, moto_ec2: MotoEC2, ssh_nodes: SSHNodes) -> None:
+    aws_world(tsky_env, moto_ec2, ssh_nodes, 1)
+    check = tsky_env.tsky("check")
+    assert re.search(r"AWS: enabled", check.stdout), check.stdout
+
+    job = tsky_env.write("hello.yaml", HELLO)
+    result = tsky_env.tsky("jobs", "launch", "-y", "--infra", "aws/us-east-1", "--cpus", "2", str(job))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"\(setup pid=\d+\) Running setup\.", result.stdout), result.stdout
+    assert re.search(r"\(hello-sky, pid=\d+\) Hello, SkyPilot!", result.stdout), result.stdout
+    assert "Managed job finished: 1 (status: SUCCEEDED)." in result.stdout
+    [row] = queue_json(tsky_env)
+    assert str(row["infra"]).startswith("AWS (us-east-1"), row
+    [instance] = moto_ec2.instances("hello-sky-1")
+    assert instance["State"]["Name"] == "terminated"
+    assert "InstanceLifecycle" not in instance  # on demand
+
+
+def test_spot_job_survives_an_interruption_injected_in_moto(
+    tsky_env: TskyEnv, moto_ec2: MotoEC2, ssh_nodes: SSHNodes, tmp_path: Path
+) -> None:
+    aws_world(tsky_env, moto_ec2, ssh_nodes, 2)
+    started, flag = tmp_path / "started", tmp_path / "finish"
+    job = tsky_env.write(
+        "spot.yaml",
+        f"""\
+name: spotty
+resources:
+  infra: aws/us-east-1
+  cpus: 2
+  use_spot: true
+setup: echo "setup on $(cat /proc/sys/kernel/hostname)"
+run: |
+  if [ -e {flag} ]; then echo "finished after recovery"; exit 0; fi
+  echo "working"; touch {started}; sleep 600
+""",
+    )
+    assert tsky_env.tsky("jobs", "launch", "-y", "-d", str(job)).returncode == 0
+    wait_until(started.exists, 90, what="the first attempt to run")
+    [instance] = moto_ec2.instances("spotty-1")
+    assert instance["InstanceLifecycle"] == "spot" and instance["State"]["Name"] == "running"
+
+    moto_ec2.interrupt_spot(instance["InstanceId"])  # AWS takes the capacity back
+    flag.touch()
+    wait_status(tsky_env, 1, "SUCCEEDED", timeout=120)
+
+    [row] = queue_json(tsky_env)
+    assert row["recoveries"] == 1
+    controller = tsky_env.tsky("jobs", "logs", "--controller", "1").stdout
+    assert "node 0 is PREEMPTED" in controller or "Cluster preempted or failed, recovering" in controller, controller
+    assert "Launched spotty-1-r1" in controller, controller
+    first = tsky_env.tsky("jobs", "logs", "1", "--attempt", "0").stdout
+    assert "working" in first and "finished after recovery" not in first
+    last = tsky_env.tsky("jobs", "logs", "1", "--no-follow").stdout
+    assert "finished after recovery" in last, last
+
+    # Teardown: every instance terminated, no process of either cluster left on the sshd nodes.
+    states = {i["InstanceId"]: i["State"]["Name"] for i in moto_ec2.instances()}
+    assert len(states) == 2 and set(states.values()) == {"terminated"}, states
+    assert wait_until(lambda: no_tagged_processes("spotty-1"), 10, what="the job's processes to be gone")
