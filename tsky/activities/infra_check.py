@@ -47,6 +47,7 @@ class InfraStatus(BaseModel):
     reason: str  # where the credentials come from when enabled; what is missing when not
     regions: list[str] = []  # local regions, ssh pools, k8s contexts
     shapes: dict[str, NodeShape] = {}  # per region, where the config declares one
+    spot: bool = False  # existing machines offer spot only where configured (k8s spot node selectors)
 
 
 class EnabledInfra(BaseModel):
@@ -55,6 +56,7 @@ class EnabledInfra(BaseModel):
     cloud: str
     regions: list[str] | None = None
     shapes: dict[str, NodeShape] = {}
+    spot: bool = False
 
 
 def check_infra(settings: Settings, only: Iterable[str] | None = None) -> list[InfraStatus]:
@@ -71,7 +73,11 @@ def check_infra(settings: Settings, only: Iterable[str] | None = None) -> list[I
 
 
 def enabled_infra(statuses: Iterable[InfraStatus]) -> list[EnabledInfra]:
-    return [EnabledInfra(cloud=s.name, regions=s.regions or None, shapes=s.shapes) for s in statuses if s.enabled]
+    return [
+        EnabledInfra(cloud=s.name, regions=s.regions or None, shapes=s.shapes, spot=s.spot)
+        for s in statuses
+        if s.enabled
+    ]
 
 
 def _check_local(settings: Settings) -> InfraStatus:
@@ -202,14 +208,43 @@ def _check_k8s(settings: Settings) -> InfraStatus:
         for entry in config.get("contexts") or []:
             if isinstance(entry, dict) and entry.get("name") and entry["name"] not in contexts:
                 contexts.append(str(entry["name"]))
+    k8s = settings.kubernetes
+    shapes = {
+        name: NodeShape(**shape.model_dump()) for name, shape in k8s.node_shapes.items() if shape.model_fields_set
+    }
+    spot = bool(k8s.spot_node_selector or k8s.spot_tolerations)
+    where = ", ".join(str(p) for p in paths)
+    if contexts and k8s.allowed_contexts:
+        chosen_list = [c for c in k8s.allowed_contexts if c in contexts]
+        missing = [c for c in k8s.allowed_contexts if c not in contexts]
+        if not chosen_list:
+            reason = f"none of kubernetes.allowed_contexts ({', '.join(missing)}) is in {where}"
+            return InfraStatus(name="k8s", enabled=False, reason=reason)
+        reason = f"contexts {', '.join(chosen_list)} from {where}" + (
+            f" (not found: {', '.join(missing)})" if missing else ""
+        )
+        return InfraStatus(name="k8s", enabled=True, reason=reason, regions=chosen_list, shapes=shapes, spot=spot)
     if contexts:
         # SkyPilot's default: only the current context is used (others may be clusters nobody meant to share).
         chosen = current if current in contexts else contexts[0]
-        where = ", ".join(str(p) for p in paths)
-        return InfraStatus(name="k8s", enabled=True, reason=f"context {chosen} from {where}", regions=[chosen])
+        return InfraStatus(
+            name="k8s",
+            enabled=True,
+            reason=f"context {chosen} from {where}",
+            regions=[chosen],
+            shapes=shapes,
+            spot=spot,
+        )
     token = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
     if os.environ.get("KUBERNETES_SERVICE_HOST") and token.exists():
-        return InfraStatus(name="k8s", enabled=True, reason="in-cluster service account", regions=["in-cluster"])
+        return InfraStatus(
+            name="k8s",
+            enabled=True,
+            reason="in-cluster service account",
+            regions=["in-cluster"],
+            shapes=shapes,
+            spot=spot,
+        )
     return InfraStatus(
         name="k8s",
         enabled=False,

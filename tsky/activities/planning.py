@@ -220,6 +220,7 @@ def _remote_offers(infra: EnabledInfra) -> list[Offer]:
                     memory_gb=shape.memory_gb if shape else None,
                     accelerator=accelerator,
                     accelerator_count=count,
+                    spot_price=0.0 if infra.spot else None,
                 )
             )
     return offers

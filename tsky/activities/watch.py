@@ -23,7 +23,7 @@ from temporalio.exceptions import ApplicationError
 from tsky.activities.clouds import get_backend
 from tsky.activities.clouds.base import Backend, NodeAgent, PhaseStatus
 from tsky.activities.environment import task_environment
-from tsky.spec.activity_io import ActivityName, ErrorType, PhaseInput, PhaseResult, StopPhaseInput
+from tsky.spec.activity_io import ActivityName, ClusterInfo, ErrorType, PhaseInput, PhaseResult, StopPhaseInput
 from tsky.spec.logs import phase_log
 from tsky.spec.secrets import load_key, unseal
 from tsky.spec.settings import Settings
@@ -59,6 +59,16 @@ class ReachabilityWindow:
 
     def backoff(self) -> float:
         return min(5.0, 1.6 ** max(0, self.failures - 1))
+
+
+async def _lost_nodes(backend: Backend, cluster: ClusterInfo) -> list[str]:
+    """A node that cannot be asked may be one its backend knows is gone (an evicted pod, a preempted VM
+    that no longer answers SSH): that is positive evidence, no need to wait out the window."""
+    try:
+        states = await backend.node_states(cluster)
+    except Exception:
+        return []
+    return [f"node {rank} is {state.value}" for rank, state in enumerate(states) if state.is_lost()]
 
 
 def _prefix(task_name: str, phase: str, rank: int, pid: int, ip: str, nodes: int) -> bytes:
@@ -177,6 +187,13 @@ class PhaseActivities:
                 raise
             except Exception as err:  # the cluster or backend could not be asked: retry in the window
                 activity.logger.warning("status check of %s failed: %s", inp.cluster.name, err)
+                lost = await _lost_nodes(backend, inp.cluster)
+                if lost:
+                    raise ApplicationError(
+                        f"Cluster {inp.cluster.name} lost: {', '.join(lost)}",
+                        type=ErrorType.CLUSTER_LOST,
+                        non_retryable=True,
+                    ) from err
                 if window.failed():
                     raise ApplicationError(
                         f"Cluster {inp.cluster.name} unreachable for {window.failures} checks: {err}",

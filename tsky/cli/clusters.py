@@ -99,10 +99,23 @@ async def _status_all_infra(s: Settings) -> None:
 @debug_app.command()
 def preempt(job_id: Annotated[int, typer.Argument(help="The managed job whose cluster to preempt.")]) -> None:
     """Preempt a job's local cluster as a cloud would: its processes die, its nodes report PREEMPTED."""
-    names = preempt_job(settings(), job_id)
+    s = settings()
+    names = preempt_job(s, job_id)
+    if not names:
+        # A pool job runs on a worker of its pool, which no job owns: preempt the worker it is on.
+        names = run(_preempt_pool_worker(s, job_id))
     if not names:
         fail(f"Job {job_id} has no live cluster on the local infra.")
     console.print(f"Preempted {', '.join(names)}; the job will recover.")
+
+
+async def _preempt_pool_worker(s: Settings, job_id: int) -> list[str]:
+    from tsky.activities.clouds.local import preempt_cluster_named
+    from tsky.cli.common import client_for
+    from tsky.cli.pool_api import job_worker
+
+    name = await job_worker(await client_for(s, start=False), job_id)
+    return [name] if name is not None and preempt_cluster_named(s, name) else []
 
 
 def register(root: typer.Typer) -> None:

@@ -339,14 +339,16 @@ def cancel(
     name: Annotated[str | None, typer.Option("--name", "-n", help="Cancel the running job with this name.")] = None,
     all_jobs: Annotated[bool, typer.Option("--all", "-a", help="All your running jobs.")] = False,
     all_users: Annotated[bool, typer.Option("--all-users", "-u", help="Everyone's running jobs.")] = False,
+    pool: Annotated[str | None, typer.Option("--pool", "-p", help="All jobs of this pool.")] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Skip the confirmation prompt.")] = False,
 ) -> None:
     """Cancel managed jobs: their processes are killed and their clusters torn down."""
     given = [label for label, on in (("JOB_IDS", bool(job_ids)), ("--name", name is not None),
+                                     ("--pool", pool is not None),
                                      ("--all/--all-users", all_jobs or all_users)) if on]  # fmt: skip
     if len(given) != 1:
         fail(
-            "Can only specify one of JOB_IDS, --name, or --all/--all-users. "
+            "Can only specify one of JOB_IDS, --name, --pool, or --all/--all-users. "
             f"Provided {', '.join(given) if given else 'none'}."
         )
     s = settings()
@@ -374,6 +376,11 @@ def cancel(
                 raise UsageError(f"Multiple running jobs found with name {name!r}: {ids}. Cancel by id instead.")
             targets = [matches[0].job_id]
             what = f"managed job {name!r}"
+        elif pool is not None:
+            from tsky.cli.pool_api import pool_jobs
+
+            targets = [r.job_id for r in await pool_jobs(client, pool)]
+            what = f"managed jobs in pool {pool!r}"
         else:
             user = None if all_users else current_user()
             rows = await api.list_jobs(client, user=user, skip_finished=True)
@@ -395,11 +402,14 @@ def cancel(
 
 
 def register(root: typer.Typer) -> None:
+    from tsky.cli.pools import app as pool_app
+
+    app.add_typer(pool_app, name="pool")
     root.add_typer(app, name="jobs")
 
 
 # Used by launching.py; kept here so every `jobs` output string lives in one module.
-def print_submitted(ids: list[int], detach: bool) -> None:
+def print_submitted(ids: list[int], detach: bool, pool: str | None = None) -> None:
     s = settings()
     if len(ids) == 1:
         console.print(f"⚙︎ Job submitted, ID: {ids[0]}")
@@ -411,7 +421,10 @@ def print_submitted(ids: list[int], detach: bool) -> None:
         console.print("📋 Useful Commands", style="bold cyan")
         console.print("├── To stream job logs:           tsky jobs logs <job-id>")
         console.print("├── To stream controller logs:    tsky jobs logs --controller <job-id>")
-        console.print(f"└── To cancel all these jobs:     tsky jobs cancel {' '.join(map(str, ids))}")
+        if pool is not None:
+            console.print(f"└── To cancel all jobs on the pool: tsky jobs cancel --pool {pool}")
+        else:
+            console.print(f"└── To cancel all these jobs:     tsky jobs cancel {' '.join(map(str, ids))}")
 
 
 def print_finished(job_id: int, status: ManagedJobStatus) -> None:

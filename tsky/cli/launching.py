@@ -35,6 +35,7 @@ from tsky.spec.activity_io import PlanResult
 from tsky.spec.envs import env_overrides, secret_overrides
 from tsky.spec.errors import SpecError
 from tsky.spec.loader import apply_overrides, load_pipeline
+from tsky.spec.settings import Settings
 from tsky.spec.status import JobExitCode
 from tsky.spec.task import Pipeline
 
@@ -109,6 +110,56 @@ def launch_job(opts: LaunchOptions) -> int:
     if ignored:
         err_console.print(f"[yellow]Ignoring fields tsky does not act on yet: {', '.join(ignored)}.[/]")
 
+    if opts.pool is not None:
+        from tsky.cli.pools import prepare_pool_launch
+
+        # A pool job runs on the pool's workers: no plan of its own, SkyPilot's pool notices instead.
+        pipeline = prepare_pool_launch(opts.pool, opts.num_jobs, pipeline, yes=opts.yes)
+    else:
+        _show_plan(opts, s, pipeline)
+    if opts.dryrun:
+        return 0
+    if not opts.yes:
+        what = f"{opts.num_jobs} managed jobs" if opts.num_jobs > 1 else "a managed job"
+        typer.confirm(f"Launching {what} {pipeline.name!r}. Proceed?", default=True, abort=True)
+
+    async def body() -> int:
+        client = await client_for(s)
+        if opts.num_jobs > 1 and opts.pool is None:
+            console.print(f"Submitting {opts.num_jobs} managed jobs. Each job will be launched on its own cluster.")
+        try:
+            ids = await api.submit(
+                client,
+                s,
+                pipeline,
+                user=current_user(),
+                user_hash=current_user_hash(),
+                num_jobs=opts.num_jobs,
+                pool=opts.pool,
+                progress=lambda text: console.print(f"[dim]{text}[/]"),
+            )
+        except UploadError as err:
+            raise UsageError(str(err)) from None
+        detach = opts.detach_run or len(ids) > 1
+        print_submitted(ids, detach, pool=opts.pool)
+        if detach:
+            return 0
+        console.print("[dim]Streaming logs (Ctrl-C to stop streaming; the job keeps running).[/]")
+        try:
+            status = await follow(client, s, ids[0], console)
+        except asyncio.CancelledError:
+            console.print(f"\nJob {ids[0]} keeps running: `tsky jobs logs {ids[0]}` resumes the stream.")
+            return JobExitCode.NOT_FINISHED
+        if status is None:
+            return JobExitCode.NOT_FOUND
+        print_finished(ids[0], status)
+        return status.exit_code()
+
+    return run(body())
+
+
+def _show_plan(opts: LaunchOptions, s: Settings, pipeline: Pipeline) -> None:
+    """SkyPilot's "Considered resources" table(s) (unless -y); no feasible plan ends the launch here."""
     statuses = check_infra(s)
     if opts.dryrun:
         # A dry run prices the request everywhere the catalog knows, enabled here or not, and says which
@@ -133,41 +184,3 @@ def launch_job(opts: LaunchOptions) -> int:
             )
     if infeasible:
         fail(f"Nothing was launched: {infeasible[0]}")
-    if opts.dryrun:
-        return 0
-    if not opts.yes:
-        what = f"{opts.num_jobs} managed jobs" if opts.num_jobs > 1 else "a managed job"
-        typer.confirm(f"Launching {what} {pipeline.name!r}. Proceed?", default=True, abort=True)
-
-    async def body() -> int:
-        client = await client_for(s)
-        if opts.num_jobs > 1:
-            console.print(f"Submitting {opts.num_jobs} managed jobs. Each job will be launched on its own cluster.")
-        try:
-            ids = await api.submit(
-                client,
-                s,
-                pipeline,
-                user=current_user(),
-                user_hash=current_user_hash(),
-                num_jobs=opts.num_jobs,
-                progress=lambda text: console.print(f"[dim]{text}[/]"),
-            )
-        except UploadError as err:
-            raise UsageError(str(err)) from None
-        detach = opts.detach_run or len(ids) > 1
-        print_submitted(ids, detach)
-        if detach:
-            return 0
-        console.print("[dim]Streaming logs (Ctrl-C to stop streaming; the job keeps running).[/]")
-        try:
-            status = await follow(client, s, ids[0], console)
-        except asyncio.CancelledError:
-            console.print(f"\nJob {ids[0]} keeps running: `tsky jobs logs {ids[0]}` resumes the stream.")
-            return JobExitCode.NOT_FINISHED
-        if status is None:
-            return JobExitCode.NOT_FOUND
-        print_finished(ids[0], status)
-        return status.exit_code()
-
-    return run(body())

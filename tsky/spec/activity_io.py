@@ -28,6 +28,7 @@ class ActivityName(StrEnum):
     RUN = "run_and_watch"
     STOP_PHASE = "stop_phase"
     TEARDOWN = "teardown_cluster"
+    WATCH_CLUSTER = "watch_cluster"
     CONTROLLER_LOG = "append_controller_log"
     CLEANUP_JOB = "cleanup_job"
     ALLOCATE_JOB_ID = "allocate_job_id"
@@ -80,6 +81,7 @@ class JobMeta(_Model):
     user: str
     rank: int = 0
     num_jobs: int = 1
+    pool: str | None = None  # set for a pool's worker cluster (which belongs to no job)
 
 
 class PlanInput(_Model):
@@ -139,6 +141,10 @@ class PhaseInput(_Model):
     poll_seconds: float = 2
     status_check_min_elapsed_seconds: float = 60
     status_check_min_retries: int = 5
+    # The phase's name on the nodes (default `<phase>-a<attempt>`): jobs sharing a pool worker need their own.
+    node_key: str | None = None
+    # Where the output goes, relative to $TSKY_HOME (default: the job's phase log); a pool worker's setup.
+    log_path: str | None = None
 
 
 class PhaseResult(_Model):
@@ -148,6 +154,15 @@ class PhaseResult(_Model):
 class StopPhaseInput(_Model):
     cluster: ClusterInfo
     phase: str
+
+
+class WatchClusterInput(_Model):
+    """Watch an idle pool worker until a node is lost (or unreachable past the window)."""
+
+    cluster: ClusterInfo
+    poll_seconds: float = 2
+    status_check_min_elapsed_seconds: float = 60
+    status_check_min_retries: int = 5
 
 
 class TeardownInput(_Model):

@@ -33,6 +33,15 @@ def pool_workflow_id(pool: str) -> str:
     return f"{POOL_WORKFLOW_PREFIX}{pool}"
 
 
+def pool_worker_workflow_id(pool: str, worker_id: int) -> str:
+    return f"{POOL_WORKFLOW_PREFIX}{pool}/worker-{worker_id}"
+
+
+def pool_worker_cluster_name(pool: str, worker_id: int) -> str:
+    """`<pool>-w<id>`, DNS-safe: job clusters end in `-<job id>` (or `-t<k>` / `-r<n>`), so the two never meet."""
+    return f"{_dns_label(pool)}-w{worker_id}"
+
+
 def _dns_label(name: str) -> str:
     label = re.sub(r"[^a-z0-9-]", "-", name.lower()).strip("-")
     return re.sub(r"-{2,}", "-", label) or "task"

@@ -29,6 +29,15 @@ def phase_log(home: Path, job_id: int, task_index: int, attempt: int, phase: str
     return attempt_dir(home, job_id, task_index, attempt) / f"{phase}.log"
 
 
+def pool_worker_log_path(pool: str, worker_id: int, phase: str) -> str:
+    """A pool worker's own output (its setup), relative to `$TSKY_HOME`: it is no job's."""
+    return f"logs/pools/{pool}/worker-{worker_id}/{phase}.log"
+
+
+def pool_worker_log(home: Path, pool: str, worker_id: int, phase: str = "setup") -> Path:
+    return home / pool_worker_log_path(pool, worker_id, phase)
+
+
 def controller_log(home: Path, job_id: int) -> Path:
     """The job's decisions with times: provisioning, transitions, recoveries, errors."""
     return job_log_dir(home, job_id) / "controller.log"

@@ -94,6 +94,49 @@ class LocalSettings(_Section):
     spot_preemption_probability: float = Field(default=0.0, ge=0, le=1)
 
 
+class NodeShapeSettings(_Section):
+    """What one node offers, declared for the planner where it cannot be known offline."""
+
+    vcpus: float | None = Field(default=None, gt=0)
+    memory_gb: float | None = Field(default=None, gt=0)
+    accelerators: dict[str, float] = {}
+
+
+class KubernetesSettings(_Section):
+    """The `k8s` infra: one pod per node, in the kubeconfig's current context or `allowed_contexts`."""
+
+    allowed_contexts: list[str] | None = None  # None: only the current context (SkyPilot's default)
+    namespace: str = "default"
+    # Any image with bash, tar and coreutils; tsky execs its phases in the pod.
+    image: str = "python:3.11-slim"
+    # Seconds a pod may stay unschedulable before the launch counts as "no capacity" and tries elsewhere.
+    provision_timeout: float = Field(default=10, gt=0)
+    # How spot pods reach spot nodes; k8s offers spot only when one of these is set.
+    spot_node_selector: dict[str, str] = {}
+    spot_tolerations: list[dict[str, Any]] = []
+    # A node label whose value names the GPU type (e.g. skypilot.co/accelerator): GPU pods select it.
+    accelerator_label: str | None = None
+    # Per context, what one node offers; without it the planner cannot promise GPUs there.
+    node_shapes: dict[str, NodeShapeSettings] = {}
+
+
+class GcpSettings(_Section):
+    """The `gcp` infra: Compute Engine instances, reached over SSH with tsky's own key."""
+
+    project: str | None = None  # None: from the credentials file, GOOGLE_CLOUD_PROJECT or CLOUDSDK_CORE_PROJECT
+    image: str = "projects/debian-cloud/global/images/family/debian-12"
+    vpc_name: str = "default"
+    use_internal_ips: bool = False  # reach instances on their internal address (the worker runs in the VPC)
+    ssh_user: str = "tsky"
+    # None: $TSKY_HOME/ssh/tsky-gcp (created on first use); its public half goes in the instances' metadata.
+    ssh_private_key: str | None = None
+    # Seconds for new instances to run and answer SSH before the launch counts as failed.
+    provision_timeout: float = Field(default=600, gt=0)
+    # A local fake of the Compute API (tests). Never set for Google itself.
+    api_endpoint: str | None = None
+    anonymous_credentials: bool = False  # only with api_endpoint
+
+
 class AwsSettings(_Section):
     """The `aws` infra: EC2 instances, reached over SSH with tsky's own key. Credentials: boto3's usual chain."""
 
@@ -134,6 +177,8 @@ class Settings(_Section):
     home: Path
     jobs: JobsSettings = JobsSettings()
     local: LocalSettings = LocalSettings()
+    kubernetes: KubernetesSettings = KubernetesSettings()
+    gcp: GcpSettings = GcpSettings()
     aws: AwsSettings = AwsSettings()
     temporal: TemporalSettings = TemporalSettings()
     worker: WorkerSettings = WorkerSettings()

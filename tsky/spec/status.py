@@ -83,6 +83,7 @@ class PoolWorkerStatus(StrEnum):
     PROVISIONING = "PROVISIONING"
     STARTING = "STARTING"
     READY = "READY"
+    BUSY = "BUSY"  # READY and running a job (SkyPilot shows READY with USED_BY)
     NOT_READY = "NOT_READY"
     SHUTTING_DOWN = "SHUTTING_DOWN"
     FAILED = "FAILED"

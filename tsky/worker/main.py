@@ -17,6 +17,7 @@ from tsky.activities import scheduling
 from tsky.activities.cluster import ClusterActivities
 from tsky.activities.controller_log import ControllerLogActivities
 from tsky.activities.planning import PlanningActivities
+from tsky.activities.pool import PoolActivities
 from tsky.activities.sweeper import SweeperActivities
 from tsky.activities.watch import PhaseActivities
 from tsky.spec.ids import CONTROL_QUEUE, LAUNCH_QUEUE, WATCH_QUEUE
@@ -36,6 +37,7 @@ def workflow_runner() -> SandboxedWorkflowRunner:
 def build_workers(client: Client, settings: Settings) -> list[Worker]:
     cluster = ClusterActivities(settings)
     phases = PhaseActivities(settings)
+    pool = PoolActivities(settings)
     planning = PlanningActivities(settings)
     controller_log = ControllerLogActivities(settings)
     sweeper = SweeperActivities(settings, client)
@@ -71,7 +73,7 @@ def build_workers(client: Client, settings: Settings) -> list[Worker]:
         Worker(
             client,
             task_queue=WATCH_QUEUE,
-            activities=[phases.run_and_watch, phases.stop_phase],
+            activities=[phases.run_and_watch, phases.stop_phase, pool.watch_cluster],
             max_concurrent_activities=controller.watch_concurrency,
             # Heartbeats reach the server at most this often; the watchers call heartbeat() every poll.
             max_heartbeat_throttle_interval=timedelta(seconds=10),

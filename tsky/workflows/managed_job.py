@@ -15,6 +15,7 @@ commands needs `workflow.patched` (the replay tests catch it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -40,12 +41,22 @@ with workflow.unsafe.imports_passed_through():
         PhaseResult,
         PlanInput,
         PlanResult,
+        StopPhaseInput,
         SyncInput,
         SyncResult,
         TeardownInput,
     )
-    from tsky.spec.ids import LAUNCH_QUEUE, WATCH_QUEUE, cluster_name
+    from tsky.spec.ids import LAUNCH_QUEUE, WATCH_QUEUE, cluster_name, pool_workflow_id
     from tsky.spec.job import Attempt, JobRequest, JobResult, JobState, TaskResult, TaskState
+    from tsky.spec.pool_state import (
+        GRANT_SIGNAL,
+        RELEASE_SIGNAL,
+        REQUEST_SIGNAL,
+        PoolGrant,
+        PoolRelease,
+        PoolRequest,
+        pool_not_found,
+    )
     from tsky.spec.requests import Candidate, requested_label
     from tsky.spec.status import ManagedJobStatus
     from tsky.spec.storage import BucketRef, is_url, parse_bucket_url, storage_store, writes_back
@@ -62,6 +73,8 @@ _SETUP_TIMEOUT = timedelta(days=7)
 _RUN_TIMEOUT = timedelta(days=365)
 _TEARDOWN_TIMEOUT = timedelta(minutes=20)
 _TEARDOWN_GIVE_UP = timedelta(hours=1)  # then FAILED_CONTROLLER; the sweeper keeps trying
+# A job waiting for a pool worker asks again this often (same key: harmless) to notice a vanished pool.
+_POOL_RECHECK = timedelta(minutes=5)
 
 # Watching a phase is retried without end (a dead worker must never kill a job); only the policy's
 # own error types stop it.
@@ -97,6 +110,12 @@ def task_ids(req: JobRequest, start: datetime) -> list[str]:
 class ManagedJobWorkflow:
     @workflow.init
     def __init__(self, req: JobRequest) -> None:
+        if req.pool is not None:
+            # Pool workers ran the pool's setup and hold its files: a pool job only brings `run`.
+            tasks = [
+                t.model_copy(update={"setup": None, "workdir": None, "file_mounts": {}}) for t in req.pipeline.tasks
+            ]
+            req = req.model_copy(update={"pipeline": req.pipeline.model_copy(update={"tasks": tasks})})
         self.req = req
         ids = task_ids(req, workflow.info().start_time)
         self.job = JobState(
@@ -124,6 +143,9 @@ class ManagedJobWorkflow:
         self._launching: tuple[str, list[str]] | None = None
         # The running-jobs limit: None (no limit), "waiting" for a slot, or "held".
         self._slot: str | None = None
+        # A pool job's current acquisition (its key) and the pool's answer.
+        self._pool_key: str | None = None
+        self._grant: PoolGrant | None = None
 
     @workflow.query(description="The job's full state: tasks, statuses, attempts.")
     def state(self) -> JobState:
@@ -133,6 +155,11 @@ class ManagedJobWorkflow:
     def slot_granted(self) -> None:
         if self._slot == "waiting":
             self._slot = "held"
+
+    @workflow.signal(name=GRANT_SIGNAL, description="The job's pool gives it a worker (or says there is none).")
+    def pool_grant(self, grant: PoolGrant) -> None:
+        if grant.key == self._pool_key:
+            self._grant = grant
 
     # -- the job ---------------------------------------------------------------------------------------
 
@@ -276,19 +303,7 @@ class ManagedJobWorkflow:
     async def _run_attempts(self, index: int, task: Task, ts: TaskState) -> None:
         recovery = task.job_recovery()
         storages = [s for s in task.file_mounts.values() if isinstance(s, Storage)]
-        self._set(ts, Status.STARTING, "Planning")
-        await self._publish()
-        plan = await self._activity(
-            ActivityName.PLAN,
-            PlanInput(meta=self._meta(index), task=task),
-            PlanResult,
-            LAUNCH_QUEUE,
-            timeout=_PLAN_TIMEOUT,
-            retry=_PLAN_RETRY,
-        )
-        if plan.infeasible_reason or not plan.candidates:
-            raise _TaskEnded(Status.FAILED_PRECHECKS, plan.infeasible_reason or "No resources satisfy the request.")
-
+        candidates: list[Candidate] = []
         launch = 0
         restarts = 0
         lost_region: str | None = None
@@ -296,9 +311,14 @@ class ManagedJobWorkflow:
         while True:
             attempt = Attempt(index=len(ts.attempts), launch=launch)
             if self._cluster is None:
-                self._cluster, chosen = await self._launch(
-                    index, task, ts, plan.candidates, launch, recovery.strategy or "", lost_region, recovering
-                )
+                if self.req.pool is not None:
+                    # A pool job takes a whole READY worker of its pool instead of a cluster of its own.
+                    self._cluster, chosen = await self._acquire_worker(index, ts, attempt.index, recovering)
+                else:
+                    candidates = candidates or await self._plan(index, task, ts)
+                    self._cluster, chosen = await self._launch(
+                        index, task, ts, candidates, launch, recovery.strategy or "", lost_region, recovering
+                    )
                 ts.infra = chosen.display_infra()
                 attempt.candidate = chosen
             else:
@@ -321,9 +341,14 @@ class ManagedJobWorkflow:
             attempt.ended_at = workflow.now()
             attempt.cause = decision.cause
             attempt.exit_codes = list(outcome.exit_codes)
+            lost = outcome.kind is not OutcomeKind.EXITED
             if decision.action is Action.FINISH:
                 assert decision.status is not None
-                await self._release_cluster(ts)
+                if self.req.pool is not None:
+                    # Ended before its worker is free: a pool never shows more jobs RUNNING than workers.
+                    self._finish(ts, decision.status, decision.reason or None)
+                    await self._publish()
+                await self._release_cluster(ts, lost=lost)
                 self._finish(ts, decision.status, decision.reason or None)
                 self._log(f"Task {index} ({ts.name}) {decision.status.value}. {decision.reason}".rstrip())
                 return
@@ -334,8 +359,50 @@ class ManagedJobWorkflow:
             await self._publish()
             if decision.action is Action.RELAUNCH:
                 lost_region = self._cluster.region
-                await self._release_cluster(ts)
+                await self._release_cluster(ts, lost=lost)
                 launch += 1
+
+    async def _plan(self, index: int, task: Task, ts: TaskState) -> list[Candidate]:
+        self._set(ts, Status.STARTING, "Planning")
+        await self._publish()
+        plan = await self._activity(
+            ActivityName.PLAN,
+            PlanInput(meta=self._meta(index), task=task),
+            PlanResult,
+            LAUNCH_QUEUE,
+            timeout=_PLAN_TIMEOUT,
+            retry=_PLAN_RETRY,
+        )
+        if plan.infeasible_reason or not plan.candidates:
+            raise _TaskEnded(Status.FAILED_PRECHECKS, plan.infeasible_reason or "No resources satisfy the request.")
+        return plan.candidates
+
+    async def _acquire_worker(
+        self, index: int, ts: TaskState, attempt: int, recovering: bool
+    ) -> tuple[ClusterInfo, Candidate]:
+        """Wait for the pool to grant a whole READY worker (first come, first served by job id)."""
+        pool = self.req.pool
+        assert pool is not None
+        key = f"{self.req.job_id}-{index}-{attempt}"
+        self._pool_key, self._grant = key, None
+        request = PoolRequest(key=key, job_id=self.req.job_id, workflow_id=workflow.info().workflow_id)
+        handle = workflow.get_external_workflow_handle(pool_workflow_id(pool))
+        self._set(ts, Status.RECOVERING if recovering else Status.PENDING, f"Waiting for a worker of pool '{pool}'")
+        await self._publish()
+        while self._grant is None:
+            try:
+                await handle.signal(REQUEST_SIGNAL, request)
+            except ApplicationError:
+                raise _TaskEnded(Status.FAILED_NO_RESOURCE, pool_not_found(pool)) from None
+            try:
+                await workflow.wait_condition(lambda: self._grant is not None, timeout=_POOL_RECHECK)
+            except TimeoutError:
+                continue  # ask again: the same key, so at most one worker is ever granted
+        grant = self._grant
+        if grant.cluster is None or grant.candidate is None:
+            raise _TaskEnded(Status.FAILED_NO_RESOURCE, grant.error or pool_not_found(pool))
+        self._log(f"Task {index} ({ts.name}) got worker {grant.worker_id} of pool '{pool}'.")
+        return grant.cluster, grant.candidate
 
     async def _launch(
         self,
@@ -427,6 +494,7 @@ class ManagedJobWorkflow:
                         poll_seconds=policy.watch_poll_seconds,
                         status_check_min_elapsed_seconds=policy.status_check_min_elapsed_seconds,
                         status_check_min_retries=policy.status_check_min_retries,
+                        node_key=self._node_key(index, attempt.index, phase) if self.req.pool else None,
                     ),
                     PhaseResult,
                     LAUNCH_QUEUE if phase == "setup" else WATCH_QUEUE,
@@ -461,9 +529,13 @@ class ManagedJobWorkflow:
 
     # -- teardown --------------------------------------------------------------------------------------
 
-    async def _release_cluster(self, ts: TaskState) -> None:
+    async def _release_cluster(self, ts: TaskState, lost: bool = False) -> None:
         """Tear down the task's cluster (or what a launch in flight may have made). Shielded: a cancel
-        arriving meanwhile waits for the teardown to finish, then proceeds."""
+        arriving meanwhile waits for the teardown to finish, then proceeds. A pool worker is given back
+        instead (`lost`: it was preempted or unreachable under the job, so the pool replaces it)."""
+        if self.req.pool is not None:
+            await self._release_worker(ts, lost)
+            return
         targets: list[TeardownInput] = []
         if self._cluster is not None:
             targets.append(
@@ -553,6 +625,46 @@ class ManagedJobWorkflow:
             if is_cancelled_exception(err):
                 raise
             self._log(f"Could not clean up the job's uploads/buckets, they may have leaked: {err.cause or err}")
+
+    def _node_key(self, index: int, attempt: int, phase: str) -> str:
+        """A pool job's phase name on its worker: jobs take turns on a worker, so it carries the job."""
+        return f"{phase}-j{self.req.job_id}-t{index}-a{attempt}"
+
+    async def _release_worker(self, ts: TaskState, lost: bool) -> None:
+        """Stop this job's processes on its worker (the worker stays) and tell the pool; without a worker
+        yet, withdraw the request. Shielded like teardown."""
+        key, cluster, pool = self._pool_key, self._cluster, self.req.pool
+        if key is None or pool is None:
+            return
+        attempt = ts.attempts[-1].index if ts.attempts else 0
+
+        async def release() -> None:
+            if cluster is not None and not lost:
+                try:
+                    await self._activity(
+                        ActivityName.STOP_PHASE,
+                        StopPhaseInput(cluster=cluster, phase=self._node_key(ts.index, attempt, "run")),
+                        type(None),
+                        WATCH_QUEUE,
+                        timeout=timedelta(minutes=2),
+                        retry=_PLAN_RETRY,
+                    )
+                except ActivityError as err:
+                    if is_cancelled_exception(err):
+                        raise
+                    self._log(f"Could not stop job {self.req.job_id}'s processes on {cluster.name}: {err.cause}")
+            reason = f"Lost while running job {self.req.job_id}." if lost else ""
+            with contextlib.suppress(ApplicationError):  # a pool that is gone took its workers with it
+                await workflow.get_external_workflow_handle(pool_workflow_id(pool)).signal(
+                    RELEASE_SIGNAL, PoolRelease(key=key, lost=lost, reason=reason)
+                )
+            if cluster is not None:
+                self._log(f"Worker {cluster.name} of pool '{pool}' released.")
+
+        try:
+            await _shielded(release)
+        finally:
+            self._cluster, self._pool_key, self._grant = None, None, None
 
     # -- state and visibility --------------------------------------------------------------------------
 

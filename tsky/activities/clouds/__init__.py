@@ -14,6 +14,7 @@ from tsky.spec.settings import Settings
 _MODULES = {
     "local": "tsky.activities.clouds.local",
     "ssh": "tsky.activities.clouds.ssh",
+    "k8s": "tsky.activities.clouds.kubernetes",
     "aws": "tsky.activities.clouds.aws",
 }
 

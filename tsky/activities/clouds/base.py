@@ -60,6 +60,7 @@ class ClusterRecord:
     # The installation that launched it (`owner_of(settings)`), where the backend is shared with others
     # (a cloud account, a k8s namespace); None where only this installation can see it (local).
     owner: str | None = None
+    pool: str | None = None  # a pool's worker: owned by the pool's workflow (`tsky-pool-<name>`), not a job
 
 
 def owner_of(settings: Settings) -> str:

@@ -319,7 +319,10 @@ class LocalBackend:
                     NodeInfo(rank=r, ip="127.0.0.1", host_id=str(self.root / cluster_name / f"node-{r}"))
                     for r in range(num_nodes)
                 ],
-                extra={"job_id": str(meta.job_id), "task_index": str(meta.task_index)},
+                # A pool's worker belongs to its pool, not to the jobs it runs one after another.
+                extra={"pool": meta.pool}
+                if meta.pool
+                else {"job_id": str(meta.job_id), "task_index": str(meta.task_index)},
             )
             for r in range(num_nodes):
                 (self.root / cluster_name / f"node-{r}" / "sky_workdir").mkdir(parents=True, exist_ok=True)
@@ -373,6 +376,7 @@ class LocalBackend:
                     state="PREEMPTED" if preempted else "UP",
                     launched_at=entry.stat().st_mtime,
                     extra={"instance_type": info.instance_type, "spot": str(info.use_spot)},
+                    pool=info.extra.get("pool"),
                 )
             )
         return records
@@ -399,6 +403,16 @@ def preempt_job(settings: Settings, job_id: int) -> list[str]:
             preempt_cluster(backend, info)
             names.append(info.name)
     return names
+
+
+def preempt_cluster_named(settings: Settings, name: str) -> bool:
+    """Preempt one live local cluster by name (a pool worker, which no job owns); False if none."""
+    backend = LocalBackend(settings)
+    info = backend._read_info(name) if backend.root.exists() else None
+    if info is None:
+        return False
+    preempt_cluster(backend, info)
+    return True
 
 
 def make_backend(settings: Settings) -> LocalBackend:

@@ -1,0 +1,544 @@
+"""A small fake kube-apiserver for the k8s backend tests: no real API server can run here (no Docker, and no
+package ships kube-apiserver, kind, k3s or kwok), so the tests talk to this one through the official client.
+
+It serves what the backend uses, with the real wire formats: pods create / get / list (namespaced, with
+`labelSelector`) / delete, watch (`resourceVersion` resume, server-side `timeoutSeconds`), Status errors
+(404, 409, 403 quota), and exec as a websocket upgrade speaking `v4.channel.k8s.io` (one byte of channel
+before each frame's data, the exit status as a Status object on channel 3). A built-in "kubelet" makes new
+pods Running and runs exec'd commands as real processes in a per-pod directory that serves as the pod's
+home, so the backend's phase programs really run. Tests play scheduler and node through the knobs:
+`unschedulable`, `bad_images`, `quota_pods`, `evict()`, `delete()`.
+
+Stdlib only; listens on 127.0.0.1 on a free port; `stop()` kills every process a pod ever started.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import copy
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import yaml
+
+_WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_POD_TAG = "TSKY_FAKE_POD"  # in the environment of every process a fake pod runs
+_PODS = re.compile(r"^/api/v1/(?:namespaces/(?P<ns>[^/]+)/)?pods(?:/(?P<name>[^/]+))?(?:/(?P<sub>exec))?$")
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _selector(text: str) -> list[tuple[str, str, str | None]]:
+    """`a=b,c!=d,e,!f` -> [(key, op, value)]."""
+    terms: list[tuple[str, str, str | None]] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if "!=" in part:
+            key, value = part.split("!=", 1)
+            terms.append((key, "!=", value))
+        elif "=" in part:
+            key, value = part.replace("==", "=").split("=", 1)
+            terms.append((key, "=", value))
+        elif part.startswith("!"):
+            terms.append((part[1:], "!", None))
+        else:
+            terms.append((part, "exists", None))
+    return terms
+
+
+def _matches(labels: dict[str, str], terms: list[tuple[str, str, str | None]]) -> bool:
+    for key, op, value in terms:
+        have = labels.get(key)
+        if (
+            (op == "=" and have != value)
+            or (op == "!=" and have == value)
+            or (op == "exists" and have is None)
+            or (op == "!" and have is not None)
+        ):
+            return False
+    return True
+
+
+def _status(code: int, reason: str, message: str) -> dict[str, Any]:
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
+            "reason": reason, "code": code}  # fmt: skip
+
+
+def _container_status(container: dict[str, Any], ready: bool, state: dict[str, Any]) -> dict[str, Any]:
+    return {"name": container["name"], "image": container["image"], "imageID": "", "restartCount": 0,
+            "ready": ready, "started": ready, "state": state}  # fmt: skip
+
+
+def _ws_frame(opcode: int, payload: bytes) -> bytes:
+    n = len(payload)
+    if n < 126:
+        header = bytes([0x80 | opcode, n])
+    elif n < 1 << 16:
+        header = bytes([0x80 | opcode, 126]) + n.to_bytes(2, "big")
+    else:
+        header = bytes([0x80 | opcode, 127]) + n.to_bytes(8, "big")
+    return header + payload
+
+
+class FakeKube:
+    def __init__(self, root: Path, namespaces: tuple[str, ...] = ("default",)):
+        self.root = root
+        self.namespaces = set(namespaces)
+        self.pods: dict[tuple[str, str], dict[str, Any]] = {}
+        self.events: list[tuple[int, str, dict[str, Any]]] = []  # (resourceVersion, type, pod)
+        self.rv = 0
+        self.cond = threading.Condition()
+        self.requests: list[tuple[str, str]] = []  # (method, path) of every request, for assertions
+        # knobs
+        self.unschedulable = False
+        self.bad_images: set[str] = set()
+        self.quota_pods: int | None = None
+        self.server: ThreadingHTTPServer | None = None
+
+    # -- life cycle --------------------------------------------------------------------------------
+
+    def start(self) -> FakeKube:
+        fake = self
+
+        class Handler(_Handler):
+            kube = fake
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.server = _Server(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+        with self.cond:
+            for pod in self.pods.values():
+                self._kill(pod)
+            self.cond.notify_all()
+
+    def write_kubeconfig(self, path: Path, context: str = "fake", namespace: str = "default") -> Path:
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+            "users": [{"name": "fake", "user": {"token": "fake-token"}}],
+            "contexts": [{"name": context, "context": {"cluster": "fake", "user": "fake", "namespace": namespace}}],
+            "current-context": context,
+        }
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    # -- what tests do to pods ---------------------------------------------------------------------------
+
+    def pod(self, name: str, namespace: str = "default") -> dict[str, Any] | None:
+        with self.cond:
+            pod = self.pods.get((namespace, name))
+            return copy.deepcopy(pod) if pod else None
+
+    def pod_names(self, namespace: str | None = None) -> list[str]:
+        with self.cond:
+            return sorted(name for (ns, name) in self.pods if namespace in (None, ns))
+
+    def home(self, name: str, namespace: str = "default") -> Path:
+        pod = self.pod(name, namespace)
+        assert pod is not None, f"no pod {namespace}/{name}"
+        return self._home(pod)
+
+    def evict(self, name: str, namespace: str = "default") -> None:
+        """What a kubelet under node pressure does: the pod's processes die, it stays Failed/Evicted."""
+        with self.cond:
+            pod = self.pods[(namespace, name)]
+            self._kill(pod)
+            pod["status"].update(
+                phase="Failed", reason="Evicted", message="The node was low on resource: memory.", podIP=None
+            )
+            pod["status"]["containerStatuses"][0]["state"] = {"terminated": {"exitCode": 137, "reason": "Error"}}
+            self._event("MODIFIED", pod)
+
+    def delete(self, name: str, namespace: str = "default") -> None:
+        """A pod deleted behind tsky's back (an admin, a lost node's pods being cleaned up)."""
+        with self.cond:
+            self._delete(self.pods[(namespace, name)])
+
+    def schedule_pending(self) -> None:
+        with self.cond:
+            pending = [p for p in self.pods.values() if p["status"]["phase"] == "Pending"]
+        for pod in pending:
+            self._kubelet(pod["metadata"]["namespace"], pod["metadata"]["name"])
+
+    def processes(self) -> list[int]:
+        """Pids of every live process any fake pod started."""
+        needle = f"{_POD_TAG}=".encode()
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    environ = Path(f"/proc/{entry}/environ").read_bytes()
+                    state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                except OSError:
+                    continue
+                if needle in environ and state not in ("Z", "X"):
+                    found.append(int(entry))
+        return found
+
+    # -- the store ---------------------------------------------------------------------------------------
+
+    def _event(self, kind: str, pod: dict[str, Any]) -> None:
+        self.rv += 1
+        pod["metadata"]["resourceVersion"] = str(self.rv)
+        self.events.append((self.rv, kind, copy.deepcopy(pod)))
+        self.cond.notify_all()
+
+    def _home(self, pod: dict[str, Any]) -> Path:
+        meta = pod["metadata"]
+        return self.root / meta["namespace"] / f"{meta['name']}-{meta['uid'][:8]}"
+
+    def create(self, namespace: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        name = body.get("metadata", {}).get("name", "")
+        with self.cond:
+            if namespace not in self.namespaces:
+                return 404, _status(404, "NotFound", f'namespaces "{namespace}" not found')
+            if (namespace, name) in self.pods:
+                return 409, _status(409, "AlreadyExists", f'pods "{name}" already exists')
+            if self.quota_pods is not None and len(self.pods) >= self.quota_pods:
+                message = f'pods "{name}" is forbidden: exceeded quota: pods, limited: pods={self.quota_pods}'
+                return 403, _status(403, "Forbidden", message)
+            pod = copy.deepcopy(body)
+            pod.setdefault("apiVersion", "v1")
+            pod.setdefault("kind", "Pod")
+            pod["metadata"].update(namespace=namespace, uid=str(uuid.uuid4()), creationTimestamp=_now())
+            pod["status"] = {"phase": "Pending", "conditions": []}
+            self.pods[(namespace, name)] = pod
+            self._event("ADDED", pod)
+            result = copy.deepcopy(pod)
+        threading.Timer(0.05, self._kubelet, (namespace, name)).start()
+        return 201, result
+
+    def _kubelet(self, namespace: str, name: str) -> None:
+        with self.cond:
+            pod = self.pods.get((namespace, name))
+            if pod is None or pod["metadata"].get("deletionTimestamp") or pod["status"]["phase"] != "Pending":
+                return
+            status = pod["status"]
+            container = pod["spec"]["containers"][0]
+            if self.unschedulable:
+                status["conditions"] = [
+                    {
+                        "type": "PodScheduled",
+                        "status": "False",
+                        "reason": "Unschedulable",
+                        "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+                    }
+                ]
+            elif container["image"] in self.bad_images:
+                status["conditions"] = [{"type": "PodScheduled", "status": "True"}]
+                waiting = {"reason": "ErrImagePull", "message": f'failed to pull image "{container["image"]}"'}
+                status["containerStatuses"] = [_container_status(container, False, {"waiting": waiting})]
+            else:
+                self._home(pod).mkdir(parents=True, exist_ok=True)
+                number = len(self.events) % 250 + 2
+                status.update(phase="Running", podIP=f"127.0.77.{number}", startTime=_now())
+                status["conditions"] = [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "True"}]
+                status["containerStatuses"] = [_container_status(container, True, {"running": {"startedAt": _now()}})]
+            self._event("MODIFIED", pod)
+
+    def _delete(self, pod: dict[str, Any]) -> None:
+        if pod["metadata"].get("deletionTimestamp"):
+            return
+        pod["metadata"]["deletionTimestamp"] = _now()
+        self._event("MODIFIED", pod)
+        meta = pod["metadata"]
+        threading.Timer(0.1, self._finalize, (meta["namespace"], meta["name"], meta["uid"])).start()
+
+    def _finalize(self, namespace: str, name: str, uid: str) -> None:
+        with self.cond:
+            pod = self.pods.get((namespace, name))
+            if pod is None or pod["metadata"]["uid"] != uid:
+                return
+            self._kill(pod)
+            shutil.rmtree(self._home(pod), ignore_errors=True)
+            del self.pods[(namespace, name)]
+            self._event("DELETED", pod)
+
+    def _kill(self, pod: dict[str, Any]) -> None:
+        needle = f"{_POD_TAG}={pod['metadata']['uid']}".encode()
+        for _ in range(3):  # a process may fork while we scan
+            for entry in os.listdir("/proc"):
+                if entry.isdigit():
+                    try:
+                        if needle in Path(f"/proc/{entry}/environ").read_bytes():
+                            os.kill(int(entry), signal.SIGKILL)
+                    except OSError:
+                        continue
+
+    def list(self, namespace: str | None, selector: str) -> dict[str, Any]:
+        terms = _selector(selector)
+        with self.cond:
+            items = [
+                copy.deepcopy(p)
+                for (ns, _), p in sorted(self.pods.items())
+                if namespace in (None, ns) and _matches(p["metadata"].get("labels", {}), terms)
+            ]
+            return {
+                "kind": "PodList",
+                "apiVersion": "v1",
+                "metadata": {"resourceVersion": str(self.rv)},
+                "items": items,
+            }
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # clients hang up on kept-alive connections and websockets: not the tests' business
+
+
+class _Handler(BaseHTTPRequestHandler):
+    kube: FakeKube
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are written separately: no 40 ms delayed-ACK stalls
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _send(self, code: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _route(self) -> tuple[re.Match[str] | None, dict[str, list[str]]]:
+        url = urlsplit(self.path)
+        self.kube.requests.append((self.command, url.path))
+        return _PODS.match(url.path), parse_qs(url.query)
+
+    def do_GET(self) -> None:
+        match, query = self._route()
+        if match is None:
+            self._send(404, _status(404, "NotFound", f"the server could not find {self.path}"))
+            return
+        ns, name, sub = match["ns"], match["name"], match["sub"]
+        if sub == "exec":
+            self._exec(ns, name, query)
+        elif name is not None:
+            pod = self.kube.pod(name, ns)
+            if pod is None:
+                self._send(404, _status(404, "NotFound", f'pods "{name}" not found'))
+            else:
+                self._send(200, pod)
+        elif query.get("watch", ["false"])[0] in ("true", "1"):
+            self._watch(ns, query)
+        else:
+            self._send(200, self.kube.list(ns, query.get("labelSelector", [""])[0]))
+
+    def do_POST(self) -> None:
+        match, _ = self._route()
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        if match is None or match["name"] is not None or match["ns"] is None:
+            self._send(404, _status(404, "NotFound", f"the server could not find {self.path}"))
+            return
+        self._send(*self.kube.create(match["ns"], body))
+
+    def do_DELETE(self) -> None:
+        match, _ = self._route()
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if match is None or match["name"] is None:
+            self._send(404, _status(404, "NotFound", f"the server could not find {self.path}"))
+            return
+        kube = self.kube
+        with kube.cond:
+            pod = kube.pods.get((match["ns"], match["name"]))
+            if pod is not None:
+                kube._delete(pod)
+                pod = copy.deepcopy(pod)
+        if pod is None:
+            self._send(404, _status(404, "NotFound", f'pods "{match["name"]}" not found'))
+        else:
+            self._send(200, pod)
+
+    # -- watch ------------------------------------------------------------------------------------------
+
+    def _watch(self, ns: str | None, query: dict[str, list[str]]) -> None:
+        kube = self.kube
+        terms = _selector(query.get("labelSelector", [""])[0])
+        deadline = time.monotonic() + float(query.get("timeoutSeconds", ["30"])[0])
+        since_text = query.get("resourceVersion", [""])[0]
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+        def emit(kind: str, pod: dict[str, Any]) -> None:
+            line = json.dumps({"type": kind, "object": pod}).encode() + b"\n"
+            self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
+            self.wfile.flush()
+
+        def wanted(pod: dict[str, Any]) -> bool:
+            return ns in (None, pod["metadata"]["namespace"]) and _matches(pod["metadata"].get("labels", {}), terms)
+
+        try:
+            with kube.cond:
+                if since_text in ("", "0"):  # no version: the current state first, as synthetic ADDED events
+                    since = kube.rv
+                    initial = [copy.deepcopy(p) for p in kube.pods.values() if wanted(p)]
+                else:
+                    since, initial = int(since_text), []
+            for pod in initial:
+                emit("ADDED", pod)
+            while True:
+                with kube.cond:
+                    fresh = [(rv, kind, pod) for rv, kind, pod in kube.events if rv > since and wanted(pod)]
+                    since = kube.rv
+                    if not fresh:
+                        left = deadline - time.monotonic()
+                        if left <= 0 or kube.server is None:
+                            break
+                        kube.cond.wait(min(left, 0.5))
+                for _, kind, pod in fresh:
+                    emit(kind, pod)
+            self.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            self.close_connection = True
+
+    # -- exec ---------------------------------------------------------------------------------------------
+
+    def _exec(self, ns: str, name: str, query: dict[str, list[str]]) -> None:
+        kube = self.kube
+        pod = kube.pod(name, ns)
+        if pod is None or pod["status"]["phase"] != "Running" or pod["metadata"].get("deletionTimestamp"):
+            self._send(404 if pod is None else 400, _status(400, "BadRequest", f"pod {name} is not running"))
+            return
+        if self.headers.get("Upgrade", "").lower() != "websocket":
+            self._send(400, _status(400, "BadRequest", "exec needs a websocket upgrade"))
+            return
+        key = self.headers["Sec-WebSocket-Key"]
+        accept = base64.b64encode(hashlib.sha1((key + _WS_GUID).encode()).digest()).decode()
+        self.send_response(101, "Switching Protocols")
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept)
+        self.send_header("Sec-WebSocket-Protocol", "v4.channel.k8s.io")
+        self.end_headers()
+        self.close_connection = True
+        write_lock = threading.Lock()
+
+        def send(opcode: int, payload: bytes) -> None:
+            with write_lock:
+                try:
+                    self.wfile.write(_ws_frame(opcode, payload))
+                    self.wfile.flush()
+                except OSError:
+                    pass
+
+        argv = query.get("command", [])
+        home = kube._home(pod)
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(home),
+            "HOSTNAME": name,
+            "LANG": "C.UTF-8",
+            _POD_TAG: pod["metadata"]["uid"],
+        }
+        want_stdin = query.get("stdin", ["false"])[0] in ("true", "1")
+        try:
+            proc = subprocess.Popen(
+                argv,
+                cwd="/",
+                env=env,
+                stdin=subprocess.PIPE if want_stdin else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError as err:
+            message = f'exec: "{argv[0] if argv else ""}": {err.strerror}: unknown'
+            send(0x2, b"\x03" + json.dumps({"metadata": {}, "status": "Failure", "message": message}).encode())
+            send(0x8, (1000).to_bytes(2, "big"))
+            return
+
+        def pump(src: Any, channel: int) -> None:
+            while chunk := os.read(src.fileno(), 1 << 16):
+                send(0x2, bytes([channel]) + chunk)
+
+        def feed() -> None:
+            try:
+                while (frame := self._read_frame()) is not None:
+                    opcode, data = frame
+                    if opcode == 0x8:
+                        break
+                    if opcode == 0x9:
+                        send(0xA, data)
+                    elif data[:1] == b"\x00" and proc.stdin is not None:
+                        proc.stdin.write(data[1:])
+                        proc.stdin.flush()
+            except (OSError, ValueError):
+                pass
+            finally:
+                if proc.stdin is not None:
+                    with contextlib.suppress(OSError):
+                        proc.stdin.close()
+
+        pumps = [
+            threading.Thread(target=pump, args=(proc.stdout, 1)),
+            threading.Thread(target=pump, args=(proc.stderr, 2)),
+        ]
+        for thread in pumps:
+            thread.start()
+        if want_stdin:
+            threading.Thread(target=feed, daemon=True).start()
+        code = proc.wait()
+        for thread in pumps:
+            thread.join()
+        if code == 0:
+            status: dict[str, Any] = {"metadata": {}, "status": "Success"}
+        else:
+            status = {
+                "metadata": {},
+                "status": "Failure",
+                "message": f"command terminated with non-zero exit code: exit status {code}",
+                "reason": "NonZeroExitCode",
+                "details": {"causes": [{"reason": "ExitCode", "message": str(code if code > 0 else 128 - code)}]},
+            }
+        send(0x2, b"\x03" + json.dumps(status).encode())
+        send(0x8, (1000).to_bytes(2, "big"))
+
+    def _read_frame(self) -> tuple[int, bytes] | None:
+        head = self.rfile.read(2)
+        if len(head) < 2:
+            return None
+        opcode, size = head[0] & 0x0F, head[1] & 0x7F
+        if size == 126:
+            size = int.from_bytes(self.rfile.read(2), "big")
+        elif size == 127:
+            size = int.from_bytes(self.rfile.read(8), "big")
+        mask = self.rfile.read(4) if head[1] & 0x80 else b""
+        data = self.rfile.read(size)
+        if mask and data:
+            # XOR with the repeated 4-byte key as one big integer: fast enough for megabytes of stdin
+            key = (mask * (size // 4 + 1))[:size]
+            data = (int.from_bytes(data, "big") ^ int.from_bytes(key, "big")).to_bytes(size, "big")
+        return opcode, data

@@ -1,0 +1,228 @@
+"""The k8s backend against the fake API server (`fake_k8s.py`): no real kube-apiserver can run here.
+
+Through the official client: pods created with their labels, resources, spot selectors and tolerations;
+adopted on a retried provision; phases exec'd exactly once, re-attached, logged and stopped; files copied;
+eviction and deletion seen as lost nodes; unschedulable, quota, bad image and missing namespace typed;
+teardown leaves no pod and no process; two installations never touch each other's pods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.backends.fake_k8s import FakeKube
+from tsky.activities.clouds.base import CapacityError, PhaseStatus, PrecheckError
+from tsky.activities.clouds.kubernetes import KubernetesBackend, PodAgent
+from tsky.spec.activity_io import ClusterInfo, JobMeta
+from tsky.spec.requests import Candidate
+from tsky.spec.settings import Settings
+from tsky.spec.status import NodeState
+
+pytestmark = pytest.mark.asyncio
+
+SPOT_TOLERATION = {"key": "spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
+
+
+@pytest.fixture
+def kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKube]:
+    fake = FakeKube(tmp_path / "pods", namespaces=("default", "tsky")).start()
+    monkeypatch.setenv("KUBECONFIG", str(fake.write_kubeconfig(tmp_path / "kubeconfig", context="fake")))
+    yield fake
+    fake.stop()
+    assert not fake.processes(), "a pod's process outlived the test"
+
+
+def settings(tmp_path: Path, namespace: str = "tsky", temporal_namespace: str = "default", **extra: Any) -> Settings:
+    k8s = {
+        "namespace": namespace,
+        "provision_timeout": 1,
+        "spot_node_selector": {"cloud.google.com/gke-spot": "true"},
+        "spot_tolerations": [SPOT_TOLERATION],
+        "accelerator_label": "skypilot.co/accelerator",
+        **extra,
+    }
+    return Settings(home=tmp_path / "home", kubernetes=k8s, temporal={"namespace": temporal_namespace})
+
+
+def candidate(**kwargs: Any) -> Candidate:
+    base: dict[str, Any] = {"cloud": "k8s", "region": "fake", "instance_type": "pod", "vcpus": 2, "memory_gb": 4}
+    return Candidate(**{**base, **kwargs})
+
+
+def meta(job_id: int = 7) -> JobMeta:
+    return JobMeta(job_id=job_id, job_name="j", task_index=0, task_name="t", task_id="t", task_ids=["t"], user="u")
+
+
+async def ended(agent: PodAgent, phase: str, timeout: float = 20) -> PhaseStatus:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = await agent.phase_status(phase)
+        if status.exit_code is not None:
+            return status
+        assert time.monotonic() < deadline, f"{phase} did not end: {status}"
+        await asyncio.sleep(0.1)
+
+
+async def test_pods_phases_files_and_teardown(kube: FakeKube, tmp_path: Path) -> None:
+    backend = KubernetesBackend(settings(tmp_path))
+    spot_gpu = candidate(use_spot=True, accelerator="T4", accelerator_count=1)
+    info = await backend.provision("train-7", spot_gpu, 2, meta())
+    uids = [kube.pod(node.host_id, "tsky")["metadata"]["uid"] for node in info.nodes]  # type: ignore[index]
+    # A retried provision adopts the pods the first try made.
+    again = await backend.provision("train-7", spot_gpu, 2, meta())
+    assert again.nodes == info.nodes
+    assert [kube.pod(node.host_id, "tsky")["metadata"]["uid"] for node in info.nodes] == uids  # type: ignore[index]
+
+    assert info.backend == "k8s" and info.region == "fake" and info.extra["namespace"] == "tsky"
+    names = [node.host_id for node in info.nodes]
+    assert names == [f"train-7-{backend.owner[:6]}-0", f"train-7-{backend.owner[:6]}-1"]
+    assert kube.pod_names("tsky") == names
+    pod = kube.pod(names[1], "tsky")
+    assert pod is not None
+    labels = pod["metadata"]["labels"]
+    assert labels["tsky-cluster"] == "train-7" and labels["tsky-job-id"] == "7" and labels["tsky-rank"] == "1"
+    assert labels["tsky-owner"] == backend.owner
+    container = pod["spec"]["containers"][0]
+    assert container["resources"] == {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"nvidia.com/gpu": "1"}}
+    assert pod["spec"]["nodeSelector"] == {"cloud.google.com/gke-spot": "true", "skypilot.co/accelerator": "t4"}
+    assert pod["spec"]["tolerations"] == [SPOT_TOLERATION]
+    assert pod["spec"]["restartPolicy"] == "Never"
+
+    # Files: the workdir and one file mount, through exec + tar.
+    workdir = tmp_path / "workdir"
+    (workdir / "sub").mkdir(parents=True)
+    (workdir / "hello.txt").write_text("hello from the workdir\n")
+    (workdir / "sub" / "run.sh").write_text("echo nested\n")
+    (workdir / "sub" / "run.sh").chmod(0o755)
+    data = tmp_path / "data.bin"
+    data.write_bytes(bytes(range(256)) * 4000)
+    head = backend.node(info, 0)
+    await head.sync_dir(str(workdir), "sky_workdir")
+    await head.sync_file(str(data), "~/inputs/data.bin")
+    home = kube.home(names[0], "tsky")
+    assert (home / "sky_workdir" / "hello.txt").read_text() == "hello from the workdir\n"
+    assert (home / "sky_workdir" / "sub" / "run.sh").stat().st_mode & 0o111
+    assert (home / "inputs" / "data.bin").read_bytes() == data.read_bytes()
+
+    # Exactly one start, whoever asks; env values quoted; the exit code and the log come back.
+    script = 'cat hello.txt; bash sub/run.sh; echo "$GREETING"; for i in 1 2 3; do echo line$i; done; exit 4'
+    env = {"GREETING": 'it\'s "quoted" $HOME `x`', "SKYPILOT_NODE_RANK": "0"}
+    pids = await asyncio.gather(*(head.start_phase("run-a0", script, env) for _ in range(4)))
+    assert len(set(pids)) == 1
+    other = KubernetesBackend(settings(tmp_path)).node(info, 0)  # another worker re-attaches
+    assert await other.start_phase("run-a0", "echo never", {}) == pids[0]
+    status = await ended(other, "run-a0")
+    assert status.exit_code == 4 and status.pid == pids[0] and not status.alive
+    log = await other.read_log("run-a0", 0, 1 << 20)
+    assert log == b'hello from the workdir\nnested\nit\'s "quoted" $HOME `x`\nline1\nline2\nline3\n'
+    assert await other.read_log("run-a0", len(log) - 6, 100) == b"line3\n"
+
+    # A long phase on the worker node, stopped by tsky: killed, and reported as such.
+    worker = backend.node(info, 1)
+    await worker.start_phase("run-a1", "echo started; sleep 300", {})
+    while (await worker.read_log("run-a1", 0, 100)) != b"started\n":
+        await asyncio.sleep(0.05)
+    assert (await worker.phase_status("run-a1")).alive
+    await worker.stop_phase("run-a1")
+    stopped = await worker.phase_status("run-a1")
+    assert stopped.exit_code == 137 and not stopped.alive
+
+    assert await backend.node_states(info) == [NodeState.UP, NodeState.UP]
+    [record] = await backend.list_clusters()
+    assert (record.name, record.job_id, record.nodes, record.state) == ("train-7", 7, 2, "UP")
+    assert record.owner == backend.owner and record.region == "fake" and record.extra["spot"] == "True"
+
+    await backend.teardown("train-7", info)
+    assert kube.pod_names() == []
+    assert not kube.processes()
+    await backend.teardown("train-7", info)  # idempotent
+    assert await backend.list_clusters() == []
+
+
+async def test_eviction_is_preemption_and_a_deleted_pod_is_gone(kube: FakeKube, tmp_path: Path) -> None:
+    backend = KubernetesBackend(settings(tmp_path))
+    info = await backend.provision("lost-8", candidate(), 3, meta(8))
+    for rank in range(3):
+        await backend.node(info, rank).start_phase("run-a0", "sleep 300", {})
+    kube.evict(info.nodes[0].host_id, "tsky")
+    kube.delete(info.nodes[1].host_id, "tsky")
+    states = await backend.node_states(info)
+    assert states[0] is NodeState.PREEMPTED and states[1] is NodeState.GONE and states[2] is NodeState.UP
+    assert all(s.is_lost() for s in states[:2])
+    # The evicted pod's phase is gone with it; the others' nodes are not.
+    assert (await backend.node(info, 2).phase_status("run-a0")).alive
+    [record] = await backend.list_clusters()
+    assert record.state in ("PREEMPTED", "GONE")
+    await backend.teardown("lost-8", None)  # by name only, as after a failed launch or from the sweeper
+    assert kube.pod_names() == []
+
+
+async def test_launch_errors_are_typed_and_leave_nothing(kube: FakeKube, tmp_path: Path) -> None:
+    backend = KubernetesBackend(settings(tmp_path))
+
+    kube.unschedulable = True
+    with pytest.raises(CapacityError, match=r"unschedulable.*Insufficient nvidia\.com/gpu"):
+        await backend.provision("full-9", candidate(accelerator="A100", accelerator_count=8), 1, meta(9))
+    await backend.teardown("full-9", None)
+    kube.unschedulable = False
+
+    kube.quota_pods = 1
+    with pytest.raises(CapacityError, match="exceeded quota"):
+        await backend.provision("quota-10", candidate(), 2, meta(10))
+    await backend.teardown("quota-10", None)
+    kube.quota_pods = None
+
+    kube.bad_images.add("python:3.11-slim")
+    with pytest.raises(PrecheckError, match="ErrImagePull"):
+        await backend.provision("image-11", candidate(), 1, meta(11))
+    await backend.teardown("image-11", None)
+
+    with pytest.raises(PrecheckError, match='namespaces "nowhere" not found'):
+        await KubernetesBackend(settings(tmp_path, namespace="nowhere")).provision("ns-12", candidate(), 1, meta(12))
+    no_spot = KubernetesBackend(settings(tmp_path, spot_node_selector={}, spot_tolerations=[]))
+    with pytest.raises(PrecheckError, match="no spot nodes configured"):
+        await no_spot.provision("spot-13", candidate(use_spot=True), 1, meta(13))
+    with pytest.raises(PrecheckError, match="context 'elsewhere' cannot be used"):
+        await backend.provision("ctx-14", candidate(region="elsewhere"), 1, meta(14))
+    assert kube.pod_names() == []
+
+
+async def test_installations_sharing_a_namespace_never_touch_each_others_pods(kube: FakeKube, tmp_path: Path) -> None:
+    mine = KubernetesBackend(settings(tmp_path, temporal_namespace="team-a"))
+    theirs = KubernetesBackend(settings(tmp_path, temporal_namespace="team-b"))
+    assert mine.owner != theirs.owner
+    a: ClusterInfo = await mine.provision("train-1", candidate(), 1, meta(1))
+    b: ClusterInfo = await theirs.provision("train-1", candidate(), 1, meta(1))
+    assert a.nodes[0].host_id != b.nodes[0].host_id
+    owners = sorted(r.owner or "" for r in await mine.list_clusters())
+    assert owners == sorted([mine.owner, theirs.owner])
+    await mine.teardown("train-1", None)
+    assert kube.pod_names() == [b.nodes[0].host_id]
+    assert await theirs.node_states(b) == [NodeState.UP]
+    await theirs.teardown("train-1", b)
+    assert kube.pod_names() == []
+
+
+async def test_planner_offers_declared_gpus_and_spot_on_allowed_contexts(kube: FakeKube, tmp_path: Path) -> None:
+    from tsky.activities.infra_check import check_infra
+    from tsky.activities.planning import plan_for_task
+    from tsky.spec.loader import load_pipeline
+
+    s = settings(tmp_path, allowed_contexts=["fake", "gone"], node_shapes={"fake": {"accelerators": {"A100": 8}}})
+    [status] = check_infra(s, only=["k8s"])
+    assert status.enabled and status.regions == ["fake"] and status.spot
+    assert "not found: gone" in status.reason
+    yaml = "resources:\n  infra: k8s\n  accelerators: A100:8\n  use_spot: true\nrun: nvidia-smi\n"
+    task = load_pipeline(yaml).tasks[0]
+    [chosen] = plan_for_task(task, s).candidates
+    assert (chosen.cloud, chosen.region, chosen.accelerator, chosen.use_spot) == ("k8s", "fake", "A100", True)
+    # Without spot selectors, k8s has no spot; without a declared shape, no GPUs.
+    plain = settings(tmp_path, spot_node_selector={}, spot_tolerations=[])
+    result = plan_for_task(task, plain)
+    assert not result.candidates and result.infeasible_reason

@@ -1,0 +1,94 @@
+"""Managed jobs on the k8s infra, end to end: the CLI plans on `k8s/<context>`, a real worker makes pods on
+the fake API server (`tests/backends/fake_k8s.py`: no real kube-apiserver can run here), copies the workdir,
+execs setup and run in the pods, recovers from an eviction and deletes the pods."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.backends.fake_k8s import FakeKube
+from tests.harness import TskyEnv, wait_until
+from tests.integration.test_jobs_cli import queue_json, wait_status
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def kube(tsky_env: TskyEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKube]:
+    fake = FakeKube(tmp_path / "pods").start()
+    # The CLI (planning) and the worker (pods) both read it from the environment.
+    monkeypatch.setenv("KUBECONFIG", str(fake.write_kubeconfig(tmp_path / "kubeconfig", context="fake-ctx")))
+    tsky_env.configure({"kubernetes": {"provision_timeout": 2}})
+    yield fake
+    for worker in tsky_env.workers:  # no worker may act on the pods once the server is gone
+        worker.kill9()
+    fake.stop()
+    assert not fake.processes(), "a pod's process outlived the test"
+
+
+def test_same_yaml_runs_on_k8s_with_workdir_setup_and_two_nodes(tsky_env: TskyEnv, kube: FakeKube) -> None:
+    tsky_env.start_worker()
+    workdir = tsky_env.home / "project"
+    workdir.mkdir()
+    (workdir / "note.txt").write_text("from the workdir\n")
+    job = tsky_env.write(
+        "k8s.yaml",
+        f"""\
+name: kube-hello
+workdir: {workdir}
+num_nodes: 2
+setup: echo "setup in $HOME"
+run: |
+  cat note.txt
+  echo "rank $SKYPILOT_NODE_RANK of $SKYPILOT_NUM_NODES"
+""",
+    )
+    check = tsky_env.tsky("check")
+    assert re.search(r"Kubernetes: enabled\s+Context fake-ctx", check.stdout, re.I), check.stdout
+    result = tsky_env.tsky("jobs", "launch", "-y", "--infra", "k8s", str(job))
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "Managed job finished: 1 (status: SUCCEEDED)." in out
+    assert re.search(r"\(head, rank=0, pid=\d+\) from the workdir", out), out
+    assert re.search(r"\(worker1, rank=1, pid=\d+, ip=127\.0\.77\.\d+\) rank 1 of 2", out), out
+    # Each pod has its own home (the fake's per-pod directory, named after the pod).
+    assert re.search(r"\(setup rank=1, pid=\d+, ip=\S+\) setup in /\S+/kube-hello-1-\w{6}-1-", out), out
+    [row] = queue_json(tsky_env)
+    assert "Kubernetes (fake-ctx)" in str(row["infra"] or row["tasks"])
+    assert kube.pod_names() == []
+
+
+def test_evicted_pod_is_recovered_on_new_pods(tsky_env: TskyEnv, kube: FakeKube) -> None:
+    tsky_env.start_worker()
+    runs = tsky_env.home / "runs.txt"
+    job = tsky_env.write(
+        "steps.yaml",
+        f"""\
+name: kube-steps
+resources:
+  infra: k8s/fake-ctx
+run: |
+  echo started >> {runs}
+  for i in $(seq 1 5); do echo "step $i"; sleep 1; done
+""",
+    )
+    assert tsky_env.tsky("jobs", "launch", "-y", "-d", str(job)).returncode == 0
+    log = tsky_env.home / "logs" / "jobs" / "1" / "task-0" / "attempt-0" / "run.log"
+    wait_until(lambda: log.exists() and "step 2" in log.read_text(), 60, what="two steps on the first pod")
+    [first] = kube.pod_names()
+    kube.evict(first)
+    wait_status(tsky_env, 1, "SUCCEEDED", timeout=120)
+    [row] = queue_json(tsky_env)
+    assert row["recoveries"] == 1
+    assert runs.read_text().count("started") == 2
+    logs = tsky_env.tsky("jobs", "logs", "1", "--no-follow").stdout
+    assert "step 5" in logs
+    controller = tsky_env.tsky("jobs", "logs", "--controller", "1").stdout
+    # The evicted pod is positive evidence (the backend says so), not an unreachable node waited out.
+    assert "recovering: Cluster preempted" in controller and "unreachable" not in controller
+    assert "kube-steps-1-r1" in controller and "torn down" in controller
+    assert kube.pod_names() == []

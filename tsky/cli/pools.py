@@ -1,0 +1,423 @@
+"""`tsky jobs pool ...`: apply, status, down, logs — SkyPilot's pool commands and output (reference §1.6).
+
+Also the pool side of `tsky jobs launch -p NAME` (its notices, `prepare_pool_launch`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import secrets as random_hex
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tsky.cli import pool_api
+from tsky.cli.common import (
+    UsageError,
+    ago,
+    client_for,
+    console,
+    current_user,
+    duration,
+    err_console,
+    fail,
+    run,
+    settings,
+    table,
+)
+from tsky.spec.envs import env_overrides, secret_overrides
+from tsky.spec.errors import SpecError
+from tsky.spec.job import JobPolicy
+from tsky.spec.loader import apply_overrides, load_pool
+from tsky.spec.logs import pool_worker_log
+from tsky.spec.pool import PoolSpec
+from tsky.spec.pool_state import PoolApply, PoolSnapshot, PoolVersion, WorkerState
+from tsky.spec.requests import requested_label
+from tsky.spec.secrets import load_key, seal
+from tsky.spec.settings import Settings
+from tsky.spec.task import Pipeline, Task
+
+app = typer.Typer(help="Pools of warm workers that managed jobs run on.", no_args_is_help=True)
+
+# SkyPilot's cluster-name rule, which pool names follow.
+_NAME_RE = re.compile(r"[a-zA-Z]([-_.a-zA-Z0-9]*[a-zA-Z0-9])?")
+_DOWN_WAIT_SECONDS = 300  # SkyPilot waits this long for the cancelled jobs to end
+
+
+@dataclass
+class _TaskFlags:
+    """`apply`'s task overrides: the same as `tsky jobs launch`'s, minus --name."""
+
+    env: list[str]
+    env_file: Path | None
+    secret: list[str]
+    secret_file: Path | None
+    workdir: str | None
+    infra: str | None
+    use_spot: bool | None
+    cpus: str | None
+    memory: str | None
+    gpus: str | None
+    instance_type: str | None
+    num_nodes: int | None
+
+
+def _load(path: Path, name: str, flags: _TaskFlags) -> tuple[PoolSpec, Task, list[str]]:
+    warnings: list[str] = []
+    spec, task = load_pool(
+        path,
+        env_overrides=env_overrides(flags.env, [flags.env_file] if flags.env_file else None),
+        secret_overrides=secret_overrides(flags.secret, [flags.secret_file] if flags.secret_file else None),
+        warnings=warnings,
+    )
+    pipeline, more = apply_overrides(
+        Pipeline(name=name, tasks=[task]),
+        infra=flags.infra,
+        cpus=flags.cpus,
+        memory=flags.memory,
+        gpus=flags.gpus,
+        instance_type=flags.instance_type,
+        use_spot=flags.use_spot,
+        num_nodes=flags.num_nodes,
+        workdir=flags.workdir,
+    )
+    return spec, pipeline.tasks[0], warnings + more
+
+
+def _print_created(name: str) -> None:
+    console.print(f"Pool name: {name}")
+    console.print("📋 Useful Commands", style="bold cyan")
+    console.print(f"├── To submit jobs to the pool: tsky jobs launch --pool {name} <yaml_file>")
+    console.print(f"├── To submit multiple jobs:    tsky jobs launch --pool {name} --num-jobs 10 <yaml_file>")
+    console.print(f"├── To check the pool status:   tsky jobs pool status {name}")
+    console.print(f"├── To terminate the pool:      tsky jobs pool down {name}")
+    console.print(f"└── To update the number of workers: tsky jobs pool apply --pool {name} --workers 5")
+    console.print()
+    console.print(f"[green]✓ Successfully created pool {name!r}.[/]")
+
+
+@app.command()
+def apply(
+    pool_yaml: Annotated[Path | None, typer.Argument(help="A task YAML with a `pool:` section.")] = None,
+    pool: Annotated[str | None, typer.Option("--pool", "-p", help="The pool's name (default: generated).")] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Resize an existing pool to N workers (needs -p, no YAML).")
+    ] = None,
+    mode: Annotated[str, typer.Option("--mode", help="How workers are replaced on update: rolling.")] = "rolling",
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Skip the confirmation prompt.")] = False,
+    env: Annotated[list[str] | None, typer.Option("--env", help="KEY=VALUE, or KEY to take it from here.")] = None,
+    env_file: Annotated[Path | None, typer.Option("--env-file", help="A dotenv file of envs.")] = None,
+    secret: Annotated[list[str] | None, typer.Option("--secret", help="KEY=VALUE, or KEY from here.")] = None,
+    secret_file: Annotated[Path | None, typer.Option("--secret-file", help="A dotenv file of secrets.")] = None,
+    workdir: Annotated[str | None, typer.Option("--workdir", help="Override the workdir.")] = None,
+    infra: Annotated[str | None, typer.Option("--infra", help="cloud[/region[/zone]], k8s/<ctx>, ssh/<pool>.")] = None,
+    use_spot: Annotated[bool | None, typer.Option("--use-spot/--no-use-spot", help="Use spot instances.")] = None,
+    cpus: Annotated[str | None, typer.Option("--cpus", help="vCPUs per node: N or N+.")] = None,
+    memory: Annotated[str | None, typer.Option("--memory", help="Memory per node in GB: N or N+.")] = None,
+    gpus: Annotated[str | None, typer.Option("--gpus", help="Accelerators per node, e.g. A100:8.")] = None,
+    instance_type: Annotated[str | None, typer.Option("--instance-type", "-t", help="Instance type.")] = None,
+    num_nodes: Annotated[int | None, typer.Option("--num-nodes", help="Number of nodes per worker.")] = None,
+) -> None:
+    """Create a pool from a pool YAML, or update it (a new version): workers are set up once, then take jobs."""
+    from tsky.activities.planning import plan_for_task
+    from tsky.cli.plan_table import render_plan
+
+    if mode != "rolling":
+        fail(f"--mode {mode!r} is not supported: tsky updates pools with --mode rolling (the default).")
+    if workers is not None and pool_yaml is not None:
+        fail("Cannot specify both --workers and POOL_YAML: give a YAML to apply, or -p NAME --workers N to resize.")
+    if workers is not None and pool is None:
+        fail("--workers needs -p/--pool: the pool to resize.")
+    if workers is None and pool_yaml is None:
+        fail("Give a pool YAML (tsky jobs pool apply -p NAME pool.yaml), or -p NAME --workers N to resize a pool.")
+    if workers is not None and workers < 0:
+        fail(f"--workers must be at least 0 (got {workers}).")
+    name = pool or f"tsky-pool-{random_hex.token_hex(2)}"
+    if not _NAME_RE.fullmatch(name):
+        fail(
+            f"Invalid pool name {name!r}: it must start with a letter, end with a letter or digit, and hold only "
+            "letters, digits, '-', '_' and '.'."
+        )
+    s = settings()
+
+    if pool_yaml is not None:
+        flags = _TaskFlags(
+            env or [], env_file, secret or [], secret_file, workdir, infra, use_spot, cpus, memory, gpus,
+            instance_type, num_nodes,
+        )  # fmt: skip
+        try:
+            spec, task, warnings = _load(pool_yaml, name, flags)
+        except SpecError as err:
+            fail(str(err))
+        sealed = seal(task.secrets, load_key(s.home, create=True)) if task.secrets else {}
+        req = PoolApply(
+            task=task,
+            spec=spec,
+            sealed_secrets=sealed,
+            fingerprint=pool_api.fingerprint(task),
+            user=current_user(),
+            policy=JobPolicy.from_settings(s),
+        )
+        console.print("Pool spec:")
+        console.print(f"Worker policy:  {spec.describe()}")
+        console.print()
+        result = plan_for_task(task, s)
+        if not yes or result.infeasible_reason or not result.candidates:
+            console.print("Each pool worker will use the following resources (estimated):")
+            render_plan(console, task.name, task.num_nodes, result)
+        if result.infeasible_reason or not result.candidates:
+            fail(f"Nothing was applied: {result.infeasible_reason or 'no resources satisfy the request.'}")
+        for warning in warnings:
+            err_console.print(f"[yellow]Warning: {warning}[/]")
+    else:
+        assert workers is not None
+        version = run(_current(s, name))
+        try:
+            spec = PoolSpec.model_validate({**version.spec.model_dump(exclude_none=True), "workers": workers})
+        except ValueError as err:
+            fail(f"--workers {workers}: {err}")
+        req = PoolApply(
+            task=version.task,
+            spec=spec,
+            sealed_secrets=version.sealed_secrets,
+            fingerprint=version.fingerprint,
+            user=current_user(),
+            policy=JobPolicy.from_settings(s),
+        )
+        console.print(f"Worker policy:  {spec.describe()}")
+    if not yes:
+        typer.confirm(f"Applying config to pool {name!r}. Proceed?", default=True, abort=True)
+
+    async def body() -> None:
+        client = await client_for(s)
+        result = await pool_api.apply(client, name, req)
+        if result.created:
+            _print_created(name)
+            return
+        console.print(f"Pool {name!r} update scheduled.")
+        console.print(f"[green]Successfully updated pool {name!r} to version {result.version}.[/]")
+        if not result.in_place:
+            console.print(f"Workers are updating, use `tsky jobs pool logs {name} <worker_id>` to see their setup.")
+
+    run(body())
+
+
+async def _current(s: Settings, name: str) -> PoolVersion:
+    client = await client_for(s)
+    version = await pool_api.current_version(client, name)
+    if version is None:
+        raise UsageError(f"Pool {name!r} not found: create it with `tsky jobs pool apply -p {name} pool.yaml`.")
+    return version
+
+
+# -- status ------------------------------------------------------------------------------------------
+
+
+def _resources(worker: WorkerState) -> str:
+    """SkyPilot's RESOURCES cell: `1x(gpus=H100:1, cpus=26, mem=234, a3-highgpu-1g, ...)`."""
+    c = worker.candidate
+    if c is None:
+        return "-"
+    nodes = len(worker.cluster.nodes) if worker.cluster else c.num_nodes
+    parts = [f"gpus={c.accelerators_label()}"] if c.accelerator else []
+    number = lambda v: str(int(v)) if v == int(v) else f"{v:g}"  # noqa: E731
+    if c.vcpus:
+        parts.append(f"cpus={number(c.vcpus)}")
+    if c.memory_gb:
+        parts.append(f"mem={number(c.memory_gb)}")
+    parts.append(c.instance_type + ("[Spot]" if c.use_spot else ""))
+    return f"{nodes}x({', '.join(parts)}, ...)"
+
+
+def _workers_cell(pool: PoolSnapshot) -> str:
+    """ready / total, SkyPilot's WORKERS column (total leaves failed workers out)."""
+    live = [w for w in pool.workers if w.live()]
+    ready = [w for w in live if w.status.value in ("READY", "BUSY")]
+    return f"{len(ready)}/{len(live)}"
+
+
+def _pools_table(pools: list[PoolSnapshot], verbose: bool, now: datetime) -> str:
+    headers = ["NAME", "VERSION", "UPTIME", "STATUS", "WORKERS"]
+    if verbose:
+        headers += ["AUTOSCALING_POLICY", "REQUESTED_RESOURCES"]
+    rows = []
+    for p in pools:
+        uptime = duration((now - p.created_at).total_seconds()) if p.created_at else "-"
+        row = [p.name, str(p.version), uptime, p.status.value, _workers_cell(p)]
+        if verbose:
+            row += [p.spec.describe() if p.spec else "-", p.requested]
+        rows.append(row)
+    return table(headers, rows)
+
+
+def _workers_table(pools: list[PoolSnapshot], now: datetime) -> str:
+    headers = ["POOL_NAME", "ID", "VERSION", "LAUNCHED", "INFRA", "RESOURCES", "STATUS", "USED_BY"]
+    rows = []
+    for p in pools:
+        for w in sorted(p.workers, key=lambda w: w.worker_id):
+            rows.append(
+                [
+                    p.name,
+                    str(w.worker_id),
+                    str(w.version),
+                    ago(w.launched_at, now),
+                    w.candidate.display_infra() if w.candidate else "-",
+                    _resources(w),
+                    w.status.value,
+                    str(w.job_id) if w.job_id is not None else "-",
+                ]
+            )
+    return table(headers, rows)
+
+
+@app.command()
+def status(
+    names: Annotated[list[str] | None, typer.Argument(help="Only these pools.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More columns.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON records.")] = False,
+) -> None:
+    """Show pools and their workers."""
+    s = settings()
+
+    async def body() -> None:
+        client = await client_for(s)
+        pools = await pool_api.list_pools(client)
+        if names:
+            pools = [p for p in pools if p.name in names]
+        if as_json:
+            console.out(json.dumps([p.model_dump(mode="json") for p in pools], indent=2))
+            return
+        if not pools:
+            console.print("No existing pools." if not names else f"Pool(s) {', '.join(names)} not found.")
+            return
+        now = datetime.now(UTC)
+        console.print("[bold cyan]Pools[/]")
+        console.out(_pools_table(pools, verbose, now))
+        console.print()
+        console.print("[bold cyan]Pool Workers[/]")
+        if any(p.workers for p in pools):
+            console.out(_workers_table(pools, now))
+        else:
+            console.print("No workers.")
+
+    run(body())
+
+
+# -- down --------------------------------------------------------------------------------------------
+
+
+@app.command()
+def down(
+    names: Annotated[list[str] | None, typer.Argument(help="The pools to take down.")] = None,
+    all_pools: Annotated[bool, typer.Option("--all", "-a", help="Every pool.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Skip the confirmation prompts.")] = False,
+) -> None:
+    """Take pools down: cancel their waiting and running jobs, tear every worker down."""
+    if bool(names) == all_pools:
+        fail("Give pool names, or --all (not both).")
+    s = settings()
+
+    async def body() -> int:
+        client = await client_for(s)
+        existing = {p.name: p for p in await pool_api.list_pools(client)}
+        targets = sorted(existing) if all_pools else list(names or [])
+        missing = [n for n in targets if n not in existing]
+        if missing:
+            raise UsageError(f"Pool(s) {', '.join(repr(n) for n in missing)} not found.")
+        if not targets:
+            console.print("No existing pools.")
+            return 0
+        listed = ", ".join(repr(n) for n in targets)
+        jobs = [j for n in targets for j in await pool_api.pool_jobs(client, n)]
+        if jobs:
+            ids = ", ".join(str(j.job_id) for j in jobs)
+            err_console.print(
+                f"[yellow]Pool(s) has {len(jobs)} nonterminal jobs: {ids} so it is not yet safe to down.[/]"
+            )
+            if not yes and not typer.confirm("Cancel these jobs?", default=False):
+                raise typer.Abort()
+            from tsky.cli import api
+
+            await api.cancel(client, [j.job_id for j in jobs])
+            await _wait_jobs_ended(client, targets)
+        if not yes:
+            typer.confirm(f"Terminating pool(s) {listed}. Proceed?", default=True, abort=True)
+        for name in targets:
+            await pool_api.down(client, name)
+            console.print(f"Pool {name!r} is scheduled to be terminated.")
+        return 0
+
+    raise typer.Exit(run(body()))
+
+
+async def _wait_jobs_ended(client: object, pools: list[str]) -> None:
+    from temporalio.client import Client
+
+    assert isinstance(client, Client)
+    deadline = time.monotonic() + _DOWN_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        if not [j for n in pools for j in await pool_api.pool_jobs(client, n)]:
+            return
+        await asyncio.sleep(2)
+    err_console.print("[yellow]Some jobs are still ending; the pool tells any that remain it is gone.[/]")
+
+
+# -- logs --------------------------------------------------------------------------------------------
+
+
+@app.command()
+def logs(
+    pool: Annotated[str, typer.Argument(help="The pool.")],
+    worker_id: Annotated[int, typer.Argument(help="The worker (its ID in `tsky jobs pool status`).")],
+) -> None:
+    """Print a pool worker's setup output."""
+    path = pool_worker_log(settings().home, pool, worker_id)
+    if not path.exists():
+        fail(f"No setup log for worker {worker_id} of pool {pool!r} (yet).", code=1)
+    console.out(path.read_text(errors="replace"), end="")
+
+
+# -- `tsky jobs launch -p` ---------------------------------------------------------------------------
+
+
+def prepare_pool_launch(pool: str, num_jobs: int, pipeline: Pipeline, *, yes: bool) -> Pipeline:
+    """SkyPilot's notices for a launch onto a pool; the pipeline without what a pool job ignores (setup,
+    workdir, file mounts). An unknown pool is a usage error."""
+    s = settings()
+
+    async def exists() -> bool:
+        client = await client_for(s)
+        return await pool_api.get_pool(client, pool) is not None
+
+    if not run(exists()):
+        fail(f"Pool {pool!r} not found. Create it with `tsky jobs pool apply -p {pool} pool.yaml`.")
+    console.print(f"Submitting to pool {pool!r} with {num_jobs} job{'s' if num_jobs != 1 else ''}.")
+    tasks = pipeline.tasks
+    ignored = [
+        label
+        for label, present in (
+            ("setup", any(t.setup for t in tasks)),
+            ("workdir", any(t.workdir for t in tasks)),
+            ("file_mounts", any(t.file_mounts for t in tasks)),
+        )
+        if present
+    ]
+    if ignored:
+        err_console.print(
+            f"[yellow]{'/'.join(ignored)} will be ignored when submit jobs to pool. To update a pool, please use "
+            f"`tsky jobs pool apply -p {pool} new-pool.yaml`.[/]"
+        )
+    if not yes:
+        first = tasks[0]
+        console.print(f"Managed job {pipeline.name!r} will be launched on (estimated):")
+        console.print(
+            f"Use resources from pool {pool!r}: {requested_label(first.num_nodes, first.requests().options)}."
+        )
+    stripped = [t.model_copy(update={"setup": None, "workdir": None, "file_mounts": {}}) for t in tasks]
+    return pipeline.model_copy(update={"tasks": stripped})
