@@ -17,6 +17,7 @@ import pytest
 
 from tests.harness import DevServer, TskyEnv, WorkerProc, wait_until
 from tests.integration.test_jobs_cli import no_tagged_processes, queue_json, wait_status
+from tests.integration.test_sweeper import local_only, sweeper_state
 from tsky.cli import api, pool_api
 from tsky.spec.pool_state import PoolSnapshot, WorkerState
 from tsky.spec.status import PoolWorkerStatus
@@ -202,8 +203,11 @@ def test_preempted_busy_worker_job_recovers_elsewhere_and_pool_heals(tsky_env: T
     assert len(setups(env)) == 4  # three, then one replacement
 
 
-def test_apply_three_to_five_adds_two_and_recreates_none(tsky_env: TskyEnv, worker: WorkerProc) -> None:
+def test_apply_three_to_five_adds_two_and_recreates_none(tsky_env: TskyEnv, tmp_path: Path) -> None:
     env = tsky_env
+    # The sweeper runs all along with no grace period: pool workers belong to no job, yet are not swept.
+    env.configure({"jobs": {"sweeper": {"enabled": True, "interval_seconds": 1, "grace_seconds": 0}}})
+    env.start_worker(extra_env=local_only(tmp_path))
     apply_pool(env, "p", write_pool(env, 3))
     before = {w.worker_id: (w.cluster_name, w.launched_at) for w in live(wait_workers(env, "p", 3))}
 
@@ -214,6 +218,9 @@ def test_apply_three_to_five_adds_two_and_recreates_none(tsky_env: TskyEnv, work
     after = {w.worker_id: (w.cluster_name, w.launched_at) for w in live(wait_workers(env, "p", 5, version=2))}
     assert {k: after[k] for k in before} == before  # the same three workers, untouched
     assert len(set(after) - set(before)) == 2
+    seen = sweeper_state(env).sweeps
+    wait_until(lambda: sweeper_state(env).sweeps >= seen + 3, 60, what="three more sweeps")
+    assert {w.worker_id: (w.cluster_name, w.launched_at) for w in live(wait_workers(env, "p", 5))} == after
     assert len(setups(env)) == 5
 
 

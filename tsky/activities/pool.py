@@ -7,11 +7,26 @@ from __future__ import annotations
 import asyncio
 
 from temporalio import activity
+from temporalio.client import Client
 
 from tsky.activities.clouds import get_backend
 from tsky.activities.watch import ReachabilityWindow
 from tsky.spec.activity_io import ActivityName, WatchClusterInput
+from tsky.spec.ids import pool_worker_cluster_name, pool_worker_from_workflow_id
+from tsky.spec.pool_state import POOL_WORKER_WORKFLOW
 from tsky.spec.settings import Settings
+
+
+async def live_pool_worker_clusters(client: Client) -> set[str]:
+    """The clusters of the pool workers whose workflow runs (one visibility query): a pool's worker
+    belongs to its worker workflow, not to the jobs it runs, so the sweeper must leave these alone."""
+    query = f"WorkflowType = '{POOL_WORKER_WORKFLOW}' AND ExecutionStatus = 'Running'"
+    names: set[str] = set()
+    async for execution in client.list_workflows(query):
+        worker = pool_worker_from_workflow_id(execution.id)
+        if worker is not None:
+            names.add(pool_worker_cluster_name(*worker))
+    return names
 
 
 class PoolActivities:

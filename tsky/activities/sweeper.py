@@ -4,6 +4,7 @@ A survey lists the clusters tsky launched on every enabled infra and looks up ea
 (`tsky-job-<id>`, one describe per job). The sweep tears down the clusters of this installation whose
 job is terminal or unknown once they have been seen so for the grace period. Rules that keep it safe:
 - a cluster whose job's workflow is running is never touched, whatever its state;
+- a pool worker's cluster (no job's) is never touched while its worker workflow runs;
 - a cluster launched by another installation (another namespace, another user's embedded server, see
   `ids.owner_id`) is never judged: its job ids are not ours;
 - when a job cannot be looked up (Temporal unreachable), the sweep fails and deletes nothing;
@@ -24,6 +25,7 @@ from tsky.activities.clouds import backend_names, get_backend
 from tsky.activities.clouds.base import ClusterRecord, owner_of
 from tsky.activities.heartbeat import heartbeating
 from tsky.activities.infra_check import check_infra
+from tsky.activities.pool import live_pool_worker_clusters
 from tsky.spec import search_attributes as sa
 from tsky.spec.activity_io import ActivityName, SweepInput, SweepResult
 from tsky.spec.ids import job_workflow_id
@@ -109,6 +111,10 @@ async def survey(settings: Settings, client: Client | None) -> Survey:
         for r, mine in zip(records, ours, strict=True)
     ]
     if client is not None:
+        workers = await live_pool_worker_clusters(client)
+        for view in views:
+            if view.ours and view.record.name in workers:
+                view.job = JobLookup(status="POOL WORKER", live=True)
         # A cluster without a job id belongs to no job: as unknown as a job that never existed.
         for view in views:
             if view.ours and view.job is None:

@@ -21,18 +21,16 @@ from temporalio.client import (
     WorkflowHandle,
 )
 from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
 from temporalio.service import RPCError, RPCStatusCode
 
 from tsky.activities.uploads import Uploader
+from tsky.spec import job_start
 from tsky.spec import search_attributes as sa
 from tsky.spec.ids import CONTROL_QUEUE, ID_REGISTRY_WORKFLOW_ID, job_workflow_id
 from tsky.spec.job import JobPolicy, JobRequest, JobResult, TaskState
-from tsky.spec.requests import requested_label
 from tsky.spec.secrets import load_key, seal
 from tsky.spec.settings import Settings
 from tsky.spec.status import ManagedJobStatus
@@ -42,8 +40,6 @@ from tsky.workflows.id_registry import AllocateRequest, IdRegistryWorkflow, Regi
 from tsky.workflows.managed_job import ManagedJobWorkflow
 
 _START_CONCURRENCY = 64
-_SUMMARY_LIMIT = 200  # bytes: the Web UI's one-line summary
-_DETAILS_LIMIT = 20_000
 
 
 async def allocate_job_ids(client: Client, count: int) -> int:
@@ -63,48 +59,17 @@ async def allocate_job_ids(client: Client, count: int) -> int:
     )
 
 
-def _summary(req: JobRequest) -> str:
-    tasks = req.pipeline.tasks
-    resources = requested_label(tasks[0].num_nodes, tasks[0].requests().options)
-    text = f"tsky job {req.job_id}: {req.name} ({len(tasks)} task{'s' if len(tasks) > 1 else ''}, {resources})"
-    return text.encode()[:_SUMMARY_LIMIT].decode(errors="ignore")
-
-
-def _details(req: JobRequest) -> str:
-    body = req.pipeline.to_yaml() if hasattr(req.pipeline, "to_yaml") else req.pipeline.model_dump_json(indent=2)
-    text = f"Submitted by **{req.user}**. Spec (secrets redacted):\n\n```yaml\n{body}\n```"
-    return text[:_DETAILS_LIMIT]
-
-
 async def start_job(client: Client, req: JobRequest) -> WorkflowHandle[Any, Any]:
-    tasks = req.pipeline.tasks
-    attributes = TypedSearchAttributes(
-        [
-            SearchAttributePair(sa.JOB_ID, req.job_id),
-            SearchAttributePair(sa.JOB_NAME, req.name),
-            SearchAttributePair(sa.USER, req.user),
-            SearchAttributePair(sa.STATUS, ManagedJobStatus.PENDING.value),
-            SearchAttributePair(sa.RECOVERIES, 0),
-            SearchAttributePair(sa.PRIORITY, req.priority),
-            SearchAttributePair(sa.RESOURCES, requested_label(tasks[0].num_nodes, tasks[0].requests().options)),
-            SearchAttributePair(sa.POOL, req.pool or ""),
-            SearchAttributePair(sa.SUBMITTED_AT, req.submitted_at),
-        ]
-    )
     return await client.start_workflow(
         ManagedJobWorkflow.run,
         req,
         id=job_workflow_id(req.job_id),
         task_queue=CONTROL_QUEUE,
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-        search_attributes=attributes,
-        memo={
-            "tasks": [
-                TaskState(index=i, name=t.name or "", task_id="").model_dump(mode="json") for i, t in enumerate(tasks)
-            ]
-        },
-        static_summary=_summary(req),
-        static_details=_details(req),
+        search_attributes=job_start.search_attributes(req),
+        memo=job_start.memo(req),
+        static_summary=job_start.summary(req),
+        static_details=job_start.details(req),
     )
 
 

@@ -37,6 +37,14 @@ def pool_worker_workflow_id(pool: str, worker_id: int) -> str:
     return f"{POOL_WORKFLOW_PREFIX}{pool}/worker-{worker_id}"
 
 
+def pool_worker_from_workflow_id(workflow_id: str) -> tuple[str, int] | None:
+    """(pool, worker id) of a pool worker's workflow id, else None."""
+    head, sep, tail = workflow_id.partition("/worker-")
+    if not sep or not head.startswith(POOL_WORKFLOW_PREFIX) or not tail.isdigit():
+        return None
+    return head[len(POOL_WORKFLOW_PREFIX) :], int(tail)
+
+
 def pool_worker_cluster_name(pool: str, worker_id: int) -> str:
     """`<pool>-w<id>`, DNS-safe: job clusters end in `-<job id>` (or `-t<k>` / `-r<n>`), so the two never meet."""
     return f"{_dns_label(pool)}-w{worker_id}"

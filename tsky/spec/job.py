@@ -155,3 +155,23 @@ class JobResult(_Model):
     status: ManagedJobStatus
     failure_reason: str | None = None
     tasks: list[TaskResult]
+
+
+def job_result(state: JobState) -> JobResult:
+    """A job's result from its state (what a parent reads when its child job was cancelled)."""
+    return JobResult(
+        job_id=state.job_id,
+        name=state.name,
+        status=state.status,
+        failure_reason=state.failure_reason(),
+        tasks=[
+            TaskResult(
+                name=t.name,
+                status=t.status,
+                recovery_count=t.recovery_count,
+                attempts=t.attempts,
+                failure_reason=t.failure_reason,
+            )
+            for t in state.tasks
+        ],
+    )

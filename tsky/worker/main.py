@@ -16,6 +16,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from tsky.activities import scheduling
 from tsky.activities.cluster import ClusterActivities
 from tsky.activities.controller_log import ControllerLogActivities
+from tsky.activities.job_ids import JobIdActivities
 from tsky.activities.planning import PlanningActivities
 from tsky.activities.pool import PoolActivities
 from tsky.activities.sweeper import SweeperActivities
@@ -40,6 +41,7 @@ def build_workers(client: Client, settings: Settings) -> list[Worker]:
     pool = PoolActivities(settings)
     planning = PlanningActivities(settings)
     controller_log = ControllerLogActivities(settings)
+    job_ids = JobIdActivities(client, settings)
     sweeper = SweeperActivities(settings, client)
     controller = settings.jobs.controller
     shutdown = timedelta(seconds=settings.worker.graceful_shutdown_seconds)
@@ -49,7 +51,14 @@ def build_workers(client: Client, settings: Settings) -> list[Worker]:
             client,
             task_queue=CONTROL_QUEUE,
             workflows=WORKFLOWS,
-            activities=[controller_log.append_controller_log, scheduling.request_slot, scheduling.ended_jobs],
+            activities=[
+                controller_log.append_controller_log,
+                scheduling.request_slot,
+                scheduling.ended_jobs,
+                # For workflows that start managed jobs as children (tsky.workflows.child).
+                job_ids.allocate_job_id,
+                job_ids.job_result,
+            ],
             workflow_runner=workflow_runner(),
             max_cached_workflows=controller.max_cached_workflows,
             sticky_queue_schedule_to_start_timeout=timedelta(seconds=settings.worker.sticky_schedule_to_start_seconds),
