@@ -57,8 +57,10 @@ logger = logging.getLogger(__name__)
 KILLED_EXIT_CODE = 137  # what a shell reports for a process ended by SIGKILL
 DEFAULT_WORKDIR = "sky_workdir"  # relative to the login home, as on SkyPilot clusters
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# OpenSSH allows 10 sessions per connection (MaxSessions); stay below it.
-_CHANNELS_PER_CONNECTION = 8
+# OpenSSH allows 10 sessions per connection (MaxSessions) and frees a session's slot a moment after its
+# channel closed: stay well below, and retry an open the server refused while it catches up.
+_CHANNELS_PER_CONNECTION = 5
+_OPEN_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8)
 
 
 class NodeUnreachable(TransientError):
@@ -200,14 +202,7 @@ async def run(
     for attempt in (0, 1):
         pooled, reused = await _connection(target, options)
         try:
-            async with pooled.channels:
-                result = await pooled.conn.run(
-                    command,
-                    input=input,
-                    encoding=None,
-                    check=False,
-                    timeout=timeout or options.command_timeout,
-                )
+            result = await _run_channel(pooled, command, input, timeout or options.command_timeout)
         except asyncssh.TimeoutError as err:
             raise NodeUnreachable(f"{target}: command timed out after {timeout or options.command_timeout}s") from err
         except (TimeoutError, OSError, asyncssh.Error) as err:
@@ -221,6 +216,20 @@ async def run(
                 continue
             raise NodeUnreachable(f"{target}: connection lost while running a command")
         return CommandResult(result.exit_status, _bytes(result.stdout), _bytes(result.stderr))
+    raise AssertionError("unreachable")
+
+
+async def _run_channel(
+    pooled: _Pooled, command: str, input: bytes | None, timeout: float
+) -> asyncssh.SSHCompletedProcess:
+    for delay in (*_OPEN_RETRY_DELAYS, None):
+        try:
+            async with pooled.channels:
+                return await pooled.conn.run(command, input=input, encoding=None, check=False, timeout=timeout)
+        except asyncssh.ChannelOpenError:
+            if delay is None or pooled.conn.is_closed():
+                raise
+        await asyncio.sleep(delay)
     raise AssertionError("unreachable")
 
 
