@@ -114,10 +114,13 @@ name: first
 resources:
   use_spot: true
 run: |
+  echo "first is $SKYPILOT_TASK_ID"
   if [ -e {marker} ]; then echo "first resumed"; else touch {marker}; echo "first waiting"; sleep 600; fi
 ---
 name: second
-run: echo "second ran"
+run: |
+  echo "second ran"
+  echo "$SKYPILOT_TASK_IDS"
 """,
     )
     assert tsky_env.tsky("jobs", "launch", "-y", "-d", str(spec)).returncode == 0
@@ -131,6 +134,11 @@ run: echo "second ran"
     assert first["recovery_count"] == 1 and second["recovery_count"] == 0
     logs = tsky_env.tsky("jobs", "logs", "1", "--no-follow").stdout
     assert logs.index("first waiting") < logs.index("first resumed") < logs.index("second ran"), logs
+    # SkyPilot's task ids: one per task, stable across the recovery, all of them in SKYPILOT_TASK_IDS.
+    first_ids = set(re.findall(r"first is (sky-managed-\S+_pipe_first_1-0)$", logs, re.M))
+    assert len(first_ids) == 1 and logs.count("first is") == 2, logs
+    ids = re.findall(r"\(second, pid=\d+\) (sky-managed-\S+)$", logs, re.M)
+    assert ids[0] in first_ids and re.fullmatch(r"sky-managed-\S+_pipe_second_1-1", ids[1]), ids
     assert tsky_env.tsky("status").stdout.strip() == "No live clusters."
 
 
