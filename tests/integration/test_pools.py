@@ -368,3 +368,17 @@ def test_down_cancels_jobs_and_leaves_nothing(tsky_env: TskyEnv, worker: WorkerP
     wait_status(env, orphan, "FAILED_NO_RESOURCE")
     row = next(j for j in queue_json(env) if j["job_id"] == orphan)
     assert row["tasks"][0]["failure_reason"] == "Pool 'p' does not exist."  # type: ignore[index]
+
+
+def test_num_jobs_without_a_pool_gives_each_job_its_own_cluster_and_rank(tsky_env: TskyEnv, worker: WorkerProc) -> None:
+    env = tsky_env
+    job = env.write("batch.yaml", BATCH.format(events=env.home / "events.txt", sleep=0))
+    result = env.tsky("jobs", "launch", "--num-jobs", "3", "-y", str(job))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Submitting 3 managed jobs. Each job will be launched on its own cluster." in result.stdout
+    assert "Jobs submitted with IDs: 1-3." in result.stdout
+    assert "To cancel all these jobs:     tsky jobs cancel 1 2 3" in result.stdout
+    for job_id in (1, 2, 3):
+        wait_status(env, job_id, "SUCCEEDED")
+        # Ranks follow job ids; each job ran on a cluster of its own (`<name>-<job id>`).
+        assert f"Job rank {job_id - 1} of 3 on batch-{job_id}" in run_logs(env, job_id)
