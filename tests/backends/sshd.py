@@ -31,6 +31,11 @@ def available() -> str | None:
         return f"{SSHD} is missing (apt-get install openssh-server)"
     if not shutil.which("unshare") or not shutil.which("ssh-keygen"):
         return "unshare or ssh-keygen is missing"
+    probe = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount", "--propagation", "private", "true"], capture_output=True
+    )
+    if probe.returncode != 0:
+        return f"unshare --pid --mount does not work here: {probe.stderr.decode().strip()}"
     return None
 
 
@@ -90,7 +95,13 @@ class SSHNode:
             time.sleep(0.02)
 
     def pids(self) -> list[int]:
-        """Processes still running in the node's namespace (none once it is killed)."""
+        """Processes still running in the node's namespace (none once it is killed).
+
+        Once `unshare` has reaped the namespace's init, the kernel has killed every other process in it
+        (init's exit waits for them), and the namespace's inode number may be reused by a new node: so
+        only look while `unshare` runs."""
+        if self.proc is None or self.proc.poll() is not None:
+            return []
         found = []
         for entry in os.listdir("/proc"):
             if entry.isdigit():
