@@ -4,6 +4,8 @@ file copies (rsync and SFTP), a dead node noticed."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -189,3 +191,21 @@ async def test_connections_are_reused(ssh_nodes: SSHNodes, pool: None) -> None:
     # One TCP connection served all 40 calls of both agents: one sshd session process for it.
     sessions = (await a.run("pgrep -c -f 'sshd: root'")).stdout.strip()
     assert sessions == b"1"
+
+
+async def test_a_silent_node_is_noticed_by_keepalives(ssh_nodes: SSHNodes, pool: None) -> None:
+    node = ssh_nodes.start()
+    # Commands may take long here: only the keepalives can notice the node went silent.
+    patient = SSHOptions(connect_timeout=3, keepalive_interval=1, keepalive_count_max=2, command_timeout=600)
+    a = agent(ssh_nodes, node, patient)
+    assert not (await a.phase_status("run-a0")).started
+    frozen = node.pids()
+    for pid in frozen:  # the machine hangs: no RST, no answer, as after a power loss or a partition
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(NodeUnreachable) as err:
+            await a.phase_status("run-a0")
+        assert "timed out after 600" not in str(err.value)
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
