@@ -130,8 +130,9 @@ class GcpSettings(_Section):
     ssh_user: str = "tsky"
     # None: $TSKY_HOME/ssh/tsky-gcp (created on first use); its public half goes in the instances' metadata.
     ssh_private_key: str | None = None
-    # Seconds for new instances to run and answer SSH before the launch counts as failed.
+    # Seconds for new instances to run and answer SSH (and for deletions to be confirmed).
     provision_timeout: float = Field(default=600, gt=0)
+    state_check_seconds: float = Field(default=15, gt=0)  # how often a watcher asks GCE about the nodes
     # A local fake of the Compute API (tests). Never set for Google itself.
     api_endpoint: str | None = None
     anonymous_credentials: bool = False  # only with api_endpoint

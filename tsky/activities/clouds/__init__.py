@@ -16,6 +16,7 @@ _MODULES = {
     "ssh": "tsky.activities.clouds.ssh",
     "k8s": "tsky.activities.clouds.kubernetes",
     "aws": "tsky.activities.clouds.aws",
+    "gcp": "tsky.activities.clouds.gcp",
 }
 
 _cache: dict[tuple[str, int], Backend] = {}
