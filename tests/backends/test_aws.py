@@ -62,7 +62,7 @@ async def pool() -> AsyncIterator[None]:
 async def test_on_demand_and_spot_clusters_states_and_teardown(
     moto_ec2: MotoEC2, ssh_nodes: SSHNodes, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pool: None
 ) -> None:
-    seam(monkeypatch, ssh_nodes, 3)
+    seam(monkeypatch, ssh_nodes, 4)
     backend = AwsBackend(Settings(home=tmp_path, aws=aws_config(moto_ec2, ssh_nodes)))
 
     od = await backend.provision("od-1", candidate(), 2, meta(1))
@@ -101,6 +101,11 @@ async def test_on_demand_and_spot_clusters_states_and_teardown(
     assert await backend.node_states(spot) == [NodeState.PREEMPTED]
     moto_ec2.client().stop_instances(InstanceIds=[ids[1]])
     assert await backend.node_states(od) == [NodeState.UP, NodeState.STOPPED]
+
+    worker = await backend.provision("w-1", candidate(), 1, meta(0).model_copy(update={"pool": "workers"}))
+    record = next(r for r in await backend.list_clusters() if r.name == "w-1")
+    assert (record.pool, record.job_id) == ("workers", None)
+    await backend.teardown("w-1", worker)
 
     await backend.teardown("sp-2-r1", spot)
     await backend.teardown("od-1", None)  # by name only: every configured region is searched

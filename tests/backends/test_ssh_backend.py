@@ -102,6 +102,13 @@ async def test_claims_adopt_capacity_states_and_teardown(ssh_nodes: SSHNodes, po
     await backend.teardown("a-1", info)  # idempotent
     assert await backend.list_clusters() == []
 
+    # A tsky pool's worker cluster belongs to its pool, not to a job.
+    worker = await backend.provision("w-1", candidate("p"), 1, meta(0).model_copy(update={"pool": "workers"}))
+    [record] = await backend.list_clusters()
+    assert (record.name, record.pool, record.job_id) == ("w-1", "workers", None)
+    assert worker.extra == {"node_pool": "p", "pool": "workers"}
+    await backend.teardown("w-1", worker)
+
 
 async def test_concurrent_launches_never_share_a_host(ssh_nodes: SSHNodes, pool: None, tmp_path: Path) -> None:
     nodes = [ssh_nodes.start() for _ in range(3)]

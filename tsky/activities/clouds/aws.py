@@ -408,7 +408,9 @@ class AwsBackend:
             instance_type=candidate.instance_type,
             use_spot=candidate.use_spot,
             nodes=nodes,
-            extra={"job_id": str(meta.job_id), "task_index": str(meta.task_index)},
+            extra={"pool": meta.pool}
+            if meta.pool
+            else {"job_id": str(meta.job_id), "task_index": str(meta.task_index)},
         )
 
     async def _launch(
@@ -422,17 +424,12 @@ class AwsBackend:
         group_id: str,
         known: list[dict[str, Any]],
     ) -> list[dict[str, Any]]:
-        tags = {
-            "Name": cluster_name,
-            TAG_CLUSTER: cluster_name,
-            TAG_JOB: str(meta.job_id),
-            TAG_TASK: str(meta.task_index),
-            TAG_LAUNCH: str(_launch_of(cluster_name)),
-            TAG_OWNER: self.owner,
-        }
-        pool = getattr(meta, "pool", None)
-        if pool:
-            tags[TAG_POOL] = str(pool)
+        tags = {"Name": cluster_name, TAG_CLUSTER: cluster_name, TAG_OWNER: self.owner}
+        if meta.pool:  # a tsky pool's worker belongs to its pool, not to the jobs it runs one after another
+            tags[TAG_POOL] = meta.pool
+        else:
+            tags |= {TAG_JOB: str(meta.job_id), TAG_TASK: str(meta.task_index)}
+        tags[TAG_LAUNCH] = str(_launch_of(cluster_name))
         tag_list = [{"Key": k, "Value": v} for k, v in tags.items()]
         # The same request for the same cluster state gets the same token: a retried call (the worker died
         # before it saw the answer) returns the first call's reservation instead of launching again.
@@ -594,6 +591,7 @@ class AwsBackend:
                     state="UP" if states == {NodeState.UP} else sorted(s.value for s in states - {NodeState.UP})[0],
                     launched_at=launched.timestamp() if launched is not None else None,
                     owner=tags.get(TAG_OWNER),
+                    pool=tags.get(TAG_POOL),
                     extra={
                         "instance_type": str(members[0].get("InstanceType", "")),
                         "spot": str(members[0].get("InstanceLifecycle") == "spot"),

@@ -156,12 +156,9 @@ class SSHBackend:
         return _Probe(host, holder=None if holder == "-" else holder, meta=meta or None)
 
     async def _claim(self, host: PoolHost, cluster_name: str, meta: JobMeta) -> bool:
-        info = {
-            "job_id": meta.job_id,
-            "task_index": meta.task_index,
-            "owner": self.owner,
-            "launched_at": int(time.time()),
-        }
+        # A tsky pool's worker belongs to its pool, not to the jobs it runs one after another.
+        whose = {"pool": meta.pool} if meta.pool else {"job_id": meta.job_id, "task_index": meta.task_index}
+        info = {**whose, "owner": self.owner, "launched_at": int(time.time())}
         text = "\n".join(f"{k}={v}" for k, v in info.items())
         try:
             out = await run_program(
@@ -221,7 +218,8 @@ class SSHBackend:
             region=pool.name,
             instance_type=candidate.instance_type,
             nodes=nodes,
-            extra={"pool": pool.name, "job_id": str(meta.job_id), "task_index": str(meta.task_index)},
+            extra={"node_pool": pool.name}
+            | ({"pool": meta.pool} if meta.pool else {"job_id": str(meta.job_id), "task_index": str(meta.task_index)}),
         )
 
     async def node_states(self, cluster: ClusterInfo) -> list[NodeState]:
@@ -284,6 +282,7 @@ class SSHBackend:
                     launched_at=float(launched) if launched.isdigit() else None,
                     owner=owner or None,
                     extra={"instance_type": "node", "hosts": ""},
+                    pool=meta.get("pool") or None,
                 )
             record.nodes += 1
             record.extra["hosts"] = ",".join(filter(None, [record.extra["hosts"], key]))
