@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,6 +116,18 @@ def apply_pool(env: TskyEnv, name: str, yaml_path: Path) -> str:
     return result.stdout
 
 
+def job_processes(pool: str) -> bool:
+    """Whether a job's run phase (`<pool>-w<id>/<rank>:run-j<job>-...`) still has a process."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if f"TSKY_PROCESS_TAG={pool}-w".encode() in environ and b":run-j" in environ:
+            return True
+    return False
+
+
 def no_clusters(env: TskyEnv) -> bool:
     clusters = env.home / "clusters"
     return not clusters.exists() or not any(p.is_dir() for p in clusters.iterdir())
@@ -164,6 +177,7 @@ def test_seed_transcript_three_workers_ten_jobs(tsky_env: TskyEnv, worker: Worke
     assert most_at_once(events) <= 3
     assert len(setups(env)) == 3
 
+    assert "Worker ready." in env.tsky("jobs", "pool", "logs", "gpu-pool", "1").stdout
     status = env.tsky("jobs", "pool", "status", "gpu-pool")
     assert status.returncode == 0, status.stderr
     assert re.search(r"^gpu-pool\s+1\s+\S+.*READY\s+3/3$", status.stdout, re.M), status.stdout
@@ -201,6 +215,18 @@ def test_preempted_busy_worker_job_recovers_elsewhere_and_pool_heals(tsky_env: T
     lost_id = next(w.worker_id for w in first.workers if w.cluster_name == before)
     assert lost_id not in [w.worker_id for w in live(healed)]
     assert len(setups(env)) == 4  # three, then one replacement
+
+    # Cancelling the pool's jobs stops only their processes: the workers stay, READY.
+    go.unlink()
+    assert env.tsky("jobs", "launch", "-p", "p", "--num-jobs", "2", "-y", str(job)).returncode == 0
+    wait_until(lambda: all("running on" in run_logs(env, j) for j in (2, 3)), 60, what="both jobs to run")
+    result = env.tsky("jobs", "cancel", "-p", "p", "-y")
+    assert "Jobs with IDs 2, 3 are scheduled to be cancelled." in result.stdout, result.stdout + result.stderr
+    for job_id in (2, 3):
+        wait_status(env, job_id, "CANCELLED")
+    kept = wait_workers(env, "p", 3)
+    assert sorted(w.worker_id for w in live(kept)) == sorted(w.worker_id for w in live(healed))
+    assert wait_until(lambda: not job_processes("p"), 10, what="the jobs' processes to die")
 
 
 def test_apply_three_to_five_adds_two_and_recreates_none(tsky_env: TskyEnv, tmp_path: Path) -> None:

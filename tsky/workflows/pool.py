@@ -95,7 +95,10 @@ class PoolWorkflow:
         st = self.state
         previous = st.version
         number = previous.version + 1 if previous else 1
-        in_place = previous is not None and previous.fingerprint == req.fingerprint
+        # As SkyPilot: a workdir or file mounts are copied anew on every apply (their contents may have
+        # changed under the same paths), so such a pool always gets new workers.
+        files = bool(req.task.workdir or req.task.file_mounts)
+        in_place = previous is not None and previous.fingerprint == req.fingerprint and not files
         st.version = PoolVersion(
             version=number,
             task=req.task,
