@@ -290,10 +290,11 @@ mask=$(umask); umask 077  # the env file may hold secrets; the job itself gets t
 mkdir -p "$d" || exit 3
 if mkdir "$d/$p.started" 2>/dev/null; then
   if ! tar -x -o -f - -C "$d"; then rm -rf "$d/$p.started"; exit 4; fi
+  sid=$(command -v setsid) && sh=$(command -v bash) || exit 5  # found before the job's env may change PATH
   (
     umask "$mask"
     . "$d/$p.env" || exit 1
-    exec setsid bash "$d/wrapper.sh" "$d" "$p" "$cwd" </dev/null >/dev/null 2>&1
+    exec "$sid" "$sh" "$d/wrapper.sh" "$d" "$p" "$cwd" </dev/null >/dev/null 2>&1
   ) &
   pid=$!
   read -r stat </proc/$pid/stat; rest=${stat##*) }; set -- $rest
