@@ -210,9 +210,9 @@ class GcsStore:
     name = "gcs"
 
     def __init__(self) -> None:
-        from google.cloud import storage
+        from google.cloud.storage import Client
 
-        self.client: Any = storage.Client()
+        self.client: Any = Client()
 
     def bucket_exists(self, bucket: str) -> bool:
         return self.client.lookup_bucket(bucket) is not None
