@@ -625,6 +625,7 @@ class ManagedJobWorkflow:
             if is_cancelled_exception(err):
                 raise
             self._log(f"Could not clean up the job's uploads/buckets, they may have leaked: {err.cause or err}")
+        await self._publish()  # a cancelled job publishes nothing after this
 
     def _node_key(self, index: int, attempt: int, phase: str) -> str:
         """A pool job's phase name on its worker: jobs take turns on a worker, so it carries the job."""
