@@ -5,6 +5,7 @@ check that the host never sees the job's files there (they exist only in the job
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 from typing import Any
 
@@ -193,9 +194,11 @@ def test_uploads_through_the_intermediate_bucket_leave_no_job_prefix(tsky_env: T
     tsky_env.configure({"jobs": {"bucket": "s3://tsky-inter/uploads"}})
     project, _ = local_files(tsky_env)
     tsky_env.start_worker()
-    out = launch(tsky_env, project / "files.yaml")
+    out = launch(tsky_env, project / "files.yaml", "--num-nodes", "2")
     assert "intermediate bucket s3://tsky-inter/uploads" in out
-    assert_files_reached_the_job(out)
+    for line in ("workdir script ran", "dir mount ok", "file mount ok"):  # on every node
+        assert re.search(rf"\(head, rank=0, pid=\d+\) {line}", out), out
+        assert re.search(rf"\(worker1, rank=1, pid=\d+, ip=127\.0\.0\.1\) {line}", out), out
     refs = sources(job_request(tsky_env, 1))
     assert all(r.startswith("s3://tsky-inter/uploads/job-1-") for r in refs), refs
     assert refs[0].endswith("/workdir") and "/local-file-mounts/0" in refs[1] and "/tmp-files/file-0" in refs[2]
