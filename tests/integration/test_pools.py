@@ -20,8 +20,9 @@ from tests.harness import DevServer, TskyEnv, WorkerProc, wait_until
 from tests.integration.test_jobs_cli import no_tagged_processes, queue_json, wait_status
 from tests.integration.test_sweeper import local_only, sweeper_state
 from tsky.cli import api, pool_api
-from tsky.spec.pool_state import PoolSnapshot, WorkerState
+from tsky.spec.pool_state import PoolSnapshot, PoolState, WorkerState
 from tsky.spec.status import PoolWorkerStatus
+from tsky.worker.client import DATA_CONVERTER
 
 pytestmark = pytest.mark.integration
 
@@ -316,12 +317,20 @@ def test_continue_as_new_while_jobs_wait_loses_and_repeats_nothing(can_env: Tsky
     assert ranks == list(range(8))
     assert most_at_once(events) == 1
 
-    async def runs() -> int:
+    async def carried_queues() -> list[int]:
+        """For each run of the pool: how many waiting jobs its input (the state carried over) held."""
         client = await env.client()
-        query = "WorkflowId = 'tsky-pool-p'"
-        return len([e async for e in client.list_workflows(query)])
+        sizes = []
+        async for run in client.list_workflows("WorkflowId = 'tsky-pool-p'"):
+            history = client.get_workflow_handle(run.id, run_id=run.run_id).fetch_history_events()
+            first = await anext(aiter(history))
+            payload = first.workflow_execution_started_event_attributes.input.payloads[0]
+            sizes.append(len(DATA_CONVERTER.payload_converter.from_payload(payload, PoolState).queue))
+        return sizes
 
-    assert asyncio.run(runs()) >= 3  # the pool continued-as-new (at least twice) while jobs waited
+    queues = asyncio.run(carried_queues())
+    assert len(queues) >= 3  # the pool continued-as-new at least twice...
+    assert any(queues)  # ...and at least once with jobs waiting in its queue
     assert len(setups(env)) == 1
 
 
