@@ -33,9 +33,16 @@ pytestmark = pytest.mark.asyncio
 POOL = "pool:\n  workers: 2\nsetup: echo warm\n"
 
 
+# Clusters whose idle worker the fake watcher reports lost (once each).
+LOSE_WHEN_IDLE: set[str] = set()
+
+
 @activity.defn(name=ActivityName.WATCH_CLUSTER)
 async def watch_cluster(inp: WatchClusterInput) -> str:
-    """An idle worker that never fails: watch until the worker is stopped."""
+    """An idle worker that never fails (unless listed in LOSE_WHEN_IDLE): watch until it is stopped."""
+    if inp.cluster.name in LOSE_WHEN_IDLE:
+        LOSE_WHEN_IDLE.discard(inp.cluster.name)
+        return f"Cluster {inp.cluster.name} lost: node 0 is PREEMPTED"
     while True:
         activity.heartbeat()
         await asyncio.sleep(0.05)
@@ -149,3 +156,19 @@ async def test_a_job_for_a_pool_that_does_not_exist_fails_no_resource() -> None:
     assert result.status is S.FAILED_NO_RESOURCE
     assert result.failure_reason == "Pool 'nope' does not exist."
     assert cloud.launched == []
+
+
+async def test_an_idle_worker_preempted_is_torn_down_and_replaced() -> None:
+    cloud = FakeCloud()
+    LOSE_WHEN_IDLE.add("p-w1")
+    async with running(cloud) as env:
+        await apply_pool(env.client)
+        for _ in range(200):
+            pool = await snapshot(env.client)
+            if sorted(w.worker_id for w in pool.workers if w.status.value == "READY") == [2, 3]:
+                break
+            await asyncio.sleep(0.05)
+        assert sorted((w.worker_id, w.status.value) for w in pool.workers) == [(2, "READY"), (3, "READY")]
+        assert cloud.torn_down == ["p-w1"]
+        await down(env.client)
+    assert cloud.live_clusters() == set()
