@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from temporalio.client import Client
 
-from tsky.cli import pool_api
+from tsky.cli import api, pool_api
 from tsky.cli.common import (
     UsageError,
     ago,
@@ -226,11 +227,10 @@ def _resources(worker: WorkerState) -> str:
         return "-"
     nodes = len(worker.cluster.nodes) if worker.cluster else c.num_nodes
     parts = [f"gpus={c.accelerators_label()}"] if c.accelerator else []
-    number = lambda v: str(int(v)) if v == int(v) else f"{v:g}"  # noqa: E731
     if c.vcpus:
-        parts.append(f"cpus={number(c.vcpus)}")
+        parts.append(f"cpus={c.vcpus:g}")
     if c.memory_gb:
-        parts.append(f"mem={number(c.memory_gb)}")
+        parts.append(f"mem={c.memory_gb:g}")
     parts.append(c.instance_type + ("[Spot]" if c.use_spot else ""))
     return f"{nodes}x({', '.join(parts)}, ...)"
 
@@ -342,8 +342,6 @@ def down(
             )
             if not yes and not typer.confirm("Cancel these jobs?", default=False):
                 raise typer.Abort()
-            from tsky.cli import api
-
             await api.cancel(client, [j.job_id for j in jobs])
             await _wait_jobs_ended(client, targets)
         if not yes:
@@ -356,10 +354,7 @@ def down(
     raise typer.Exit(run(body()))
 
 
-async def _wait_jobs_ended(client: object, pools: list[str]) -> None:
-    from temporalio.client import Client
-
-    assert isinstance(client, Client)
+async def _wait_jobs_ended(client: Client, pools: list[str]) -> None:
     deadline = time.monotonic() + _DOWN_WAIT_SECONDS
     while time.monotonic() < deadline:
         if not [j for n in pools for j in await pool_api.pool_jobs(client, n)]:

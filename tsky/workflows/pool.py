@@ -111,8 +111,7 @@ class PoolWorkflow:
         st.policy = req.policy
         st.autoscaler = AutoscalerState(target=initial_target(req.spec, st.autoscaler.target if previous else None))
         st.version_failures = 0
-        if in_place:
-            assert previous is not None
+        if in_place and previous is not None:
             # Same workers, new version: nothing to recreate.
             for worker in st.workers:
                 if worker.version == previous.version and worker.live():
