@@ -54,8 +54,8 @@ class ClusterView:
 
     @property
     def orphaned(self) -> bool:
-        """Ours, and no running job owns it: the sweeper's business."""
-        return self.ours and (self.job is None or not self.job.live)
+        """Ours, and its job is known not to be running: the sweeper's business."""
+        return self.ours and self.job is not None and not self.job.live
 
 
 @dataclass

@@ -72,7 +72,7 @@ async def _status_all_infra(s: Settings) -> None:
         if not view.ours:
             return ["(another tsky installation)", "-"]
         if view.job is None:
-            return ["-", "-"]
+            return ["? (Temporal not reachable)", "?"]
         if view.job.status == UNKNOWN_JOB:
             return ["UNKNOWN (no such job)", "no"]
         return [view.job.status, "yes" if view.job.live else "no"]

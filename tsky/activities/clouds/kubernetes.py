@@ -110,7 +110,7 @@ _CONFIG_ERRORS = {"CreateContainerConfigError", "CreateContainerError"}
 _LAUNCH_WITH_INPUT = 'cd "$HOME" 2>/dev/null; n=$1; shift; head -c "$n" | bash -c "$@"'
 _LAUNCH = 'cd "$HOME" 2>/dev/null; exec bash -c "$@"'
 _EXTRACT = 'd=$1; case $d in /*) ;; *) d=$HOME/$d ;; esac; mkdir -p "$d" && tar -x -o -f - -C "$d"'
-_CHECK_IMAGE = 'for c in tar head setsid; do command -v $c >/dev/null || { echo "missing $c"; exit 1; }; done'
+_CHECK_IMAGE = 'for c in tar head setsid grep; do command -v $c >/dev/null || { echo "missing $c"; exit 1; }; done'
 
 T = TypeVar("T")
 # Pods are handled as the API's JSON (`_preload_content=False`): no model validation stands between tsky
@@ -505,7 +505,8 @@ class KubernetesBackend:
             raise PrecheckError(f"image {self.config.image} cannot run tsky's phases (needs bash): {err}") from err
         if result.exit_status != 0:
             why = result.stdout.decode(errors="replace").strip()
-            raise PrecheckError(f"image {self.config.image} cannot run tsky's phases: {why} (needs bash, tar, setsid)")
+            needs = "bash, tar, head, setsid and grep"
+            raise PrecheckError(f"image {self.config.image} cannot run tsky's phases: {why} (needs {needs})")
 
     def _verdict(self, pods: dict[str, Pod], names: list[str], since: dict[str, float]) -> bool:
         """True when every pod runs; raises when one never will. `since` records since when each pod has
