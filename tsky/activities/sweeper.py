@@ -8,7 +8,8 @@ job is terminal or unknown once they have been seen so for the grace period. Rul
 - a cluster launched by another installation (another namespace, another user's embedded server, see
   `ids.owner_id`) is never judged: its job ids are not ours;
 - when a job cannot be looked up (Temporal unreachable), the sweep fails and deletes nothing;
-- an infra that cannot be listed is skipped this time, the others are still swept.
+- an infra that cannot be listed is skipped this time, the others are still swept;
+- a cluster whose name another installation also uses on that backend is left alone (teardown is by name).
 """
 
 from __future__ import annotations
@@ -138,9 +139,15 @@ class SweeperActivities:
         orphans: dict[str, float] = {}
         torn_down: list[str] = []
         live = 0
+        # Teardown goes by name: where another installation has a cluster of the same name on the same
+        # backend, a backend that does not scope teardown by owner could take both down.
+        shared = {(v.record.backend, v.record.name) for v in found.clusters if not v.ours}
         for view in found.clusters:
             if not view.orphaned:
                 live += view.ours
+                continue
+            if (view.record.backend, view.record.name) in shared:
+                logger.warning("sweeper: %s shares its name with another installation's cluster; left alone", view.key)
                 continue
             since = inp.orphans_since.get(view.key, now)
             orphans[view.key] = since
