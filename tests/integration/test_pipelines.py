@@ -158,6 +158,9 @@ run: |
   for i in 1 2 3; do echo "first $i"; sleep 1; done
 ---
 name: second
+setup: |
+  echo started >> {runs}/second-setup
+  echo "second setting up"; sleep 2
 run: |
   echo started >> {runs}/second
   for i in $(seq 1 6); do echo "second $i"; sleep 1; done
@@ -165,8 +168,11 @@ run: |
     )
     assert tsky_env.tsky("jobs", "launch", "-y", "-d", str(spec)).returncode == 0
     controller = tsky_env.home / "logs" / "jobs" / "1" / "controller.log"
-    # Task 0 is done and torn down; the workflow is planning or launching task 1.
-    wait_until(lambda: controller.exists() and "Task 0 (first) SUCCEEDED" in controller.read_text(), 60, 0.05)
+    setup_log = tsky_env.home / "logs" / "jobs" / "1" / "task-1" / "attempt-0" / "setup.log"
+    # Between the tasks: task 0 is done and torn down, task 1's cluster is being set up (its `run` has not
+    # started). The worker dies inside a heartbeating activity, so the next one takes over in seconds.
+    wait_until(lambda: setup_log.exists() and "second setting up" in setup_log.read_text(), 60, 0.05)
+    assert "Task 0 (first) SUCCEEDED" in controller.read_text()
     worker.kill9()
     second = tsky_env.start_worker()
     log = tsky_env.home / "logs" / "jobs" / "1" / "task-1" / "attempt-0" / "run.log"
@@ -177,6 +183,7 @@ run: |
     wait_status(tsky_env, 1, "SUCCEEDED", timeout=120)
     assert (runs / "first").read_text() == "started\n"
     assert (runs / "second").read_text() == "started\n"
+    assert (runs / "second-setup").read_text() == "started\n"
     out = tsky_env.tsky("jobs", "logs", "1", "--no-follow").stdout
     assert [int(n) for n in re.findall(r"\(first, pid=\d+\) first (\d)", out)] == [1, 2, 3], out
     assert [int(n) for n in re.findall(r"\(second, pid=\d+\) second (\d)", out)] == [1, 2, 3, 4, 5, 6], out
