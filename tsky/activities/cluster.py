@@ -45,7 +45,11 @@ class ClusterActivities:
     async def launch_cluster(self, inp: LaunchInput) -> LaunchResult:
         failures: list[LaunchFailure] = []
         for candidate in inp.candidates:
-            backend = get_backend(candidate.cloud, self.settings)
+            try:
+                backend = get_backend(candidate.cloud, self.settings)
+            except KeyError as err:  # a cloud tsky cannot launch on: never worth retrying
+                failures.append(LaunchFailure(candidate=candidate, kind="precheck", message=str(err)))
+                continue
             try:
                 async with heartbeating(candidate.infra):
                     cluster = await backend.provision(inp.cluster_name, candidate, inp.num_nodes, inp.meta)

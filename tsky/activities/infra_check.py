@@ -139,12 +139,12 @@ def _ssh_shape(pool: dict[str, Any]) -> NodeShape | None:
 def _check_aws(settings: Settings) -> InfraStatus:
     import botocore.session
 
-    session = botocore.session.Session()
-    resolver = session.get_component("credential_provider")
-    # The instance-metadata and container providers call the network; everything else reads env and files.
-    for provider in ("iam-role", "container-role"):
-        resolver.remove(provider)
     try:
+        session = botocore.session.Session()
+        resolver = session.get_component("credential_provider")
+        # The instance-metadata and container providers call the network; everything else reads env and files.
+        for provider in ("iam-role", "container-role"):
+            resolver.remove(provider)
         credentials = session.get_credentials()
     except Exception as err:  # a malformed config file, a failing credential_process: say so, stay offline
         return InfraStatus(name="aws", enabled=False, reason=f"AWS credentials could not be read: {err}")

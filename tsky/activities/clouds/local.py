@@ -212,7 +212,7 @@ class LocalNodeAgent:
         if pid is not None and pid_alive(pid, start):
             self._path(phase, "stopped").touch()
             await _kill_group(pid, start)
-        kill_tagged(f"{self.tag}:{phase}")
+        kill_tagged(lambda tag: tag == f"{self.tag}:{phase}")
 
     def _live_groups(self) -> list[tuple[int, str | None]]:
         groups = []
@@ -231,7 +231,7 @@ class LocalNodeAgent:
         """Kill every process of this node at once, as a preemption does."""
         for pid, _start in self._live_groups():
             _signal_group(pid, signal.SIGKILL)
-        kill_tagged(f"{self.tag}:")
+        kill_tagged(lambda tag: tag.startswith(f"{self.tag}:"))
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -257,6 +257,9 @@ class LocalBackend:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.root = clusters_dir(settings)
+        # Process tags name the cluster and this installation: two TSKY_HOMEs on one machine may both
+        # have a cluster `train-1`, and a teardown must never kill the other's processes.
+        self.owner = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:8]
 
     # -- helpers -----------------------------------------------------------------------------------
 
@@ -288,7 +291,8 @@ class LocalBackend:
         return used
 
     def node(self, cluster: ClusterInfo, rank: int) -> LocalNodeAgent:
-        return LocalNodeAgent(self.root / cluster.name / f"node-{rank}", tag=f"{cluster.name}/{rank}")
+        tag = f"{cluster.name}/{rank}@{self.owner}"
+        return LocalNodeAgent(self.root / cluster.name / f"node-{rank}", tag=tag)
 
     # -- protocol ----------------------------------------------------------------------------------
 
@@ -351,7 +355,7 @@ class LocalBackend:
         directory = self.root / cluster_name
         if info is not None:
             await asyncio.gather(*(self.node(info, r).terminate(grace=1.0) for r in range(len(info.nodes))))
-        kill_tagged(f"{cluster_name}/")
+        kill_tagged(lambda tag: tag.startswith(f"{cluster_name}/") and f"@{self.owner}:" in tag)
         await asyncio.to_thread(shutil.rmtree, directory, ignore_errors=True)
         if directory.exists():
             raise RuntimeError(f"could not remove {directory}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 PHASES = ("setup", "run")
@@ -78,11 +79,20 @@ def pid_alive(pid: int, start_time: str | None) -> bool:
     return current is not None and (start_time is None or current == start_time)
 
 
-def kill_tagged(tag_prefix: str) -> int:
-    """SIGKILL every process whose environment carries a tag starting with `tag_prefix`.
+def process_tag(environ: bytes) -> str | None:
+    """The `TSKY_PROCESS_TAG` value in a process's NUL-separated environment, if it has one."""
+    prefix = f"{PROCESS_TAG_VAR}=".encode()
+    for entry in environ.split(b"\0"):
+        if entry.startswith(prefix):
+            return entry[len(prefix) :].decode(errors="replace")
+    return None
+
+
+def kill_tagged(matches: Callable[[str], bool]) -> int:
+    """SIGKILL every process whose `TSKY_PROCESS_TAG` satisfies `matches`.
 
     The backstop behind killing process groups: catches processes that daemonised themselves."""
-    needle = f"{PROCESS_TAG_VAR}={tag_prefix}".encode()
+    needle = f"{PROCESS_TAG_VAR}=".encode()
     killed = 0
     me = os.getpid()
     for entry in os.scandir("/proc"):
@@ -92,7 +102,10 @@ def kill_tagged(tag_prefix: str) -> int:
             environ = Path(entry.path, "environ").read_bytes()
         except OSError:
             continue
-        if needle in environ:
+        if needle not in environ:
+            continue
+        tag = process_tag(environ)
+        if tag is not None and matches(tag):
             try:
                 os.kill(int(entry.name), signal.SIGKILL)
                 killed += 1
