@@ -203,6 +203,8 @@ class AwsBackend:
             region,
             Filters=[
                 {"Name": f"tag:{TAG_CLUSTER}", "Values": [cluster_name]},
+                # Another installation in the same account may have a cluster of the same name.
+                {"Name": f"tag:{TAG_OWNER}", "Values": [self.owner]},
                 {"Name": "instance-state-name", "Values": list(states)},
             ],
         )

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from tsky.activities.clouds.base import CapacityError, ClusterRecord, PhaseStatus, PrecheckError
+from tsky.activities.clouds.base import CapacityError, ClusterRecord, PhaseStatus, PrecheckError, owner_of
 from tsky.activities.clouds.phases import (
     MOUNTS_FILE,
     PROCESS_TAG_VAR,
@@ -259,7 +259,7 @@ class LocalBackend:
         self.root = clusters_dir(settings)
         # Process tags name the cluster and this installation: two TSKY_HOMEs on one machine may both
         # have a cluster `train-1`, and a teardown must never kill the other's processes.
-        self.owner = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:8]
+        self.owner = owner_of(settings)
 
     # -- helpers -----------------------------------------------------------------------------------
 
