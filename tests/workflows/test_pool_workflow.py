@@ -165,7 +165,7 @@ async def test_an_idle_worker_preempted_is_torn_down_and_replaced() -> None:
         await apply_pool(env.client)
         for _ in range(200):
             pool = await snapshot(env.client)
-            if sorted(w.worker_id for w in pool.workers if w.status.value == "READY") == [2, 3]:
+            if sorted((w.worker_id, w.status.value) for w in pool.workers) == [(2, "READY"), (3, "READY")]:
                 break
             await asyncio.sleep(0.05)
         assert sorted((w.worker_id, w.status.value) for w in pool.workers) == [(2, "READY"), (3, "READY")]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.exceptions import is_cancelled_exception
@@ -60,6 +61,7 @@ _MAX_EVENTS = 10_000  # continue-as-new by then even if the server never suggest
 _MAX_APPLIES = 500  # well below the 2,000 updates a run may take
 _SIGNAL_BATCH = 500  # outgoing signals in flight at once (a run allows 2,000)
 _KEPT_FAILURES = 10  # failed workers kept in the status table after their cluster is gone
+_RECHECK_STOPPING = timedelta(minutes=1)
 
 
 @workflow.defn(name=POOL_WORKFLOW)
@@ -345,7 +347,15 @@ class PoolWorkflow:
             await self._flush_outbox()
             if all(w.gone for w in st.workers):
                 return
-            await workflow.wait_condition(lambda: bool(st.outbox) or all(w.gone for w in st.workers))
+            try:
+                await workflow.wait_condition(
+                    lambda: bool(st.outbox) or all(w.gone for w in st.workers),
+                    timeout=_RECHECK_STOPPING,
+                    timeout_summary="workers still shutting down",
+                )
+            except TimeoutError:
+                # Ask again: a worker whose workflow ended without a word is found gone this way.
+                await asyncio.gather(*(self._stop(w) for w in st.workers if not w.gone))
 
 
 def _grant(key: str, workflow_id: str, worker: WorkerState) -> PoolGrant:

@@ -1,8 +1,8 @@
 """PoolWorkerWorkflow: the life of one pool worker, a child of its pool's workflow.
 
 plan -> launch (backoff while no capacity) -> sync files -> setup once -> READY -> watch the nodes until
-one is lost -> PREEMPTED. Whatever happens, the cluster is torn down at the end (shielded from a cancel
-arriving meanwhile) and the pool is told the worker is gone. The pool stops a worker by cancelling this
+one is lost -> PREEMPTED. Whatever happens, the cluster is torn down at the end (no cancel arriving
+meanwhile cuts that short) and the pool is told the worker is gone. The pool stops a worker by cancelling this
 workflow; the worker then tears down and ends normally (its pool knows why).
 
 Each transition is reported to the pool with a signal (`pool_worker_report`). The pool starts workers with
@@ -17,6 +17,8 @@ teardown_cluster, plus watch_cluster for an idle worker's health.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -92,21 +94,26 @@ class PoolWorkerWorkflow:
 
     @workflow.run
     async def run(self, inp: WorkerInput) -> None:
+        ended: _WorkerEnded | None = None
         try:
             await self._serve()
-        except _WorkerEnded as ended:
-            self._ending = True
-            await self._report(ended.status, reason=ended.reason)
+        except _WorkerEnded as err:
+            ended = err
         except BaseException as err:
             # The pool stops a worker by cancelling it: tear down and end normally.
             if not is_cancelled_exception(err):
                 raise
-            self._ending = True
             self.status = W.SHUTTING_DOWN
-        finally:
-            self._ending = True
-            await _shielded(self._teardown)
-            await self._report(self.status, gone=True)
+        # From here on a stop request changes nothing (the worker is ending anyway), so none may cut the
+        # teardown or the last report short: the pool waits for `gone`.
+        await _to_the_end(lambda: self._end(ended))
+
+    async def _end(self, ended: _WorkerEnded | None) -> None:
+        self._ending = True
+        if ended is not None:
+            await self._report(ended.status, reason=ended.reason)
+        await self._teardown()
+        await self._report(self.status, gone=True)
 
     async def _serve(self) -> None:
         await self._report(W.PROVISIONING)
@@ -311,11 +318,10 @@ class PoolWorkerWorkflow:
         )
 
 
-async def _shielded(work: Any) -> None:
-    """Run `work()` to completion even if the workflow is cancelled meanwhile; then re-raise the cancel."""
+async def _to_the_end(work: Callable[[], Awaitable[None]]) -> None:
+    """Run `work()` to completion, whatever cancel requests arrive meanwhile (they ask for what it does)."""
     task = asyncio.ensure_future(work())
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await task
-        raise
+    while not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
+    task.result()
