@@ -23,6 +23,7 @@ from temporalio.exceptions import ApplicationError
 from tsky.activities.clouds import get_backend
 from tsky.activities.clouds.base import Backend, NodeAgent, PhaseStatus
 from tsky.activities.environment import task_environment
+from tsky.activities.heartbeat import ThrottledHeartbeat
 from tsky.spec.activity_io import ActivityName, ClusterInfo, ErrorType, PhaseInput, PhaseResult, StopPhaseInput
 from tsky.spec.logs import phase_log
 from tsky.spec.secrets import load_key, unseal
@@ -162,6 +163,7 @@ class PhaseActivities:
         last_state_check = 0.0
         vanished_polls = 0
         pause = 0.125
+        beat = ThrottledHeartbeat()
         while True:
             try:
                 statuses = list(await asyncio.gather(*(a.phase_status(phase_key) for a in agents)))
@@ -200,10 +202,10 @@ class PhaseActivities:
                         type=ErrorType.UNREACHABLE,
                         non_retryable=True,
                     ) from err
-                activity.heartbeat([out.tell(), *offsets])
+                beat([out.tell(), *offsets])
                 await asyncio.sleep(window.backoff())
                 continue
-            activity.heartbeat([out.tell(), *offsets])
+            beat([out.tell(), *offsets])
             if exited:
                 return PhaseResult(exit_codes=[s.exit_code or 0 for s in statuses])
             if vanished_polls >= _VANISHED_POLLS:

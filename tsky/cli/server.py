@@ -10,6 +10,7 @@ from urllib.parse import quote
 import typer
 
 from tsky.cli.common import console, fail, settings, ui_base
+from tsky.cli.worker_status import print_live_status
 from tsky.spec.settings import Settings
 
 server_app = typer.Typer(help="The embedded Temporal server and worker daemon.", no_args_is_help=True)
@@ -40,11 +41,14 @@ def _print_status(s: Settings) -> bool:
         console.print(f"Worker:          running (pid {worker.pid}), log {s.home / 'logs' / 'worker.log'}")
     else:
         console.print(f"Worker:          stopped{' (stale pid file)' if worker is not None else ''}")
-    console.print(
-        f"Worker limits:   launch concurrency {s.launch_concurrency()}, "
-        f"watch concurrency {s.jobs.controller.watch_concurrency}, "
-        f"max running jobs {s.jobs.controller.max_running_jobs or 'unlimited'}"
-    )
+    if server_up:
+        print_live_status(console, s)  # what the running workers use, asked from the server
+    else:
+        console.print(
+            f"Worker limits:   launch concurrency {s.launch_concurrency()}, "
+            f"watch concurrency {s.jobs.controller.watch_concurrency}, "
+            f"max running jobs {s.jobs.controller.max_running_jobs or 'unlimited'} (this config)"
+        )
     console.print(f"State:           {s.home}")
     return server_up and worker_up
 
@@ -85,6 +89,7 @@ def status() -> None:
     s = settings()
     if not s.embedded:
         console.print(_external(s))
+        print_live_status(console, s)
         raise typer.Exit(0)
     raise typer.Exit(0 if _print_status(s) else 1)
 

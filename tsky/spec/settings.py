@@ -168,6 +168,8 @@ class TemporalSettings(_Section):
 
 class WorkerSettings(_Section):
     metrics_port: int | None = None  # Prometheus scrape port; None disables
+    # Where the scrape port listens: 0.0.0.0 in a container, so Prometheus can reach it.
+    metrics_address: str = "127.0.0.1"
     graceful_shutdown_seconds: float = 30
     # How long a workflow task waits for the worker that last ran the workflow before any worker may
     # take it: the delay a crashed worker adds to its jobs.
@@ -211,6 +213,7 @@ _ENV_OVERRIDES = {
     "TSKY_TEMPORAL_TLS_CA": ("temporal", "tls_ca"),
     "TSKY_TEMPORAL_UI_URL": ("temporal", "ui_url"),
     "TSKY_METRICS_PORT": ("worker", "metrics_port"),
+    "TSKY_METRICS_ADDRESS": ("worker", "metrics_address"),
 }
 
 

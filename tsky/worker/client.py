@@ -45,7 +45,8 @@ async def connect(settings: Settings, *, metrics_port: int | None = None) -> Cli
     address = target_address(settings)
     runtime = None
     if metrics_port:
-        runtime = Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"127.0.0.1:{metrics_port}")))
+        bind = f"{settings.worker.metrics_address}:{metrics_port}"
+        runtime = Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=bind)))
     try:
         return await Client.connect(
             address,

@@ -61,6 +61,7 @@ with workflow.unsafe.imports_passed_through():
     from tsky.spec.status import ManagedJobStatus
     from tsky.spec.storage import BucketRef, is_url, parse_bucket_url, storage_store, writes_back
     from tsky.spec.task import Storage, Task
+    from tsky.workflows import metrics
     from tsky.workflows.recovery import Action, Outcome, OutcomeKind, decide, launch_backoff, launch_order
 
 Status = ManagedJobStatus
@@ -715,6 +716,7 @@ class ManagedJobWorkflow:
             sa.STARTED_AT.name: min(started) if started else None,
             sa.ENDED_AT.name: current.end_at if job_status.is_terminal() else None,
         }
+        metrics.on_publish(self._published, wanted)
         keys = {k.name: k for k in (sa.STATUS, sa.RECOVERIES, sa.INFRA, sa.STARTED_AT, sa.ENDED_AT)}
         for name, value in wanted.items():
             if self._published.get(name) != value:
