@@ -14,9 +14,7 @@ commands needs `workflow.patched` (the replay tests catch it).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -63,6 +61,7 @@ with workflow.unsafe.imports_passed_through():
     from tsky.spec.task import Storage, Task
     from tsky.workflows import metrics
     from tsky.workflows.recovery import Action, Outcome, OutcomeKind, decide, launch_backoff, launch_order
+    from tsky.workflows.shield import shielded as _shielded
 
 Status = ManagedJobStatus
 T = TypeVar("T")
@@ -778,13 +777,3 @@ class ManagedJobWorkflow:
             cancellation_type=cancellation,
             summary=f"{name} (job {self.req.job_id})",
         )
-
-
-async def _shielded(work: Callable[[], Awaitable[None]]) -> None:
-    """Run `work` to completion even if the workflow is cancelled meanwhile; then re-raise the cancel."""
-    task = asyncio.ensure_future(work())
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await task
-        raise

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from temporalio import workflow
@@ -54,6 +53,7 @@ with workflow.unsafe.imports_passed_through():
     from tsky.spec.requests import requested_label
     from tsky.spec.status import PoolWorkerStatus
     from tsky.workflows.pool_policy import autoscale, initial_target, next_decision_at, plan, pool_status
+    from tsky.workflows.shield import shielded
 
 W = PoolWorkerStatus
 
@@ -78,7 +78,8 @@ class PoolWorkflow:
     async def run(self, state: PoolState) -> None:
         try:
             while True:
-                await _shielded(self._reconcile)
+                # A cancel waits for the reconcile: a half-sent start or grant would be lost.
+                await shielded(self._reconcile)
                 if self._continue_as_new_due():
                     break
                 await self._wait()
@@ -366,14 +367,3 @@ def _grant(key: str, workflow_id: str, worker: WorkerState) -> PoolGrant:
         cluster=worker.cluster,
         candidate=worker.candidate,
     )
-
-
-async def _shielded(work: Callable[[], Awaitable[None]]) -> None:
-    """Finish `work` even if the workflow is cancelled meanwhile (a half-sent start or grant would be
-    lost); then re-raise the cancel."""
-    task = asyncio.ensure_future(work())
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await task
-        raise

@@ -16,9 +16,6 @@ teardown_cluster, plus watch_cluster for an idle worker's health.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -49,6 +46,7 @@ with workflow.unsafe.imports_passed_through():
     from tsky.spec.requests import Candidate
     from tsky.spec.status import PoolWorkerStatus
     from tsky.workflows.recovery import launch_backoff
+    from tsky.workflows.shield import to_the_end
 
 W = PoolWorkerStatus
 
@@ -106,7 +104,7 @@ class PoolWorkerWorkflow:
             self.status = W.SHUTTING_DOWN
         # From here on a stop request changes nothing (the worker is ending anyway), so none may cut the
         # teardown or the last report short: the pool waits for `gone`.
-        await _to_the_end(lambda: self._end(ended))
+        await to_the_end(lambda: self._end(ended))
 
     async def _end(self, ended: _WorkerEnded | None) -> None:
         self._ending = True
@@ -316,12 +314,3 @@ class PoolWorkerWorkflow:
             cancellation_type=cancellation,
             summary=f"{name} (pool {self.inp.pool}, worker {self.inp.worker_id})",
         )
-
-
-async def _to_the_end(work: Callable[[], Awaitable[None]]) -> None:
-    """Run `work()` to completion, whatever cancel requests arrive meanwhile (they ask for what it does)."""
-    task = asyncio.ensure_future(work())
-    while not task.done():
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(task)
-    task.result()
