@@ -38,7 +38,7 @@ from tsky.spec.job import JobPolicy
 from tsky.spec.loader import apply_overrides, load_pool
 from tsky.spec.logs import pool_worker_log
 from tsky.spec.pool import PoolSpec
-from tsky.spec.pool_state import PoolApply, PoolSnapshot, PoolVersion, WorkerState
+from tsky.spec.pool_state import PoolApply, PoolSnapshot, PoolVersion, WorkerState, as_pool_job
 from tsky.spec.requests import requested_label
 from tsky.spec.secrets import load_key, seal
 from tsky.spec.settings import Settings
@@ -414,5 +414,4 @@ def prepare_pool_launch(pool: str, num_jobs: int, pipeline: Pipeline, *, yes: bo
         console.print(
             f"Use resources from pool {pool!r}: {requested_label(first.num_nodes, first.requests().options)}."
         )
-    stripped = [t.model_copy(update={"setup": None, "workdir": None, "file_mounts": {}}) for t in tasks]
-    return pipeline.model_copy(update={"tasks": stripped})
+    return as_pool_job(pipeline)

@@ -21,7 +21,7 @@ from tsky.spec.job import JobPolicy
 from tsky.spec.pool import PoolSpec
 from tsky.spec.requests import Candidate
 from tsky.spec.status import PoolStatus, PoolWorkerStatus
-from tsky.spec.task import Task
+from tsky.spec.task import Pipeline, Task
 
 POOL_WORKFLOW = "TskyPool"
 POOL_WORKER_WORKFLOW = "TskyPoolWorker"
@@ -39,6 +39,13 @@ FAILED_FOR_GOOD = frozenset({W.FAILED_PROVISION, W.FAILED_SETUP})
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+
+def as_pool_job(pipeline: Pipeline) -> Pipeline:
+    """A pipeline as a pool runs it: only `run` (and envs, secrets, resources). The workers did the pool's
+    setup and hold its workdir and file mounts; a job's own are ignored (SkyPilot's rule)."""
+    tasks = [t.model_copy(update={"setup": None, "workdir": None, "file_mounts": {}}) for t in pipeline.tasks]
+    return pipeline.model_copy(update={"tasks": tasks})
 
 
 def pool_not_found(name: str) -> str:

@@ -53,6 +53,7 @@ with workflow.unsafe.imports_passed_through():
         PoolGrant,
         PoolRelease,
         PoolRequest,
+        as_pool_job,
         pool_not_found,
     )
     from tsky.spec.requests import Candidate, requested_label
@@ -111,11 +112,7 @@ class ManagedJobWorkflow:
     @workflow.init
     def __init__(self, req: JobRequest) -> None:
         if req.pool is not None:
-            # Pool workers ran the pool's setup and hold its files: a pool job only brings `run`.
-            tasks = [
-                t.model_copy(update={"setup": None, "workdir": None, "file_mounts": {}}) for t in req.pipeline.tasks
-            ]
-            req = req.model_copy(update={"pipeline": req.pipeline.model_copy(update={"tasks": tasks})})
+            req = req.model_copy(update={"pipeline": as_pool_job(req.pipeline)})
         self.req = req
         ids = task_ids(req, workflow.info().start_time)
         self.job = JobState(
