@@ -223,18 +223,23 @@ def queue(
 
     async def body() -> None:
         client = await client_for(s)
-        rows = await api.list_jobs(client, user=None if all_users else current_user(), skip_finished=skip_finished)
-        if job_ids:
-            rows = [r for r in rows if r.job_id in set(job_ids)]
-        if wanted:
-            rows = [r for r in rows if r.status.value in wanted]
-        truncated = not show_all and not job_ids and len(rows) > limit
-        shown = rows if show_all or job_ids else rows[:limit]
+        user = None if all_users else current_user()
+        if show_all or job_ids or skip_finished:
+            rows = await api.list_jobs(client, user=user, skip_finished=skip_finished)
+            if job_ids:
+                rows = [r for r in rows if r.job_id in set(job_ids)]
+            if wanted:
+                rows = [r for r in rows if r.status.value in wanted]
+            truncated = not show_all and not job_ids and len(rows) > limit
+            shown, in_progress = rows if show_all or job_ids else rows[:limit], rows
+        else:  # the latest `limit` jobs: no need to list every job ever run
+            page = await api.latest_jobs(client, user=user, limit=limit, statuses=wanted)
+            shown, in_progress, truncated = page.rows, page.in_progress, page.more
         if as_json:
             console.out(json.dumps([api.as_dict(r) for r in shown], indent=2))
             return
         console.print("[bold cyan]Managed jobs[/]" + (" (showing in-progress jobs only)" if skip_finished else ""))
-        counts = Counter(t.status.value for r in rows for t in r.tasks if not t.status.is_terminal())
+        counts = Counter(t.status.value for r in in_progress for t in r.tasks if not t.status.is_terminal())
         if counts:
             console.print("In progress tasks: " + ", ".join(f"{n} {st}" for st, n in sorted(counts.items())))
         else:

@@ -1,0 +1,169 @@
+"""How many managed jobs one small machine runs: N sleeping jobs through the public API, on the local infra.
+
+    python bench/scale.py [--jobs 2000] [--workers 1] [--trivial 300]
+
+It starts its own dev server (SQLite file, as the embedded default) and worker process(es) in a temp
+TSKY_HOME, measures the engine's bare throughput with a trivial one-activity workflow, submits N jobs
+with `tsky.cli.api.submit(num_jobs=N)`, waits until all are RUNNING (each job then blocks on a shared
+lock the benchmark holds, so none ends early), measures what N running jobs cost at rest, releases them
+and waits until all are SUCCEEDED. It prints figures, never pass/fail, and cleans up every process,
+cluster and file it made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fcntl
+import getpass
+import os
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import trivial
+from bench._stack import Stack, count, count_status, machine, metric, scrape, tagged_processes
+from tsky.cli import api
+from tsky.spec.ids import user_hash
+from tsky.spec.loader import load_pipeline
+
+CLOSED = "WorkflowType = 'ManagedJob' AND ExecutionStatus != 'Running'"
+HEARTBEATS = ("temporal_request", {"operation": "RecordActivityTaskHeartbeat"})
+
+
+async def wait_for(what: str, goal: int, probe: Callable[[], Awaitable[int]], timeout: float) -> float:
+    """Poll `probe()` until it reaches `goal`; seconds it took. Prints progress every 10 s."""
+    started = shown = time.monotonic()
+    while True:
+        value = await probe()
+        now = time.monotonic()
+        if value >= goal:
+            return now - started
+        if now - shown >= 10:
+            print(f"  ... {value}/{goal} {what} after {now - started:.0f} s", flush=True)
+            shown = now
+        if now - started > timeout:
+            raise SystemExit(f"gave up: only {value}/{goal} {what} after {timeout:.0f} s")
+        await asyncio.sleep(1)
+
+
+async def bench(args: argparse.Namespace, stack: Stack) -> dict[str, float]:
+    f: dict[str, float] = {}
+    client = await stack.client()
+    if args.trivial:
+        worker = stack.spawn([sys.executable, "-m", "bench.trivial", stack.address, "default"], "trivial")
+        await trivial.measure(client, 20)  # warm-up (also waits for the worker to poll)
+        f["trivial_wf_per_s"] = await trivial.measure(client, args.trivial)
+        worker.terminate()
+        worker.wait()
+
+    await asyncio.sleep(3)  # let the workers settle before the baseline
+    f["worker_rss_idle_mib"], f["server_rss_idle_mib"] = stack.sampler.now("workers"), stack.sampler.now("server")
+    gate = stack.home / "gate"
+    gate.touch()
+    # A name of its own: local clusters are named after their job, and process tags after the cluster.
+    name = f"bench-{uuid.uuid4().hex[:6]}"
+    pipeline = load_pipeline(f"name: {name}\nrun: exec flock -s {gate} true\n")
+    user = getpass.getuser()
+    with gate.open() as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # every job blocks on this until we let go
+        cpu_w, cpu_s = stack.sampler.cpu("workers"), stack.sampler.cpu("server")
+        t0, wall0 = time.monotonic(), datetime.now(UTC)
+        ids = await api.submit(
+            client, stack.settings, pipeline, user=user, user_hash=user_hash(user, "bench"), num_jobs=args.jobs
+        )
+        f["submit_s"] = time.monotonic() - t0
+        print(f"  submitted {len(ids)} jobs in {f['submit_s']:.1f} s", flush=True)
+        await wait_for("RUNNING", args.jobs, lambda: count_status(client, "RUNNING"), args.timeout)
+        f["to_running_s"] = time.monotonic() - t0
+        f["cpu_worker_s"] = stack.sampler.cpu("workers") - cpu_w
+        f["cpu_server_s"] = stack.sampler.cpu("server") - cpu_s
+        starts = sorted(
+            (r.started_at - wall0).total_seconds() for r in await api.list_jobs(client, user=user) if r.started_at
+        )
+        f["start_p50_s"], f["start_p99_s"] = statistics.median(starts), starts[int(0.99 * (len(starts) - 1))]
+
+        await asyncio.sleep(10)  # let the last watchers settle into their steady poll
+        f["worker_rss_running_mib"], f["server_rss_running_mib"] = (
+            stack.sampler.now("workers"),
+            stack.sampler.now("server"),
+        )
+        cpu_w, cpu_s, beats, t_rest = (
+            stack.sampler.cpu("workers"),
+            stack.sampler.cpu("server"),
+            metric(scrape(stack.metrics_ports), HEARTBEATS[0], **HEARTBEATS[1]),
+            time.monotonic(),
+        )
+        await asyncio.sleep(args.rest)
+        span = time.monotonic() - t_rest
+        f["rest_cpu_worker_pct"] = 100 * (stack.sampler.cpu("workers") - cpu_w) / span
+        f["rest_cpu_server_pct"] = 100 * (stack.sampler.cpu("server") - cpu_s) / span
+        f["heartbeats_per_s"] = (metric(scrape(stack.metrics_ports), HEARTBEATS[0], **HEARTBEATS[1]) - beats) / span
+        f["job_processes"] = tagged_processes(f"{name}-")
+        t1 = time.monotonic()
+    # The lock is released: every job's run ends now.
+    f["release_to_succeeded_s"] = await wait_for(
+        "SUCCEEDED", args.jobs, lambda: count_status(client, "SUCCEEDED"), args.timeout
+    )
+    f["to_succeeded_s"] = t1 - t0 + f["release_to_succeeded_s"]
+    f["closed"] = await count(client, CLOSED)
+    f["worker_rss_peak_mib"] = stack.sampler.peak.get("workers", 0.0)
+    f["server_rss_peak_mib"] = stack.sampler.peak.get("server", 0.0)
+    return f
+
+
+def report(args: argparse.Namespace, f: dict[str, float], where: str) -> None:
+    n = args.jobs
+    worker_kib = (f["worker_rss_running_mib"] - f["worker_rss_idle_mib"]) * 1024 / n
+    server_kib = (f["server_rss_running_mib"] - f["server_rss_idle_mib"]) * 1024 / n
+    rate = n / f["to_running_s"]
+    lines = [
+        f"tsky scale benchmark: {n} jobs, {args.workers} worker process(es), local infra, dev server on SQLite",
+        f"machine: {where}",
+    ]
+    if "trivial_wf_per_s" in f:
+        lines.append(f"engine bare throughput (1-activity workflow): {f['trivial_wf_per_s']:.1f} workflows/s")
+    lines += [
+        f"submit:                   {f['submit_s']:.1f} s ({n / f['submit_s']:.0f} jobs/s)",
+        f"all RUNNING after:        {f['to_running_s']:.1f} s ({rate:.1f} jobs/s"
+        + (f" = {rate / f['trivial_wf_per_s']:.2f} x the bare workflow rate)" if "trivial_wf_per_s" in f else ")"),
+        f"  each job RUNNING after: p50 {f['start_p50_s']:.1f} s, p99 {f['start_p99_s']:.1f} s from the first submit",
+        f"  CPU until then:         worker {f['cpu_worker_s']:.0f} s ({1000 * f['cpu_worker_s'] / n:.0f} ms/job), "
+        f"server {f['cpu_server_s']:.0f} s ({1000 * f['cpu_server_s'] / n:.0f} ms/job)",
+        f"all SUCCEEDED after:      {f['to_succeeded_s']:.1f} s from the first submit "
+        f"({f['release_to_succeeded_s']:.1f} s after the jobs were let go); {int(f['closed'])} closed",
+        f"worker RSS:               idle {f['worker_rss_idle_mib']:.0f} MiB, {n} running "
+        f"{f['worker_rss_running_mib']:.0f} MiB ({worker_kib:.0f} KiB/job), peak {f['worker_rss_peak_mib']:.0f} MiB",
+        f"Temporal server RSS:      idle {f['server_rss_idle_mib']:.0f} MiB, {n} running "
+        f"{f['server_rss_running_mib']:.0f} MiB ({server_kib:.0f} KiB/job), peak {f['server_rss_peak_mib']:.0f} MiB",
+        f"{n} running, at rest:    worker {f['rest_cpu_worker_pct']:.1f} %, server {f['rest_cpu_server_pct']:.1f} % "
+        f"of one core; {f['heartbeats_per_s']:.1f} heartbeat RPCs/s; {int(f['job_processes'])} job processes",
+    ]
+    print("\n" + "\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--workers", type=int, default=1, help="tsky worker processes")
+    parser.add_argument("--trivial", type=int, default=300, help="trivial workflows for the bare rate; 0 skips")
+    parser.add_argument("--rest", type=float, default=30, help="seconds to measure the cost of running jobs at rest")
+    parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument("--keep", action="store_true", help="keep the temp TSKY_HOME (logs) for a look")
+    args = parser.parse_args()
+    where = machine()
+    print(f"machine at start: {where}", flush=True)
+    with Stack(workers=args.workers, keep=args.keep) as stack:
+        figures = asyncio.run(bench(args, stack))
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    report(args, figures, f"{where}; load average at the end {load}")
+
+
+if __name__ == "__main__":
+    main()
