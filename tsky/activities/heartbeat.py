@@ -12,9 +12,12 @@ from temporalio import activity
 
 
 @asynccontextmanager
-async def heartbeating(*details: Any, every: float = 5.0) -> AsyncIterator[None]:
-    """Heartbeat `details` every `every` seconds until the block ends, so a dead worker is noticed
-    within the heartbeat timeout and a cancel request reaches the block."""
+async def heartbeating(*details: Any, every: float | None = None) -> AsyncIterator[None]:
+    """Heartbeat `details` until the block ends (by default four times per heartbeat timeout), so a dead
+    worker is noticed within the heartbeat timeout and a cancel request reaches the block."""
+    if every is None:
+        timeout = activity.info().heartbeat_timeout
+        every = timeout.total_seconds() / 4 if timeout else 5.0
 
     async def beat() -> None:
         while True:

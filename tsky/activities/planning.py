@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from temporalio import activity
 
 from tsky.activities.catalog import CATALOG_CLOUDS, Catalog, CatalogError, Offer, load_catalog
+from tsky.activities.heartbeat import heartbeating
 from tsky.activities.infra_check import EnabledInfra, InfraStatus, check_infra, enabled_infra
 from tsky.spec.activity_io import ActivityName, PlanInput, PlanResult
 from tsky.spec.requests import Candidate, Infra, ResourceRequest
@@ -509,5 +510,7 @@ class PlanningActivities:
 
     @activity.defn(name=ActivityName.PLAN)
     async def plan_task(self, inp: PlanInput) -> PlanResult:
-        # Milliseconds of file reads and arithmetic, but off the event loop all the same.
-        return await asyncio.to_thread(plan_for_task, inp.task, self.settings)
+        # Milliseconds of file reads and arithmetic, but off the event loop all the same; heartbeats let
+        # a dead worker be noticed within the heartbeat timeout rather than the start-to-close one.
+        async with heartbeating("plan"):
+            return await asyncio.to_thread(plan_for_task, inp.task, self.settings)

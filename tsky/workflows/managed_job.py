@@ -69,7 +69,6 @@ T = TypeVar("T")
 
 _PLAN_TIMEOUT = timedelta(minutes=5)
 _LAUNCH_TIMEOUT = timedelta(hours=2)
-_LAUNCH_HEARTBEAT = timedelta(minutes=2)
 _SETUP_TIMEOUT = timedelta(days=7)
 _RUN_TIMEOUT = timedelta(days=365)
 _TEARDOWN_TIMEOUT = timedelta(minutes=20)
@@ -248,6 +247,11 @@ class ManagedJobWorkflow:
 
     # -- one task --------------------------------------------------------------------------------------
 
+    def _heartbeat(self) -> timedelta:
+        """How soon an activity whose worker died is retried elsewhere: every activity of a job
+        heartbeats, so a crash costs this long, whatever the activity was doing."""
+        return timedelta(seconds=self.req.policy.watch_heartbeat_timeout_seconds)
+
     def _meta(self, index: int) -> JobMeta:
         return JobMeta(
             job_id=self.req.job_id,
@@ -368,6 +372,7 @@ class ManagedJobWorkflow:
             PlanResult,
             LAUNCH_QUEUE,
             timeout=_PLAN_TIMEOUT,
+            heartbeat=self._heartbeat(),
             retry=_PLAN_RETRY,
         )
         if plan.infeasible_reason or not plan.candidates:
@@ -433,7 +438,7 @@ class ManagedJobWorkflow:
                     LaunchResult,
                     LAUNCH_QUEUE,
                     timeout=_LAUNCH_TIMEOUT,
-                    heartbeat=_LAUNCH_HEARTBEAT,
+                    heartbeat=self._heartbeat(),
                     retry=_LAUNCH_RETRY,
                 )
             except ActivityError as err:
@@ -520,7 +525,7 @@ class ManagedJobWorkflow:
             SyncResult,
             LAUNCH_QUEUE,
             timeout=timedelta(hours=2),
-            heartbeat=_LAUNCH_HEARTBEAT,
+            heartbeat=self._heartbeat(),
             retry=_LAUNCH_RETRY,
         )
 
@@ -552,7 +557,7 @@ class ManagedJobWorkflow:
                     type(None),
                     LAUNCH_QUEUE,
                     timeout=_TEARDOWN_TIMEOUT,
-                    heartbeat=_LAUNCH_HEARTBEAT,
+                    heartbeat=self._heartbeat(),
                     retry=_TEARDOWN_RETRY,
                     schedule_to_close=_TEARDOWN_GIVE_UP,
                 )
@@ -610,7 +615,7 @@ class ManagedJobWorkflow:
                 type(None),
                 LAUNCH_QUEUE,
                 timeout=_TEARDOWN_TIMEOUT,
-                heartbeat=_LAUNCH_HEARTBEAT,
+                heartbeat=self._heartbeat(),
                 retry=_TEARDOWN_RETRY,
                 schedule_to_close=_TEARDOWN_GIVE_UP,
             )

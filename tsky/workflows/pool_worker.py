@@ -51,7 +51,6 @@ with workflow.unsafe.imports_passed_through():
 W = PoolWorkerStatus
 
 _LAUNCH_TIMEOUT = timedelta(hours=2)
-_HEARTBEAT = timedelta(minutes=2)
 _SETUP_TIMEOUT = timedelta(days=7)
 _WATCH_TIMEOUT = timedelta(days=3650)
 _TEARDOWN_TIMEOUT = timedelta(minutes=20)
@@ -136,7 +135,7 @@ class PoolWorkerWorkflow:
                     None,
                     LAUNCH_QUEUE,
                     timeout=_LAUNCH_TIMEOUT,
-                    heartbeat=_HEARTBEAT,
+                    heartbeat=timedelta(seconds=self.inp.policy.watch_heartbeat_timeout_seconds),
                     retry=_LAUNCH_RETRY,
                 )
             if task.setup:
@@ -204,7 +203,7 @@ class PoolWorkerWorkflow:
                 LaunchResult,
                 LAUNCH_QUEUE,
                 timeout=_LAUNCH_TIMEOUT,
-                heartbeat=_HEARTBEAT,
+                heartbeat=timedelta(seconds=self.inp.policy.watch_heartbeat_timeout_seconds),
                 retry=_LAUNCH_RETRY,
             )
             if result.cluster is not None and result.chosen is not None:
@@ -236,7 +235,7 @@ class PoolWorkerWorkflow:
                     None,
                     LAUNCH_QUEUE,
                     timeout=_TEARDOWN_TIMEOUT,
-                    heartbeat=_HEARTBEAT,
+                    heartbeat=timedelta(seconds=self.inp.policy.watch_heartbeat_timeout_seconds),
                     retry=_TEARDOWN_RETRY,
                     schedule_to_close=_TEARDOWN_GIVE_UP,
                 )
