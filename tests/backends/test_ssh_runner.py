@@ -16,6 +16,7 @@ import pytest_asyncio
 from tests.backends.sshd import SSHNode, SSHNodes
 from tests.integration.test_jobs_cli import no_tagged_processes
 from tsky.activities.clouds import ssh_runner
+from tsky.activities.clouds.phases import KILLED_EXIT_CODE
 from tsky.activities.clouds.ssh_runner import NodeUnreachable, SSHNodeAgent, SSHOptions, SSHTarget
 
 pytestmark = pytest.mark.asyncio
@@ -114,7 +115,7 @@ async def test_stop_kills_group_and_daemonised_strays(ssh_nodes: SSHNodes, pool:
     assert before.stdout.strip() == b"2"
     await a.stop_phase("run-a0", grace=1)
     status = await a.phase_status("run-a0")
-    assert status.exit_code == ssh_runner.KILLED_EXIT_CODE and not status.alive
+    assert status.exit_code == KILLED_EXIT_CODE and not status.alive
     after = await a.run("pgrep -c sleep")
     assert after.stdout.strip() == b"0"
     await a.stop_phase("run-a0")  # idempotent

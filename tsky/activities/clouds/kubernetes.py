@@ -59,24 +59,22 @@ from tsky.activities.clouds.base import (
     TransientError,
     owner_of,
 )
-from tsky.activities.clouds.phases import PROCESS_TAG_VAR, WRAPPER, env_file_text
 
 # The node programs and their helpers are the ssh runner's: one implementation of the on-node protocol.
-from tsky.activities.clouds.ssh_runner import (
-    _ENV_NAME,
-    _PUT,
-    _READ_LOG,
-    _START,
-    _STATUS,
-    _STOP,
-    DEFAULT_WORKDIR,
-    CommandResult,
-    NodeUnreachable,
+from tsky.activities.clouds.node_programs import (
+    ENV_NAME,
+    PUT,
+    READ_LOG,
+    START,
+    STATUS,
+    STOP,
     RemoteCommandError,
-    _parse_status,
-    _remote_path,
-    _tar,
+    parse_status,
+    remote_path,
+    tar_files,
 )
+from tsky.activities.clouds.phases import PROCESS_TAG_VAR, WRAPPER, env_file_text
+from tsky.activities.clouds.ssh_runner import DEFAULT_WORKDIR, CommandResult, NodeUnreachable
 from tsky.spec.activity_io import ClusterInfo, JobMeta, NodeInfo
 from tsky.spec.requests import Candidate
 from tsky.spec.settings import Settings
@@ -268,17 +266,17 @@ class PodAgent:
     # -- NodeAgent ---------------------------------------------------------------------------------------
 
     async def put_files(self, files: dict[str, bytes]) -> None:
-        await self._program(_PUT, NODE_DIR, data=_tar(files))
+        await self._program(PUT, NODE_DIR, data=tar_files(files))
 
     async def sync_dir(self, local_src: str, dest: str) -> None:
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
             for entry in sorted(os.listdir(local_src)):
                 tar.add(os.path.join(local_src, entry), arcname=entry)
-        await self._program(_EXTRACT, _remote_path(dest), data=buf.getvalue(), timeout=EXEC_TIMEOUT * 10)
+        await self._program(_EXTRACT, remote_path(dest), data=buf.getvalue(), timeout=EXEC_TIMEOUT * 10)
 
     async def sync_file(self, local_src: str, dest: str) -> None:
-        remote = _remote_path(dest)
+        remote = remote_path(dest)
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
             tar.add(local_src, arcname=os.path.basename(remote.rstrip("/")))
@@ -286,27 +284,27 @@ class PodAgent:
         await self._program(_EXTRACT, parent, data=buf.getvalue(), timeout=EXEC_TIMEOUT * 10)
 
     async def start_phase(self, phase: str, script: str, env: dict[str, str]) -> int:
-        bad = [key for key in env if not _ENV_NAME.match(key)]
+        bad = [key for key in env if not ENV_NAME.match(key)]
         if bad:
             raise ValueError(f"invalid environment variable name(s): {', '.join(map(repr, bad))}")
         full_env = {"PYTHONUNBUFFERED": "1", **env, PROCESS_TAG_VAR: f"{self.tag}:{phase}"}
         files = {f"{phase}.sh": script.encode(), f"{phase}.env": env_file_text(full_env).encode()}
-        payload = _tar({**files, "wrapper.sh": WRAPPER.encode()})
-        out = await self._program(_START, NODE_DIR, phase, DEFAULT_WORKDIR, data=payload)
+        payload = tar_files({**files, "wrapper.sh": WRAPPER.encode()})
+        out = await self._program(START, NODE_DIR, phase, DEFAULT_WORKDIR, data=payload)
         try:
             return int(out.split()[-1])
         except (IndexError, ValueError) as err:
             raise RemoteCommandError(f"{self}: phase {phase} was claimed but never started") from err
 
     async def phase_status(self, phase: str) -> PhaseStatus:
-        return _parse_status((await self._program(_STATUS, NODE_DIR, phase)).decode())
+        return parse_status((await self._program(STATUS, NODE_DIR, phase)).decode())
 
     async def read_log(self, phase: str, offset: int, limit: int) -> bytes:
-        return await self._program(_READ_LOG, NODE_DIR, phase, str(int(offset)), str(int(limit)))
+        return await self._program(READ_LOG, NODE_DIR, phase, str(int(offset)), str(int(limit)))
 
     async def stop_phase(self, phase: str) -> None:
         grace = 3
-        await self._program(_STOP, NODE_DIR, phase, self.tag, str(grace), timeout=EXEC_TIMEOUT + grace)
+        await self._program(STOP, NODE_DIR, phase, self.tag, str(grace), timeout=EXEC_TIMEOUT + grace)
 
 
 class KubernetesBackend:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from tsky.activities.clouds.base import CapacityError, ClusterRecord, PhaseStatus, PrecheckError, owner_of
 from tsky.activities.clouds.phases import (
+    KILLED_EXIT_CODE,
     MOUNTS_FILE,
     PROCESS_TAG_VAR,
     WRAPPER,
@@ -40,7 +41,6 @@ from tsky.spec.status import NodeState
 
 NAME = "local"
 PREEMPTED_MARKER = "PREEMPTED"
-KILLED_EXIT_CODE = 137  # what a shell reports for a process ended by SIGKILL
 
 # Popen objects of phases this process started, so their exit is reaped (no zombies) while we live.
 _children: dict[int, subprocess.Popen[bytes]] = {}

@@ -21,6 +21,10 @@ PHASES = ("setup", "run")
 # group (setsid, double fork) can still be found and killed.
 PROCESS_TAG_VAR = "TSKY_PROCESS_TAG"
 
+# The exit code of a phase tsky stopped itself (what a shell reports for SIGKILL): a known ending, not a
+# process that vanished.
+KILLED_EXIT_CODE = 137
+
 # Optional, in the phase directory: `<source>\t<path>` lines (parents first), directories or files
 # on the node to bind at absolute paths for the phases' processes only. A node that shares its host
 # with other nodes (the local infra) keeps its absolute-path file mounts and buckets this way.

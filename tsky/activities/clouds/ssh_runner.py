@@ -31,13 +31,10 @@ must be valid shell names. Host keys are not checked (nodes are fresh or listed 
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import os
-import re
 import shlex
 import shutil
-import tarfile
 import time
 import weakref
 from collections.abc import Iterable
@@ -48,15 +45,26 @@ from typing import Any
 import asyncssh
 
 from tsky.activities.clouds.base import PhaseStatus, TransientError
+from tsky.activities.clouds.node_programs import (
+    ENV_NAME,
+    PUT,
+    READ_LOG,
+    START,
+    STATUS,
+    STOP,
+    TERMINATE,
+    RemoteCommandError,
+    parse_status,
+    remote_path,
+    tar_files,
+)
 from tsky.activities.clouds.phases import PROCESS_TAG_VAR, WRAPPER, env_file_text
 
 # asyncssh logs every channel at INFO; a worker polling thousands of nodes must not.
 logging.getLogger("asyncssh").setLevel(logging.WARNING)
 logger = logging.getLogger(__name__)
 
-KILLED_EXIT_CODE = 137  # what a shell reports for a process ended by SIGKILL
 DEFAULT_WORKDIR = "sky_workdir"  # relative to the login home, as on SkyPilot clusters
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # OpenSSH allows 10 sessions per connection (MaxSessions) and frees a session's slot a moment after its
 # channel closed: stay well below, and retry an open the server refused while it catches up.
 _CHANNELS_PER_CONNECTION = 5
@@ -65,10 +73,6 @@ _OPEN_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8)
 
 class NodeUnreachable(TransientError):
     """The node did not answer (refused, timed out, connection lost, authentication failed)."""
-
-
-class RemoteCommandError(TransientError):
-    """One of tsky's own remote programs failed on the node; the message has its stderr."""
 
 
 @dataclass(frozen=True)
@@ -257,172 +261,6 @@ async def run_program(
     return result.stdout
 
 
-# -- the programs that run on the node -------------------------------------------------------------------
-# Each takes the cluster directory first; a relative one is taken from the login home. Bash only, plus
-# coreutils, tar, setsid and grep: what any Linux image has.
-
-_PRELUDE = r"""
-set +m
-d=$1; case $d in /*) ;; *) d=$HOME/$d ;; esac
-# alive PID START: true when PID runs and (if known) started at START, so a recycled pid never counts
-alive() {
-  local stat rest
-  [ -n "$1" ] && read -r stat 2>/dev/null </proc/$1/stat || return 1
-  rest=${stat##*) }; set -- "$2" $rest
-  [ "$2" != Z ] && [ "$2" != X ] && { [ -z "$1" ] || [ "${21}" = "$1" ]; }
-}
-# kill_tagged GREP-ARGS...: SIGKILL every process whose environment matches (daemonised strays)
-kill_tagged() {
-  local f q
-  for f in $(grep -lzsF "$@" /proc/[0-9]*/environ 2>/dev/null); do
-    q=${f#/proc/}; q=${q%/environ}
-    [ "$q" = "$$" ] || kill -KILL "$q" 2>/dev/null
-  done
-}
-"""
-
-# args: dir phase cwd; stdin: a tar of <phase>.sh, <phase>.env, wrapper.sh. Prints the wrapper's pid.
-_START = (
-    _PRELUDE
-    + r"""
-p=$2; cwd=$3
-mask=$(umask); umask 077  # the env file may hold secrets; the job itself gets the usual umask back
-mkdir -p "$d" || exit 3
-if mkdir "$d/$p.started" 2>/dev/null; then
-  if ! tar -x -o -f - -C "$d"; then rm -rf "$d/$p.started"; exit 4; fi
-  sid=$(command -v setsid) && sh=$(command -v bash) || exit 5  # found before the job's env may change PATH
-  (
-    umask "$mask"
-    . "$d/$p.env" || exit 1
-    exec "$sid" "$sh" "$d/wrapper.sh" "$d" "$p" "$cwd" </dev/null >/dev/null 2>&1
-  ) &
-  pid=$!
-  read -r stat </proc/$pid/stat; rest=${stat##*) }; set -- $rest
-  echo "$pid ${20}" >"$d/$p.pid.tmp" && mv -f "$d/$p.pid.tmp" "$d/$p.pid"
-else
-  cat >/dev/null
-  i=0; while [ ! -s "$d/$p.pid" ] && [ $i -lt 300 ]; do sleep 0.05; i=$((i + 1)); done
-fi
-read -r pid rest <"$d/$p.pid" && echo "$pid"
-"""
-)
-
-# args: dir phase. Prints "none", or "started PID|- ALIVE CODE|- LOGSIZE STOPPED".
-_STATUS = (
-    _PRELUDE
-    + r"""
-p=$2
-[ -d "$d/$p.started" ] || { echo none; exit 0; }
-pid=; st=; code=; size=0; a=0; s=0
-[ -f "$d/$p.pid" ] && read -r pid st <"$d/$p.pid"
-[ -f "$d/$p.exit" ] && read -r code <"$d/$p.exit"
-[ -f "$d/$p.log" ] && size=$(wc -c <"$d/$p.log")
-alive "$pid" "$st" && a=1
-[ -e "$d/$p.stopped" ] && s=1
-echo "started ${pid:--} $a ${code:--} $size $s"
-"""
-)
-
-# args: dir phase offset limit. Prints up to LIMIT bytes of the log from OFFSET.
-_READ_LOG = r"""
-d=$1; case $d in /*) ;; *) d=$HOME/$d ;; esac
-[ -f "$d/$2.log" ] || exit 0
-tail -c +$(($3 + 1)) "$d/$2.log" | head -c "$4"
-"""
-
-# args: dir phase tag grace. Kills the phase's process group (TERM, then KILL after GRACE s) and strays.
-_STOP = (
-    _PRELUDE
-    + r"""
-p=$2; tag=$3; grace=$4
-pid=; st=
-[ -f "$d/$p.pid" ] && read -r pid st <"$d/$p.pid"
-if alive "$pid" "$st"; then
-  : >"$d/$p.stopped"
-  kill -TERM -- "-$pid" 2>/dev/null
-  end=$((SECONDS + grace))
-  while alive "$pid" "$st" && [ $SECONDS -lt $end ]; do sleep 0.1; done
-  kill -KILL -- "-$pid" 2>/dev/null
-fi
-kill_tagged -x "TSKY_PROCESS_TAG=$tag:$p"
-"""
-)
-
-# args: dir tag-prefix grace [paths to remove...]. Stops every phase of the node (TERM, then KILL), kills
-# every process whose tag starts with the prefix, then removes the cluster directory and the given paths.
-_TERMINATE = (
-    _PRELUDE
-    + r"""
-tag=$2; grace=$3; shift 3
-pids=
-if [ -d "$d" ]; then
-  for f in "$d"/*.pid; do
-    [ -f "$f" ] || continue
-    read -r pid st <"$f"
-    if alive "$pid" "$st"; then kill -TERM -- "-$pid" 2>/dev/null; pids="$pids $pid:$st"; fi
-  done
-fi
-end=$((SECONDS + grace))
-while [ -n "$pids" ] && [ $SECONDS -lt $end ]; do
-  left=
-  for x in $pids; do alive "${x%%:*}" "${x#*:}" && left="$left $x"; done
-  pids=$left; [ -n "$pids" ] && sleep 0.1
-done
-for x in $pids; do kill -KILL -- "-${x%%:*}" 2>/dev/null; done
-kill_tagged "TSKY_PROCESS_TAG=$tag"
-cd "$HOME" && rm -rf -- "$d" "$@"
-"""
-)
-
-# args: dir; stdin: a tar of files to put in the directory (mode 0600).
-_PUT = (
-    _PRELUDE
-    + r"""
-umask 077
-mkdir -p "$d" && tar -x -o -f - -C "$d"
-"""
-)
-
-
-def _tar(files: dict[str, bytes], mode: int = 0o600) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = mode
-            info.mtime = int(time.time())
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def _remote_path(dest: str) -> str:
-    """Relative and `~/` paths are taken from the login home (what SFTP and rsync do with them)."""
-    if dest == "~":
-        return "."
-    return dest[2:] if dest.startswith("~/") else dest
-
-
-def _parse_status(text: str) -> PhaseStatus:
-    fields = text.split()
-    if not fields or fields[0] == "none":
-        return PhaseStatus(started=False)
-    if fields[0] != "started" or len(fields) != 6:
-        raise RemoteCommandError(f"unexpected phase status {text!r}")
-    _, pid, alive, code, size, stopped = fields
-    exit_code = int(code) if code.lstrip("-").isdigit() else None
-    is_alive = alive == "1" and exit_code is None
-    if not is_alive and exit_code is None and stopped == "1":
-        exit_code = KILLED_EXIT_CODE  # tsky stopped it: a known ending, not a vanished process
-    return PhaseStatus(
-        started=True,
-        pid=int(pid) if pid.isdigit() else None,
-        alive=is_alive,
-        exit_code=exit_code,
-        log_size=int(size),
-    )
-
-
 class SSHNodeAgent:
     """A `NodeAgent` for one node reached over SSH.
 
@@ -459,46 +297,46 @@ class SSHNodeAgent:
     # -- NodeAgent ---------------------------------------------------------------------------------------
 
     async def put_files(self, files: dict[str, bytes]) -> None:
-        await self._program(_PUT, input=_tar(files))
+        await self._program(PUT, input=tar_files(files))
 
     async def start_phase(self, phase: str, script: str, env: dict[str, str]) -> int:
-        bad = [key for key in env if not _ENV_NAME.match(key)]
+        bad = [key for key in env if not ENV_NAME.match(key)]
         if bad:
             raise ValueError(f"invalid environment variable name(s): {', '.join(map(repr, bad))}")
         full_env = {"PYTHONUNBUFFERED": "1", **env, PROCESS_TAG_VAR: f"{self.tag}:{phase}"}
-        payload = _tar(
+        payload = tar_files(
             {
                 f"{phase}.sh": script.encode(),
                 f"{phase}.env": env_file_text(full_env).encode(),
                 "wrapper.sh": WRAPPER.encode(),
             }
         )
-        out = await self._program(_START, phase, self.workdir, input=payload)
+        out = await self._program(START, phase, self.workdir, input=payload)
         try:
             return int(out.split()[-1])
         except (IndexError, ValueError) as err:
             raise RemoteCommandError(f"{self.target}: phase {phase} was claimed but never started") from err
 
     async def phase_status(self, phase: str) -> PhaseStatus:
-        return _parse_status((await self._program(_STATUS, phase)).decode())
+        return parse_status((await self._program(STATUS, phase)).decode())
 
     async def read_log(self, phase: str, offset: int, limit: int) -> bytes:
-        return await self._program(_READ_LOG, phase, str(int(offset)), str(int(limit)))
+        return await self._program(READ_LOG, phase, str(int(offset)), str(int(limit)))
 
     async def stop_phase(self, phase: str, grace: float = 3.0) -> None:
-        await self._program(_STOP, phase, self.tag, str(int(grace)), timeout=self.options.command_timeout + grace)
+        await self._program(STOP, phase, self.tag, str(int(grace)), timeout=self.options.command_timeout + grace)
 
     async def terminate(self, grace: float = 3.0, remove: Iterable[str] = (), tag_prefix: str | None = None) -> None:
         """Stop every phase of this node (TERM, KILL after `grace` s), kill every process whose tag starts
         with `tag_prefix` (default: this node's phases), and remove the cluster directory plus `remove`
         (e.g. the workdir). Idempotent."""
-        paths = [_remote_path(p) for p in remove]
+        paths = [remote_path(p) for p in remove]
         for path in paths:
             norm = os.path.normpath(path)
             if norm in (".", "/") or norm.startswith(".."):
                 raise ValueError(f"refusing to remove {path!r} on {self.target}")
         prefix = tag_prefix if tag_prefix is not None else f"{self.tag}:"
-        await self._program(_TERMINATE, prefix, str(int(grace)), *paths, timeout=self.options.command_timeout + grace)
+        await self._program(TERMINATE, prefix, str(int(grace)), *paths, timeout=self.options.command_timeout + grace)
 
     async def sync_dir(self, local_src: str, dest: str) -> None:
         """Copy the contents of `local_src` into `dest` (created if missing); existing files are
@@ -515,7 +353,7 @@ class SSHNodeAgent:
 async def sync(target: SSHTarget, local_src: str, dest: str, *, directory: bool, options: SSHOptions) -> None:
     """Copy a local directory's contents (or one file) to `dest` on the node: rsync over ssh when both
     ends have it and the node is reached with a key, else SFTP."""
-    remote = _remote_path(dest)
+    remote = remote_path(dest)
     parent = remote if directory else (os.path.dirname(remote.rstrip("/")) or ".")
     await run_program(target, 'mkdir -p -- "$1"', [parent], options=options)
     if options.use_rsync and target.password is None and await _rsync_available(target, options):
