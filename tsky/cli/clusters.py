@@ -7,8 +7,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from tsky.activities.clouds import get_backend
-from tsky.activities.clouds.local import preempt_job
 from tsky.cli.common import ago, console, err_console, fail, run, settings, table
 from tsky.spec.settings import Settings
 
@@ -29,6 +27,8 @@ def status(
     if all_infra:
         run(_status_all_infra(s))
         return
+    from tsky.activities.clouds import get_backend
+
     records = asyncio.run(get_backend("local", s).list_clusters())
     if not records:
         console.print("No live clusters.")
@@ -100,6 +100,8 @@ async def _status_all_infra(s: Settings) -> None:
 def preempt(job_id: Annotated[int, typer.Argument(help="The managed job whose cluster to preempt.")]) -> None:
     """Preempt a job's local cluster as a cloud would: its processes die, its nodes report PREEMPTED."""
     s = settings()
+    from tsky.activities.clouds.local import preempt_job
+
     names = preempt_job(s, job_id)
     if not names:
         # A pool job runs on a worker of its pool, which no job owns: preempt the worker it is on.

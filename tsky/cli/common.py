@@ -7,14 +7,16 @@ import getpass
 import socket
 from collections.abc import Coroutine
 from datetime import UTC, datetime
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
-from temporalio.client import Client
 
 from tsky.spec.ids import user_hash
 from tsky.spec.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from temporalio.client import Client
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -7,11 +7,10 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from tsky.cli import api
 from tsky.cli.common import (
     UsageError,
     ago,
@@ -26,10 +25,12 @@ from tsky.cli.common import (
     table,
     workflow_url,
 )
-from tsky.cli.follow import follow
 from tsky.spec.ids import job_workflow_id
 from tsky.spec.job import TaskState
 from tsky.spec.status import JobExitCode, ManagedJobStatus
+
+if TYPE_CHECKING:
+    from tsky.cli import api
 
 app = typer.Typer(help="Managed jobs: launch, queue, logs, cancel.", no_args_is_help=True)
 
@@ -222,6 +223,8 @@ def queue(
     s = settings()
 
     async def body() -> None:
+        from tsky.cli import api  # the Temporal client: imported only by commands that talk to it
+
         client = await client_for(s)
         user = None if all_users else current_user()
         if show_all or job_ids or skip_finished:
@@ -258,6 +261,8 @@ def queue(
 async def _resolve_job(client: object, job_id: int | None, name: str | None, *, running_only: bool) -> int:
     from temporalio.client import Client
 
+    from tsky.cli import api
+
     assert isinstance(client, Client)
     if job_id is not None and name is not None:
         raise UsageError("Give a job id or --name, not both.")
@@ -293,6 +298,8 @@ def logs(
     s = settings()
 
     async def body() -> int:
+        from tsky.cli import api  # the Temporal client: imported only by commands that talk to it
+
         client = await client_for(s)
         resolved = await _resolve_job(client, job_id, name, running_only=True)
         row = await api.get_job(client, resolved)
@@ -302,6 +309,8 @@ def logs(
         task_index = _task_index(row, task)
         if attempt is not None:
             return _print_attempt(s.home, row, task_index, attempt)
+        from tsky.cli.follow import follow
+
         status = await follow(client, s, resolved, console, task=task_index, controller=controller, follow=do_follow)
         if status is None:
             return JobExitCode.NOT_FOUND
@@ -359,6 +368,8 @@ def cancel(
     s = settings()
 
     async def body() -> int:
+        from tsky.cli import api  # the Temporal client: imported only by commands that talk to it
+
         client = await client_for(s)
         if job_ids:
             targets: list[int] = []

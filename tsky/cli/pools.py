@@ -13,12 +13,10 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from temporalio.client import Client
 
-from tsky.cli import api, pool_api
 from tsky.cli.common import (
     UsageError,
     ago,
@@ -43,6 +41,9 @@ from tsky.spec.requests import requested_label
 from tsky.spec.secrets import load_key, seal
 from tsky.spec.settings import Settings
 from tsky.spec.task import Pipeline, Task
+
+if TYPE_CHECKING:
+    from temporalio.client import Client
 
 app = typer.Typer(help="Pools of warm workers that managed jobs run on.", no_args_is_help=True)
 
@@ -156,6 +157,8 @@ def apply(
             spec, task, warnings = _load(pool_yaml, name, flags)
         except SpecError as err:
             fail(str(err))
+        from tsky.cli import pool_api
+
         sealed = seal(task.secrets, load_key(s.home, create=True)) if task.secrets else {}
         req = PoolApply(
             task=task,
@@ -196,6 +199,8 @@ def apply(
         typer.confirm(f"Applying config to pool {name!r}. Proceed?", default=True, abort=True)
 
     async def body() -> None:
+        from tsky.cli import pool_api  # the Temporal client: only for commands that talk to it
+
         client = await client_for(s)
         result = await pool_api.apply(client, name, req)
         if result.created:
@@ -210,6 +215,8 @@ def apply(
 
 
 async def _current(s: Settings, name: str) -> PoolVersion:
+    from tsky.cli import pool_api
+
     client = await client_for(s)
     version = await pool_api.current_version(client, name)
     if version is None:
@@ -286,6 +293,8 @@ def status(
     s = settings()
 
     async def body() -> None:
+        from tsky.cli import pool_api  # the Temporal client: only for commands that talk to it
+
         client = await client_for(s)
         pools = await pool_api.list_pools(client)
         if names:
@@ -324,6 +333,8 @@ def down(
     s = settings()
 
     async def body() -> int:
+        from tsky.cli import api, pool_api  # the Temporal client: only for commands that talk to it
+
         client = await client_for(s)
         existing = {p.name: p for p in await pool_api.list_pools(client)}
         targets = sorted(existing) if all_pools else list(names or [])
@@ -355,6 +366,8 @@ def down(
 
 
 async def _wait_jobs_ended(client: Client, pools: list[str]) -> None:
+    from tsky.cli import pool_api
+
     deadline = time.monotonic() + _DOWN_WAIT_SECONDS
     while time.monotonic() < deadline:
         if not [j for n in pools for j in await pool_api.pool_jobs(client, n)]:
@@ -387,6 +400,8 @@ def prepare_pool_launch(pool: str, num_jobs: int, pipeline: Pipeline, *, yes: bo
     s = settings()
 
     async def exists() -> bool:
+        from tsky.cli import pool_api  # the Temporal client: only for commands that talk to it
+
         client = await client_for(s)
         return await pool_api.get_pool(client, pool) is not None
 
