@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import socket
@@ -180,33 +181,70 @@ class Stack:
         return await connect(self.settings)
 
     def __exit__(self, *exc: object) -> None:
+        """Stop everything this stack started, by pid, whatever state it is in."""
         self.sampler.stop()
         for proc in [*self.extra_procs, *self.worker_procs]:
             _stop(proc, timeout=40)
-        from tsky.activities.clouds.local import LocalBackend
+        try:
+            from tsky.activities.clouds.local import LocalBackend
 
-        backend = LocalBackend(self.settings)
+            backend = LocalBackend(self.settings)
 
-        async def teardown() -> None:
-            for record in await backend.list_clusters():
-                await backend.teardown(record.name, None)
+            async def teardown() -> None:
+                for record in await backend.list_clusters():
+                    await backend.teardown(record.name, None)
 
-        asyncio.run(teardown())
+            asyncio.run(teardown())
+        except Exception as err:  # never leave processes behind because of a teardown problem
+            print(f"(local teardown failed: {err!r}; killing the stack's processes by pid)", flush=True)
+        self._kill_leftovers()
         if self.server_pid is not None:
-            try:
-                os.kill(self.server_pid, signal.SIGTERM)
-                for _ in range(150):
-                    os.kill(self.server_pid, 0)
-                    time.sleep(0.1)
-                os.kill(self.server_pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            with suppress(ChildProcessError):
-                os.waitpid(self.server_pid, 0)
+            _stop_pid(self.server_pid, timeout=15)
         if self.keep:
             print(f"(kept {self.home})")
         else:
             shutil.rmtree(self.home, ignore_errors=True)
+
+    def _kill_leftovers(self) -> None:
+        """SIGKILL any process that still carries this stack's TSKY_HOME, or a job process tagged with this
+        installation (local clusters' tags end in `@<owner id>`)."""
+        home = f"TSKY_HOME={self.home}\0".encode()
+        try:
+            from tsky.spec.ids import owner_id
+
+            owner = owner_id(None, "default", socket.gethostname(), str(self.home))
+            tag = re.compile(rb"TSKY_PROCESS_TAG=[^\0]*@" + owner.encode() + rb"\0")
+        except Exception:
+            tag = None
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit() or int(entry.name) in (os.getpid(), self.server_pid):
+                continue
+            try:
+                environ = Path(entry.path, "environ").read_bytes() + b"\0"
+            except OSError:
+                continue
+            if home in environ or (tag is not None and tag.search(environ)):
+                with suppress(ProcessLookupError, PermissionError):
+                    os.kill(int(entry.name), signal.SIGKILL)
+
+
+def _stop_pid(pid: int, timeout: float) -> None:
+    """SIGTERM a child of ours, wait for it (reaping it), SIGKILL it after `timeout`."""
+    with suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # not our child: poll for it to go
+            done = 0 if Path(f"/proc/{pid}").exists() else pid
+        if done:
+            return
+        time.sleep(0.1)
+    with suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with suppress(ChildProcessError):
+        os.waitpid(pid, 0)
 
 
 def _stop(proc: subprocess.Popen[bytes], timeout: float) -> None:

@@ -113,6 +113,8 @@ async def bench(args: argparse.Namespace, stack: Stack) -> dict[str, float]:
     )
     f["to_succeeded_s"] = t1 - t0 + f["release_to_succeeded_s"]
     f["closed"] = await count(client, CLOSED)
+    logs = [p.read_text(errors="replace") for p in (stack.home / "logs").glob("worker-*.log")]
+    f["slow_workflow_tasks"] = sum(text.count("TMPRL1104") for text in logs)  # took over 5 s (timeout: 10 s)
     f["worker_rss_peak_mib"] = stack.sampler.peak.get("workers", 0.0)
     f["server_rss_peak_mib"] = stack.sampler.peak.get("server", 0.0)
     return f
@@ -144,6 +146,7 @@ def report(args: argparse.Namespace, f: dict[str, float], where: str) -> None:
         f"{f['server_rss_running_mib']:.0f} MiB ({server_kib:.0f} KiB/job), peak {f['server_rss_peak_mib']:.0f} MiB",
         f"{n} running, at rest:    worker {f['rest_cpu_worker_pct']:.1f} %, server {f['rest_cpu_server_pct']:.1f} % "
         f"of one core; {f['heartbeats_per_s']:.1f} heartbeat RPCs/s; {int(f['job_processes'])} job processes",
+        f"workflow tasks over 5 s (the SDK's warning; 10 s is their timeout): {int(f['slow_workflow_tasks'])}",
     ]
     print("\n" + "\n".join(lines))
 
