@@ -78,6 +78,21 @@ class SSHNode:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def count(self, program: str) -> int:
+        """How many processes called `program` run on this node (and only this node: nodes share /proc
+        with the host, where other tests or a benchmark may run the same programs)."""
+        found = 0
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                same_node = os.readlink(f"{entry.path}/ns/pid") == self.pid_namespace
+                name = Path(entry.path, "comm").read_text().strip()
+            except OSError:
+                continue
+            found += same_node and name == program
+        return found
+
     def kill(self) -> None:
         """The machine dies: sshd and every process started through it, at once."""
         if self.proc is not None and self.proc.poll() is None:

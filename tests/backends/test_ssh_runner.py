@@ -111,20 +111,18 @@ async def test_stop_kills_group_and_daemonised_strays(ssh_nodes: SSHNodes, pool:
     script = "setsid sleep 300 & sleep 300 & echo started; wait"
     await a.start_phase("run-a0", script, {})
     await wait_for(lambda: _logged(a, "run-a0", b"started"))
-    before = await a.run("pgrep -c sleep")
-    assert before.stdout.strip() == b"2"
+    assert node.count("sleep") == 2
     await a.stop_phase("run-a0", grace=1)
     status = await a.phase_status("run-a0")
     assert status.exit_code == KILLED_EXIT_CODE and not status.alive
-    after = await a.run("pgrep -c sleep")
-    assert after.stdout.strip() == b"0"
+    assert node.count("sleep") == 0
     await a.stop_phase("run-a0")  # idempotent
 
     # terminate(): every phase of the node, the tagged strays, and the directories.
     await a.start_phase("setup-a0", "setsid sleep 300 & sleep 300", {})
     await a.sync_dir(str(_tree(node.dir / "src")), "sky_workdir")
     await a.terminate(grace=1, remove=["sky_workdir"])
-    assert (await a.run("pgrep -c sleep")).stdout.strip() == b"0"
+    assert node.count("sleep") == 0
     assert not (node.home / ".tsky/clusters/c1").exists() and not (node.home / "sky_workdir").exists()
     await a.terminate()  # idempotent
     with pytest.raises(ValueError):
