@@ -19,8 +19,17 @@ pytestmark = pytest.mark.integration
 TWO_REGIONS = {
     "local": {
         "regions": [
-            {"name": "east", "instance_types": [{"name": "local", "price": 1.0, "spot_price": 0.2}]},
-            {"name": "west", "instance_types": [{"name": "local", "price": 1.1, "spot_price": 0.3}]},
+            # Clusters take a moment to boot, as VMs do, so RECOVERING lasts long enough to be seen.
+            {
+                "name": "east",
+                "provision_seconds": 2,
+                "instance_types": [{"name": "local", "price": 1.0, "spot_price": 0.2}],
+            },
+            {
+                "name": "west",
+                "provision_seconds": 2,
+                "instance_types": [{"name": "local", "price": 1.1, "spot_price": 0.3}],
+            },
         ]
     }
 }

@@ -84,6 +84,8 @@ class LocalRegion(_Section):
     capacity_nodes: int | None = Field(default=None, ge=0)  # None: unlimited
     spot: bool = True
     instance_types: list[LocalInstanceType] = [LocalInstanceType(name="local")]
+    # How long a new cluster takes to come up here (a VM's boot time); 0: at once.
+    provision_seconds: float = Field(default=0.0, ge=0)
 
 
 class LocalSettings(_Section):

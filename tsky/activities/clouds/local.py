@@ -333,6 +333,8 @@ class LocalBackend:
             tmp = self.root / cluster_name / "cluster.json.tmp"
             tmp.write_text(info.model_dump_json())
             tmp.rename(self.root / cluster_name / "cluster.json")
+        if region.provision_seconds:
+            await asyncio.sleep(region.provision_seconds)  # the simulated VMs boot
         return info
 
     async def node_states(self, cluster: ClusterInfo) -> list[NodeState]:
