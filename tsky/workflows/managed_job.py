@@ -61,6 +61,7 @@ with workflow.unsafe.imports_passed_through():
     from tsky.spec.storage import BucketRef, is_url, parse_bucket_url, storage_store, writes_back
     from tsky.spec.task import Storage, Task
     from tsky.workflows import metrics
+    from tsky.workflows.calls import call_activity
     from tsky.workflows.recovery import Action, Outcome, OutcomeKind, decide, launch_backoff, launch_order
     from tsky.workflows.shield import shielded as _shielded
 
@@ -754,28 +755,7 @@ class ManagedJobWorkflow:
 
     # -- helpers ---------------------------------------------------------------------------------------
 
-    async def _activity(
-        self,
-        name: str,
-        arg: Any,
-        result_type: type[T],
-        task_queue: str,
-        *,
-        timeout: timedelta,
-        retry: RetryPolicy,
-        heartbeat: timedelta | None = None,
-        schedule_to_close: timedelta | None = None,
-        cancellation: ActivityCancellationType = ActivityCancellationType.TRY_CANCEL,
-    ) -> T:
-        return await workflow.execute_activity(
-            name,
-            arg,
-            result_type=result_type,
-            task_queue=task_queue,
-            start_to_close_timeout=timeout,
-            schedule_to_close_timeout=schedule_to_close,
-            heartbeat_timeout=heartbeat,
-            retry_policy=retry,
-            cancellation_type=cancellation,
-            summary=f"{name} (job {self.req.job_id})",
+    async def _activity(self, name: str, arg: Any, result_type: type[T], task_queue: str, **options: Any) -> T:
+        return await call_activity(
+            name, arg, result_type, task_queue, summary=f"{name} (job {self.req.job_id})", **options
         )

@@ -17,12 +17,14 @@ teardown_cluster, plus watch_cluster for an idle worker's health.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 from temporalio.workflow import ActivityCancellationType
+
+T = TypeVar("T")
 
 with workflow.unsafe.imports_passed_through():
     from tsky.spec.activity_io import (
@@ -37,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
         PlanInput,
         PlanResult,
         SyncInput,
+        SyncResult,
         TeardownInput,
         WatchClusterInput,
     )
@@ -45,6 +48,7 @@ with workflow.unsafe.imports_passed_through():
     from tsky.spec.pool_state import POOL_WORKER_WORKFLOW, REPORT_SIGNAL, WorkerInput, WorkerReport
     from tsky.spec.requests import Candidate
     from tsky.spec.status import PoolWorkerStatus
+    from tsky.workflows.calls import call_activity
     from tsky.workflows.recovery import launch_backoff
     from tsky.workflows.shield import to_the_end
 
@@ -132,7 +136,7 @@ class PoolWorkerWorkflow:
                 await self._activity(
                     ActivityName.SYNC_FILES,
                     SyncInput(meta=self._meta(), cluster=cluster, task=task),
-                    None,
+                    SyncResult,
                     LAUNCH_QUEUE,
                     timeout=_LAUNCH_TIMEOUT,
                     heartbeat=timedelta(seconds=self.inp.policy.watch_heartbeat_timeout_seconds),
@@ -232,7 +236,7 @@ class PoolWorkerWorkflow:
                 await self._activity(
                     ActivityName.TEARDOWN,
                     target,
-                    None,
+                    type(None),
                     LAUNCH_QUEUE,
                     timeout=_TEARDOWN_TIMEOUT,
                     heartbeat=timedelta(seconds=self.inp.policy.watch_heartbeat_timeout_seconds),
@@ -288,28 +292,12 @@ class PoolWorkerWorkflow:
             pool=self.inp.pool,
         )
 
-    async def _activity(
-        self,
-        name: str,
-        arg: Any,
-        result_type: type | None,
-        task_queue: str,
-        *,
-        timeout: timedelta,
-        retry: RetryPolicy,
-        heartbeat: timedelta | None = None,
-        schedule_to_close: timedelta | None = None,
-        cancellation: ActivityCancellationType = ActivityCancellationType.TRY_CANCEL,
-    ) -> Any:
-        return await workflow.execute_activity(
+    async def _activity(self, name: str, arg: Any, result_type: type[T], task_queue: str, **options: Any) -> T:
+        return await call_activity(
             name,
             arg,
-            result_type=result_type,
-            task_queue=task_queue,
-            start_to_close_timeout=timeout,
-            schedule_to_close_timeout=schedule_to_close,
-            heartbeat_timeout=heartbeat,
-            retry_policy=retry,
-            cancellation_type=cancellation,
+            result_type,
+            task_queue,
             summary=f"{name} (pool {self.inp.pool}, worker {self.inp.worker_id})",
+            **options,
         )
