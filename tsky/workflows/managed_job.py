@@ -45,7 +45,7 @@ with workflow.unsafe.imports_passed_through():
         TeardownInput,
     )
     from tsky.spec.ids import LAUNCH_QUEUE, WATCH_QUEUE, cluster_name, pool_workflow_id
-    from tsky.spec.job import Attempt, JobRequest, JobResult, JobState, TaskResult, TaskState
+    from tsky.spec.job import Attempt, JobRequest, JobResult, JobState, TaskState, job_result
     from tsky.spec.pool_state import (
         GRANT_SIGNAL,
         RELEASE_SIGNAL,
@@ -189,25 +189,7 @@ class ManagedJobWorkflow:
             await self._cleanup_job()
         self._log(f"Job finished: {self.job.status.value}.")
         await self._publish()
-        return self._result()
-
-    def _result(self) -> JobResult:
-        return JobResult(
-            job_id=self.req.job_id,
-            name=self.req.name,
-            status=self.job.status,
-            failure_reason=self.job.failure_reason(),
-            tasks=[
-                TaskResult(
-                    name=t.name,
-                    status=t.status,
-                    recovery_count=t.recovery_count,
-                    attempts=t.attempts,
-                    failure_reason=t.failure_reason,
-                )
-                for t in self.job.tasks
-            ],
-        )
+        return job_result(self.job)
 
     # -- the running-jobs limit (tsky.workflows.scheduler) ------------------------------------------------
 
