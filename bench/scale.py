@@ -25,6 +25,8 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import trivial
@@ -126,7 +128,8 @@ def report(args: argparse.Namespace, f: dict[str, float], where: str) -> None:
     server_kib = (f["server_rss_running_mib"] - f["server_rss_idle_mib"]) * 1024 / n
     rate = n / f["to_running_s"]
     lines = [
-        f"tsky scale benchmark: {n} jobs, {args.workers} worker process(es), local infra, dev server on SQLite",
+        f"tsky scale benchmark: {n} jobs, {args.workers} worker process(es), local infra, dev server on SQLite"
+        + (f", config {args.config}" if args.config != "{}" else ""),
         f"machine: {where}",
     ]
     if "trivial_wf_per_s" in f:
@@ -156,13 +159,16 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=1, help="tsky worker processes")
     parser.add_argument("--trivial", type=int, default=300, help="trivial workflows for the bare rate; 0 skips")
-    parser.add_argument("--rest", type=float, default=30, help="seconds to measure the cost of running jobs at rest")
+    parser.add_argument("--rest", type=float, default=60, help="seconds to measure the cost of running jobs at rest")
+    parser.add_argument("--config", default="{}", help="YAML merged into the stack's config.yaml, e.g. "
+                        "'{jobs: {sweeper: {enabled: false}}}'")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--keep", action="store_true", help="keep the temp TSKY_HOME (logs) for a look")
     args = parser.parse_args()
     where = machine()
     print(f"machine at start: {where}", flush=True)
-    with Stack(workers=args.workers, keep=args.keep) as stack:
+    config = yaml.safe_load(args.config) or {}
+    with Stack(workers=args.workers, config=config, keep=args.keep) as stack:
         figures = asyncio.run(bench(args, stack))
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     report(args, figures, f"{where}; load average at the end {load}")
