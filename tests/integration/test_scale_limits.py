@@ -118,6 +118,7 @@ def test_two_workers_share_jobs_and_survive_sigterm_and_kill(tsky_env: TskyEnv) 
 
     jobs = wait_until(lambda: all_ended(tsky_env, 20), 300, 1, what="20 jobs to end")
     assert {j["status"] for j in jobs.values()} == {"SUCCEEDED"}, jobs
+    assert {j["recoveries"] for j in jobs.values()} == {0}, "watchers re-attached; no job was relaunched"
     starts = [line.split()[0] for line in runs.read_text().splitlines() if " start " in line]
     assert sorted(map(int, starts)) == list(range(1, 21)), "each run executed exactly once"
     assert third.proc.poll() is None
