@@ -34,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
         SlotRequest,
     )
 
+
 @workflow.defn(name="TskyScheduler")
 class SchedulerWorkflow:
     @workflow.init
