@@ -212,7 +212,8 @@ class LocalNodeAgent:
         if pid is not None and pid_alive(pid, start):
             self._path(phase, "stopped").touch()
             await _kill_group(pid, start)
-        kill_tagged(lambda tag: tag == f"{self.tag}:{phase}")
+        # Scanning every process's environment takes tens of ms on a busy host: off the event loop.
+        await asyncio.to_thread(kill_tagged, lambda tag: tag == f"{self.tag}:{phase}")
 
     def _live_groups(self) -> list[tuple[int, str | None]]:
         groups = []
@@ -357,7 +358,9 @@ class LocalBackend:
         directory = self.root / cluster_name
         if info is not None:
             await asyncio.gather(*(self.node(info, r).terminate(grace=1.0) for r in range(len(info.nodes))))
-        kill_tagged(lambda tag: tag.startswith(f"{cluster_name}/") and f"@{self.owner}:" in tag)
+        await asyncio.to_thread(
+            kill_tagged, lambda tag: tag.startswith(f"{cluster_name}/") and f"@{self.owner}:" in tag
+        )
         await asyncio.to_thread(shutil.rmtree, directory, ignore_errors=True)
         if directory.exists():
             raise RuntimeError(f"could not remove {directory}")
