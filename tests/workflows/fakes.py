@@ -4,9 +4,10 @@ recording every call so a test can assert what was launched, run and torn down."
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from temporalio import activity
 from temporalio.api.enums.v1 import IndexedValueType
@@ -169,9 +170,16 @@ async def time_skipping_env() -> WorkflowEnvironment:
 
 
 @asynccontextmanager
-async def running(cloud: FakeCloud) -> AsyncIterator[WorkflowEnvironment]:
-    """A fresh time-skipping server (0.1 s to start) with workers serving `cloud`'s fakes: each test
-    gets its own server, so nothing one test leaves running can reach the next."""
+async def running(
+    cloud: FakeCloud,
+    *,
+    control: Sequence[Callable[..., Any]] = (),
+    launch: Sequence[Callable[..., Any]] = (),
+    watch: Sequence[Callable[..., Any]] = (),
+) -> AsyncIterator[WorkflowEnvironment]:
+    """A fresh time-skipping server (0.1 s to start) with workers serving `cloud`'s fakes (plus any extra
+    activities per queue): each test gets its own server, so nothing one test leaves running can reach
+    the next."""
     env = await time_skipping_env()
     try:
         async with (
@@ -179,11 +187,11 @@ async def running(cloud: FakeCloud) -> AsyncIterator[WorkflowEnvironment]:
                 env.client,
                 task_queue=CONTROL_QUEUE,
                 workflows=WORKFLOWS,
-                activities=[cloud.controller_log],
+                activities=[cloud.controller_log, *control],
                 workflow_runner=workflow_runner(),
             ),
-            Worker(env.client, task_queue=LAUNCH_QUEUE, activities=cloud.activities()),
-            Worker(env.client, task_queue=WATCH_QUEUE, activities=[cloud.run, cloud.stop]),
+            Worker(env.client, task_queue=LAUNCH_QUEUE, activities=[*cloud.activities(), *launch]),
+            Worker(env.client, task_queue=WATCH_QUEUE, activities=[cloud.run, cloud.stop, *watch]),
         ):
             yield env
     finally:

@@ -4,8 +4,7 @@ recoveries go through the pool, workers outlive the jobs, and a missing pool fai
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 
 import pytest
@@ -13,18 +12,16 @@ from temporalio import activity
 from temporalio.client import Client, WithStartWorkflowOperation, WorkflowFailureError
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
 
-from tests.workflows.fakes import LOST, FakeCloud, time_skipping_env
+from tests.workflows.fakes import LOST, FakeCloud
+from tests.workflows.fakes import running as fakes_running
 from tsky.cli.pool_api import fingerprint
 from tsky.spec.activity_io import ActivityName, WatchClusterInput
-from tsky.spec.ids import CONTROL_QUEUE, LAUNCH_QUEUE, WATCH_QUEUE, job_workflow_id, pool_workflow_id
+from tsky.spec.ids import CONTROL_QUEUE, job_workflow_id, pool_workflow_id
 from tsky.spec.job import JobRequest, JobResult
 from tsky.spec.loader import load_pipeline, load_pool
 from tsky.spec.pool_state import PoolApply, PoolSnapshot, PoolState
 from tsky.spec.status import ManagedJobStatus as S
-from tsky.worker.main import workflow_runner
-from tsky.workflows import WORKFLOWS
 from tsky.workflows.managed_job import ManagedJobWorkflow
 from tsky.workflows.pool import PoolWorkflow
 
@@ -48,24 +45,8 @@ async def watch_cluster(inp: WatchClusterInput) -> str:
         await asyncio.sleep(0.05)
 
 
-@asynccontextmanager
-async def running(cloud: FakeCloud) -> AsyncIterator[WorkflowEnvironment]:
-    env = await time_skipping_env()
-    try:
-        async with (
-            Worker(
-                env.client,
-                task_queue=CONTROL_QUEUE,
-                workflows=WORKFLOWS,
-                activities=[cloud.controller_log],
-                workflow_runner=workflow_runner(),
-            ),
-            Worker(env.client, task_queue=LAUNCH_QUEUE, activities=cloud.activities()),
-            Worker(env.client, task_queue=WATCH_QUEUE, activities=[cloud.run, cloud.stop, watch_cluster]),
-        ):
-            yield env
-    finally:
-        await env.shutdown()
+def running(cloud: FakeCloud) -> AbstractAsyncContextManager[WorkflowEnvironment]:
+    return fakes_running(cloud, watch=[watch_cluster])
 
 
 async def apply_pool(client: Client, text: str = POOL) -> None:

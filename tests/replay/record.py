@@ -1,0 +1,172 @@
+"""Record the histories the replay tests check: `.venv/bin/python -m tests.replay.record`.
+
+Each scenario runs the real workflow code on the time-skipping server with fake activities and saves the
+history as JSON under `tests/replay/histories/<workflow>/<scenario>.json`. Re-record deliberately (and keep
+old files) when a change to the command sequence is guarded by `workflow.patched`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from temporalio import activity
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
+
+from tests.workflows.fakes import LOST, FakeCloud, running
+from tests.workflows.test_pool_workflow import apply_pool, down, run_pool_job, watch_cluster
+from tests.workflows.test_recovery_table import SPOT_JOB, request
+from tsky.activities.scheduling import ended_jobs, request_slot
+from tsky.cli.api import allocate_job_ids
+from tsky.spec.activity_io import ActivityName, SweepInput, SweepResult
+from tsky.spec.ids import (
+    CONTROL_QUEUE,
+    ID_REGISTRY_WORKFLOW_ID,
+    SCHEDULER_WORKFLOW_ID,
+    SWEEPER_WORKFLOW_ID,
+    job_workflow_id,
+    pool_worker_workflow_id,
+    pool_workflow_id,
+)
+from tsky.spec.pool_state import POOL_WORKER_WORKFLOW, POOL_WORKFLOW
+from tsky.workflows.managed_job import ManagedJobWorkflow
+from tsky.workflows.sweeper import SweeperState, SweeperWorkflow
+
+HISTORIES = Path(__file__).parent / "histories"
+
+PIPELINE = "name: pipe\n---\nname: train\nrun: x\n---\nname: eval\nrun: y\n"
+RESTARTS = "name: t\nresources:\n  job_recovery:\n    max_restarts_on_errors: 1\nsetup: s\nrun: exit 1\n"
+
+
+async def _job(client: Client, yaml_text: str) -> WorkflowHandle[ManagedJobWorkflow, object]:
+    handle = await client.start_workflow(
+        ManagedJobWorkflow.run, request(yaml_text), id="tsky-job-1", task_queue=CONTROL_QUEUE
+    )
+    await handle.result()
+    return handle  # type: ignore[return-value]
+
+
+async def _cancelled(client: Client, cloud: FakeCloud) -> Handles:
+    handle = await client.start_workflow(
+        ManagedJobWorkflow.run, request(SPOT_JOB), id="tsky-job-1", task_queue=CONTROL_QUEUE
+    )
+    await asyncio.wait_for(cloud.run_started.wait(), 30)
+    await handle.cancel()
+    with pytest.raises(WorkflowFailureError):  # cancelled, as intended
+        await handle.result()
+    return [handle]
+
+
+async def _registry(client: Client) -> Handles:
+    for count in (1, 3, 1):
+        await allocate_job_ids(client, count)
+    handle = client.get_workflow_handle(ID_REGISTRY_WORKFLOW_ID)
+    await handle.terminate("recording done")
+    return [handle]
+
+
+async def _scheduled(client: Client) -> Handles:
+    """Two jobs under a running limit of one: the second waits for the first's slot."""
+    jobs = []
+    for job_id in (1, 2):
+        req = request(SPOT_JOB, job_id=job_id)
+        req = req.model_copy(update={"policy": req.policy.model_copy(update={"max_running_jobs": 1})})
+        jobs.append(
+            await client.start_workflow(
+                ManagedJobWorkflow.run, req, id=job_workflow_id(job_id), task_queue=CONTROL_QUEUE
+            )
+        )
+    for job in jobs:
+        await job.result()
+    scheduler = client.get_workflow_handle(SCHEDULER_WORKFLOW_ID)
+    await scheduler.terminate("recording done")
+    return [scheduler, jobs[1]]
+
+
+async def _swept(client: Client, env: WorkflowEnvironment) -> Handles:
+    handle = await client.start_workflow(
+        SweeperWorkflow.run, SweeperState(interval_seconds=60), id=SWEEPER_WORKFLOW_ID, task_queue=CONTROL_QUEUE
+    )
+    await env.sleep(200)  # a failed sweep, then two that report an orphan and tear it down
+    await handle.terminate("recording done")
+    return [handle]
+
+
+async def _pooled(client: Client) -> Handles:
+    """A pool of two, a job that fails once and restarts on a worker, then `down`."""
+    await apply_pool(client)
+    job = "name: j\nrun: x\nresources:\n  job_recovery:\n    max_restarts_on_errors: 1\n"
+    await run_pool_job(client, job)
+    await down(client)
+    return [
+        client.get_workflow_handle(pool_workflow_id("p")),
+        client.get_workflow_handle(pool_worker_workflow_id("p", 1)),
+        client.get_workflow_handle(job_workflow_id(1)),
+    ]
+
+
+_sweeps = 0
+
+
+@activity.defn(name=ActivityName.SWEEP)
+async def _sweep(inp: SweepInput) -> SweepResult:
+    global _sweeps
+    _sweeps += 1
+    if _sweeps == 1:
+        raise ApplicationError("the cloud API is down", non_retryable=True)
+    if _sweeps == 2:
+        return SweepResult(orphans_since={"local/local/old-1": 100.0}, next_sweep_seconds=60)
+    return SweepResult(torn_down=["local/local/old-1"], next_sweep_seconds=60)
+
+
+Handles = list[WorkflowHandle]  # type: ignore[type-arg]
+Run = Callable[[Client, FakeCloud, WorkflowEnvironment], Awaitable[Handles]]
+
+
+def job(yaml_text: str) -> Run:
+    async def run(client: Client, cloud: FakeCloud, env: WorkflowEnvironment) -> Handles:
+        return [await _job(client, yaml_text)]
+
+    return run
+
+
+# (scenario, fake cloud script, how it runs, the workflow type of each handle it returns, in order)
+SCENARIOS: list[tuple[str, dict[str, object], Run, list[str]]] = [
+    ("succeeded", {}, job(SPOT_JOB), ["ManagedJob"]),
+    ("preempted_then_succeeded", {"run_script": [LOST, [0]]}, job(SPOT_JOB), ["ManagedJob"]),
+    ("backoff_then_succeeded", {"full": [{"a", "b"}]}, job(SPOT_JOB), ["ManagedJob"]),
+    ("restarts_then_failed", {"run_script": [[1], [1]]}, job(RESTARTS), ["ManagedJob"]),
+    ("pipeline_second_task_failed", {"run_script": [[0], [3]]}, job(PIPELINE), ["ManagedJob"]),
+    ("cancelled_while_running", {"run_blocks": True}, lambda c, cloud, env: _cancelled(c, cloud), ["ManagedJob"]),
+    ("three_allocations", {}, lambda c, cloud, env: _registry(c), ["TskyIdRegistry"]),
+    ("second_job_waits_for_a_slot", {}, lambda c, cloud, env: _scheduled(c), ["TskyScheduler", "ManagedJob"]),
+    ("sweeps_fail_then_tear_down", {}, lambda c, cloud, env: _swept(c, env), ["TskySweeper"]),
+    (
+        "job_restarts_on_a_worker_then_down",
+        {"run_script": [[1], [0]]},
+        lambda c, cloud, env: _pooled(c),
+        [POOL_WORKFLOW, POOL_WORKER_WORKFLOW, "ManagedJob"],
+    ),
+]
+
+
+async def record() -> None:
+    for scenario, fake, run, types in SCENARIOS:
+        cloud = FakeCloud(**fake)  # type: ignore[arg-type]
+        async with running(cloud, control=[request_slot, ended_jobs], launch=[_sweep], watch=[watch_cluster]) as env:
+            handles = await run(env.client, cloud, env)
+            for workflow_type, handle in zip(types, handles, strict=True):
+                history = await handle.fetch_history()
+                name = scenario if workflow_type != "ManagedJob" or len(types) == 1 else f"{scenario}_job"
+                path = HISTORIES / workflow_type / f"{name}.json"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(history.to_json())
+                print(f"recorded {path.relative_to(HISTORIES.parent.parent.parent)}")
+
+
+if __name__ == "__main__":
+    asyncio.run(record())
