@@ -107,8 +107,12 @@ class PhaseActivities:
     async def _watch(self, inp: PhaseInput) -> PhaseResult:
         backend = get_backend(inp.cluster.backend, self.settings)
         agents = [backend.node(inp.cluster, node.rank) for node in inp.cluster.nodes]
-        phase_key = f"{inp.phase}-a{inp.attempt}"
-        path = phase_log(self.settings.home, inp.meta.job_id, inp.meta.task_index, inp.attempt, inp.phase)
+        phase_key = inp.node_key or f"{inp.phase}-a{inp.attempt}"
+        path = (
+            self.settings.home / inp.log_path
+            if inp.log_path
+            else phase_log(self.settings.home, inp.meta.job_id, inp.meta.task_index, inp.attempt, inp.phase)
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
 
         details = activity.info().heartbeat_details
@@ -131,8 +135,8 @@ class PhaseActivities:
                 # Only a cancel the workflow asked for kills the job's processes (they must be dead before
                 # teardown). A heartbeat timeout or a worker shutdown also cancels this coroutine, and
                 # then the job must keep running for the next attempt to re-attach to.
-                details = activity.cancellation_details()
-                if details is not None and details.cancel_requested and not details.timed_out:
+                why = activity.cancellation_details()
+                if why is not None and why.cancel_requested and not why.timed_out:
                     await asyncio.shield(asyncio.gather(*(a.stop_phase(phase_key) for a in agents)))
                 raise
 
