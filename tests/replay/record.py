@@ -1,13 +1,15 @@
 """Record the histories the replay tests check: `.venv/bin/python -m tests.replay.record`.
 
 Each scenario runs the real workflow code on the time-skipping server with fake activities and saves the
-history as JSON under `tests/replay/histories/<workflow>/<scenario>.json`. Re-record deliberately (and keep
-old files) when a change to the command sequence is guarded by `workflow.patched`.
+history as JSON under `tests/replay/histories/<workflow>/<scenario>.json`; name scenarios to record just
+those. Re-record deliberately when a change to the command sequence is guarded by `workflow.patched`, and
+keep the old file under a new name so the unpatched branch stays replayed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -154,8 +156,10 @@ SCENARIOS: list[tuple[str, dict[str, object], Run, list[str]]] = [
 ]
 
 
-async def record() -> None:
+async def record(only: set[str]) -> None:
     for scenario, fake, run, types in SCENARIOS:
+        if only and scenario not in only:
+            continue
         cloud = FakeCloud(**fake)  # type: ignore[arg-type]
         async with running(cloud, control=[request_slot, ended_jobs], launch=[_sweep], watch=[watch_cluster]) as env:
             handles = await run(env.client, cloud, env)
@@ -169,4 +173,4 @@ async def record() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(record())
+    asyncio.run(record(set(sys.argv[1:])))

@@ -216,6 +216,7 @@ async def test_cancel_while_running_tears_down_the_cluster() -> None:
             await handle.cancel()
         state = await _expect_cancelled(handle)
     assert state.tasks[0].status is S.CANCELLED
+    assert [a.cause for a in state.tasks[0].attempts] == ["cancelled"]
     assert cloud.torn_down == ["train-1"]
 
 

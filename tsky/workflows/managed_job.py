@@ -76,6 +76,8 @@ _TEARDOWN_TIMEOUT = timedelta(minutes=20)
 _TEARDOWN_GIVE_UP = timedelta(hours=1)  # then FAILED_CONTROLLER; the sweeper keeps trying
 # A job waiting for a pool worker asks again this often (same key: harmless) to notice a vanished pool.
 _POOL_RECHECK = timedelta(minutes=5)
+# A cancelled activity now records the attempt as cancelled and shows CANCELLING before cleanup.
+_PATCH_CANCEL_IN_ACTIVITY = "cancel-in-activity-shows-cancelling"
 
 # Watching a phase is retried without end (a dead worker must never kill a job); only the policy's
 # own error types stop it.
@@ -265,8 +267,14 @@ class ManagedJobWorkflow:
         except _TaskEnded as ended:
             self._finish(ts, ended.status, ended.reason)
             self._log(f"Task {index} ({ts.name}) {ended.status.value}: {ended.reason}")
-        except FailureError as err:
+        except BaseException as err:
             if is_cancelled_exception(err):
+                if isinstance(err, FailureError) and not workflow.patched(_PATCH_CANCEL_IN_ACTIVITY):
+                    raise  # histories from before the fix went straight to cleanup from a cancelled activity
+                self._record_cancel(index, ts)
+                await self._publish()
+                raise
+            if not isinstance(err, FailureError):
                 raise
             # An activity failed past its retries (e.g. the plan could not be computed): SkyPilot's
             # FAILED_CONTROLLER, with the cause. Bugs in this workflow's own code are not caught here: they
@@ -274,12 +282,6 @@ class ManagedJobWorkflow:
             reason = f"Unexpected error: {err.cause or err}"
             self._finish(ts, Status.FAILED_CONTROLLER, reason)
             self._log(f"Task {index} ({ts.name}) FAILED_CONTROLLER: {reason}")
-        except BaseException as err:
-            if is_cancelled_exception(err):
-                self._set(ts, Status.CANCELLING, "Cancellation requested; cleaning up.")
-                self._log(f"Cancellation requested for task {index} ({ts.name}); cleaning up.")
-                await self._publish()
-            raise
         finally:
             await self._release_cluster(ts)
         await self._publish()
@@ -666,6 +668,15 @@ class ManagedJobWorkflow:
         ts.start_at = ts.start_at or now
         self._running_since = now
         self._set(ts, Status.RUNNING, "Running")
+
+    def _record_cancel(self, index: int, ts: TaskState) -> None:
+        attempt = ts.current_attempt()
+        if attempt is not None and attempt.ended_at is None:
+            attempt.ended_at = workflow.now()
+            attempt.cause = "cancelled"
+        self._leave_running(ts)
+        self._set(ts, Status.CANCELLING, "Cancellation requested; cleaning up.")
+        self._log(f"Cancellation requested for task {index} ({ts.name}); cleaning up.")
 
     def _leave_running(self, ts: TaskState) -> None:
         if self._running_since is not None:
