@@ -85,10 +85,11 @@ async def follow(
         if controller:
             cursor.drain(controller_log(settings.home, job_id), out)
         else:
-            if follow:
-                _banner(row, seen, out)
+            # Output first: what a task printed before it ended comes before the banner of what followed.
             for path in _attempt_logs(settings.home, row, task):
                 cursor.drain(path, out)
+            if follow:
+                _banner(row, seen, out)
         if row.closed or not follow:
             return row.status
         await asyncio.sleep(_POLL_SECONDS)
