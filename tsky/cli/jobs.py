@@ -154,7 +154,7 @@ def _details(task: TaskState) -> str:
     return f"Failure: {task.failure_reason}" if task.failure_reason else task.details or ""
 
 
-def _queue_lines(job: api.JobRow) -> list[_QueueLine]:
+def _queue_lines(job: api.JobRow, now: datetime) -> list[_QueueLine]:
     """SkyPilot's rows: one per single-task job; for a pipeline an aggregate row (the status of the first
     task not SUCCEEDED, with "(task: k)" while in progress) followed by one ` ↳` row per task."""
     tasks = job.tasks
@@ -162,7 +162,7 @@ def _queue_lines(job: api.JobRow) -> list[_QueueLine]:
         task = tasks[0] if tasks else None
         return [
             _QueueLine(str(job.job_id), "-", job.name, job.user, job.resources, job.submitted_at, job.ended_at,
-                       task.job_duration_s if task else None, job.recoveries, job.status.value, job.pool,
+                       task.job_duration(now) if task else None, job.recoveries, job.status.value, job.pool,
                        job.started_at, job.infra, _details(task) if task else "")
         ]  # fmt: skip
     current = next((t for t in tasks if t.status is not ManagedJobStatus.SUCCEEDED), tasks[-1])
@@ -170,13 +170,13 @@ def _queue_lines(job: api.JobRow) -> list[_QueueLine]:
     failure = next((_details(t) for t in tasks if t.failure_reason), "")
     lines = [
         _QueueLine(str(job.job_id), "", job.name, job.user, "-", job.submitted_at, job.ended_at,
-                   sum(t.job_duration_s for t in tasks), job.recoveries, status, job.pool, job.started_at,
+                   sum(t.job_duration(now) for t in tasks), job.recoveries, status, job.pool, job.started_at,
                    job.infra, failure)
     ]  # fmt: skip
     for t in tasks:
         lines.append(
             _QueueLine(" ↳", str(t.index), t.name, job.user, t.resources, t.submitted_at,
-                       t.end_at if t.status.is_terminal() else None, t.job_duration_s if t.submitted_at else None,
+                       t.end_at if t.status.is_terminal() else None, t.job_duration(now) if t.submitted_at else None,
                        t.recovery_count, t.status.value, job.pool, t.start_at, t.infra or "", _details(t))
         )  # fmt: skip
     return lines
@@ -190,7 +190,7 @@ def _queue_table(jobs: list[api.JobRow], show_user: bool, verbose: bool) -> str:
     now = datetime.now(UTC)
     rows: list[list[str]] = []
     for job in jobs:
-        lines = _queue_lines(job)
+        lines = _queue_lines(job, now)
         if len(lines) > 1 and rows:
             rows.append([""] * len(headers))  # a blank line sets a pipeline apart
         rows += [line.cells(show_user, verbose, now) for line in lines]

@@ -94,7 +94,8 @@ class TaskState(_Model):
     start_at: datetime | None = None
     end_at: datetime | None = None
     last_recovered_at: datetime | None = None
-    job_duration_s: float = 0.0  # time spent RUNNING, summed over attempts
+    job_duration_s: float = 0.0  # time spent RUNNING, summed over finished stretches
+    running_since: datetime | None = None  # start of the current RUNNING stretch
     recovery_count: int = 0
     restarts_on_errors: int = 0
     failure_reason: str | None = None
@@ -106,6 +107,11 @@ class TaskState(_Model):
 
     def current_attempt(self) -> Attempt | None:
         return self.attempts[-1] if self.attempts else None
+
+    def job_duration(self, now: datetime) -> float:
+        """SkyPilot's JOB DURATION: time spent RUNNING, including the stretch still going on."""
+        ongoing = (now - self.running_since).total_seconds() if self.running_since else 0.0
+        return self.job_duration_s + max(ongoing, 0.0)
 
 
 class JobState(_Model):

@@ -135,7 +135,6 @@ class ManagedJobWorkflow:
         )
         self._log_lines: list[str] = []
         self._log_seq = 0
-        self._running_since: datetime | None = None
         self._published: dict[str, Any] = {}
         # What must be torn down if the job ends now: the live cluster, or a launch in flight.
         self._cluster: ClusterInfo | None = None
@@ -666,7 +665,7 @@ class ManagedJobWorkflow:
             ts.recovery_count += 1
             ts.last_recovered_at = now
         ts.start_at = ts.start_at or now
-        self._running_since = now
+        ts.running_since = now
         self._set(ts, Status.RUNNING, "Running")
 
     def _record_cancel(self, index: int, ts: TaskState) -> None:
@@ -679,9 +678,9 @@ class ManagedJobWorkflow:
         self._log(f"Cancellation requested for task {index} ({ts.name}); cleaning up.")
 
     def _leave_running(self, ts: TaskState) -> None:
-        if self._running_since is not None:
-            ts.job_duration_s += (workflow.now() - self._running_since).total_seconds()
-            self._running_since = None
+        if ts.running_since is not None:
+            ts.job_duration_s += (workflow.now() - ts.running_since).total_seconds()
+            ts.running_since = None
 
     def _finish(self, ts: TaskState, status: ManagedJobStatus, reason: str | None) -> None:
         if ts.status.is_terminal() and status is not Status.FAILED_CONTROLLER:
