@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import re
 import threading
 import time
@@ -51,6 +50,8 @@ from tsky.activities.clouds.ssh_runner import (
     SSHNodeAgent,
     SSHOptions,
     SSHTarget,
+    clean_stand_in_node,
+    cluster_node,
     pick_test_endpoint,
     test_endpoints,
     wait_reachable,
@@ -61,7 +62,6 @@ from tsky.spec.settings import AwsSettings, Settings
 from tsky.spec.status import NodeState
 
 NAME = "aws"
-logger = logging.getLogger(__name__)
 
 TAG_CLUSTER = "tsky-cluster"
 TAG_JOB = "tsky-job-id"
@@ -71,7 +71,6 @@ TAG_OWNER = "tsky-owner"
 TAG_POOL = "tsky-pool"
 TAG_TEST_SSH = "tsky-test-ssh"  # the seam's endpoint of an instance (tests only)
 
-CLUSTERS_DIR = ".tsky/clusters"
 LIVE = ("pending", "running")
 STOPPED = ("stopping", "stopped")
 NOT_TERMINATED = ("pending", "running", "stopping", "stopped", "shutting-down")
@@ -340,10 +339,7 @@ class AwsBackend:
         return SSHTarget(node.ip, node.ssh_port or 22, node.ssh_user or self.cfg.ssh_user, str(self.private_key_path()))
 
     def node(self, cluster: ClusterInfo, rank: int) -> SSHNodeAgent:
-        node = cluster.nodes[rank]
-        return SSHNodeAgent(
-            self._ssh_target(node), f"{CLUSTERS_DIR}/{cluster.name}", f"{cluster.name}/{rank}", options=self.options
-        )
+        return cluster_node(self._ssh_target(cluster.nodes[rank]), cluster.name, rank, self.options)
 
     def _node_info(self, rank: int, instance: dict[str, Any]) -> NodeInfo:
         endpoint = _tags(instance.get("Tags")).get(TAG_TEST_SSH)
@@ -546,14 +542,8 @@ class AwsBackend:
         for rank, instance in enumerate(instances):
             if TAG_TEST_SSH not in _tags(instance.get("Tags")):
                 continue
-            node = self._node_info(rank, instance)
-            agent = SSHNodeAgent(
-                self._ssh_target(node), f"{CLUSTERS_DIR}/{cluster_name}", f"{cluster_name}/{rank}", options=self.options
-            )
-            try:
-                await agent.terminate(grace=1.0, remove=["sky_workdir"], tag_prefix=f"{cluster_name}/")
-            except Exception as err:  # the node may be dead already: that is the point of a teardown
-                logger.info("seam cleanup of %s on %s: %s", cluster_name, node.ip, err)
+            target = self._ssh_target(self._node_info(rank, instance))
+            await clean_stand_in_node(target, cluster_name, rank, self.options)
 
     async def list_clusters(self) -> list[ClusterRecord]:
         regions = self._regions()

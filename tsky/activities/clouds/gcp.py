@@ -33,7 +33,6 @@ sshd endpoints (recorded in a label) instead of its own address.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import re
 import time
@@ -59,6 +58,8 @@ from tsky.activities.clouds.ssh_runner import (
     SSHNodeAgent,
     SSHOptions,
     SSHTarget,
+    clean_stand_in_node,
+    cluster_node,
     pick_test_endpoint,
     test_endpoints,
     wait_reachable,
@@ -69,7 +70,6 @@ from tsky.spec.settings import GcpSettings, Settings
 from tsky.spec.status import NodeState
 
 NAME = "gcp"
-logger = logging.getLogger(__name__)
 
 LABEL_CLUSTER = "tsky-cluster"
 LABEL_JOB = "tsky-job-id"
@@ -79,7 +79,6 @@ LABEL_RANK = "tsky-rank"
 LABEL_OWNER = "tsky-owner"
 LABEL_TEST_SSH = "tsky-test-ssh"  # the seam's endpoint of an instance (tests only), as `127-0-0-5_2222`
 
-CLUSTERS_DIR = ".tsky/clusters"
 LIVE = ("PROVISIONING", "STAGING", "RUNNING")
 PREEMPTED_OPERATION = "compute.instances.preempted"
 CAPACITY_MARKERS = ("RESOURCE_POOL_EXHAUSTED", "QUOTA_EXCEEDED", "QUOTA EXCEEDED", "STOCKOUT", "DOES NOT HAVE ENOUGH")
@@ -283,10 +282,7 @@ class GcpBackend:
         return SSHTarget(node.ip, node.ssh_port or 22, node.ssh_user or self.cfg.ssh_user, str(self.private_key_path()))
 
     def node(self, cluster: ClusterInfo, rank: int) -> SSHNodeAgent:
-        node = cluster.nodes[rank]
-        return SSHNodeAgent(
-            self._ssh_target(node), f"{CLUSTERS_DIR}/{cluster.name}", f"{cluster.name}/{rank}", options=self.options
-        )
+        return cluster_node(self._ssh_target(cluster.nodes[rank]), cluster.name, rank, self.options)
 
     def _node_info(self, rank: int, instance: compute_v1.Instance) -> NodeInfo:
         seam = instance.labels.get(LABEL_TEST_SSH)
@@ -504,14 +500,8 @@ class GcpBackend:
             if LABEL_TEST_SSH not in instance.labels:
                 continue
             rank = int(instance.labels.get(LABEL_RANK, "0"))
-            node = self._node_info(rank, instance)
-            agent = SSHNodeAgent(
-                self._ssh_target(node), f"{CLUSTERS_DIR}/{cluster_name}", f"{cluster_name}/{rank}", options=self.options
-            )
-            try:
-                await agent.terminate(grace=1.0, remove=["sky_workdir"], tag_prefix=f"{cluster_name}/")
-            except Exception as err:  # the node may be dead already: that is the point of a teardown
-                logger.info("seam cleanup of %s on %s: %s", cluster_name, node.ip, err)
+            target = self._ssh_target(self._node_info(rank, instance))
+            await clean_stand_in_node(target, cluster_name, rank, self.options)
 
     async def list_clusters(self) -> list[ClusterRecord]:
         groups: dict[tuple[str, str, str], list[compute_v1.Instance]] = {}

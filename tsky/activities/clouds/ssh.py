@@ -32,6 +32,7 @@ from tsky.activities.clouds.ssh_runner import (
     SSHNodeAgent,
     SSHOptions,
     SSHTarget,
+    cluster_node,
     run_program,
 )
 from tsky.spec.activity_io import ClusterInfo, JobMeta, NodeInfo
@@ -43,7 +44,6 @@ NAME = "ssh"
 logger = logging.getLogger(__name__)
 
 CLAIM = ".tsky/claim"
-CLUSTERS_DIR = ".tsky/clusters"
 
 # args: holder. Prints "claim <holder>|-" and, when the holder's cluster directory exists, its meta lines.
 _PROBE = r"""
@@ -137,13 +137,7 @@ class SSHBackend:
         return PoolHost(ip=node.ip, port=node.ssh_port or 22, user=node.ssh_user)
 
     def node(self, cluster: ClusterInfo, rank: int) -> SSHNodeAgent:
-        node = cluster.nodes[rank]
-        return SSHNodeAgent(
-            self._target(self._host_of(cluster, node)),
-            f"{CLUSTERS_DIR}/{cluster.name}",
-            f"{cluster.name}/{rank}",
-            options=self.options,
-        )
+        return cluster_node(self._target(self._host_of(cluster, cluster.nodes[rank])), cluster.name, rank, self.options)
 
     async def _probe(self, host: PoolHost) -> _Probe:
         try:
@@ -170,9 +164,7 @@ class SSHBackend:
 
     async def _release(self, host: PoolHost, cluster_name: str, rank: int) -> None:
         """Stop the cluster's processes on `host`, remove its files, free the host."""
-        agent = SSHNodeAgent(
-            self._target(host), f"{CLUSTERS_DIR}/{cluster_name}", f"{cluster_name}/{rank}", options=self.options
-        )
+        agent = cluster_node(self._target(host), cluster_name, rank, self.options)
         # The host was the cluster's alone: every process tagged with the cluster, whatever its rank, goes.
         await agent.terminate(grace=3.0, remove=[DEFAULT_WORKDIR], tag_prefix=f"{cluster_name}/")
         await run_program(self._target(host), _RELEASE, [self._holder(cluster_name)], options=self.options)

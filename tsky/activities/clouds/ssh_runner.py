@@ -347,6 +347,26 @@ class SSHNodeAgent:
         await sync(self.target, local_src, dest, directory=False, options=self.options)
 
 
+# Where a cluster's phase files live on a node, relative to the login home.
+CLUSTERS_DIR = ".tsky/clusters"
+
+
+def cluster_node(target: SSHTarget, cluster_name: str, rank: int, options: SSHOptions) -> SSHNodeAgent:
+    """The agent of node `rank` of a cluster: phase files under ~/.tsky/clusters/<cluster>."""
+    return SSHNodeAgent(target, f"{CLUSTERS_DIR}/{cluster_name}", f"{cluster_name}/{rank}", options=options)
+
+
+async def clean_stand_in_node(target: SSHTarget, cluster_name: str, rank: int, options: SSHOptions) -> None:
+    """Under the test seam a loopback node stands in for a VM: when the VM is deleted its processes and
+    workdir must go too, as they would with the VM."""
+    try:
+        await cluster_node(target, cluster_name, rank, options).terminate(
+            grace=1.0, remove=[DEFAULT_WORKDIR], tag_prefix=f"{cluster_name}/"
+        )
+    except Exception as err:  # the node may be dead already: that is the point of a teardown
+        logger.info("seam cleanup of %s on %s: %s", cluster_name, target, err)
+
+
 # -- copying files -------------------------------------------------------------------------------------
 
 
