@@ -13,7 +13,8 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.harness import EXAMPLES, TSKY
+import tsky as tsky_package
+from tests.harness import EXAMPLES, TSKY, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -99,3 +100,34 @@ def test_external_address_never_starts_a_server(home: Path) -> None:
     assert result.returncode == 2
     assert "never starts a server of its own" in result.stderr
     assert not (home / "server.json").exists()
+
+
+def _pid_gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return True
+
+
+def test_an_upgrade_replaces_the_worker_and_running_jobs_carry_on(home: Path, tmp_path: Path) -> None:
+    spec = tmp_path / "steady.yaml"
+    spec.write_text("name: steady\nrun: sleep 6; echo finished\n")
+    assert tsky(home, "jobs", "launch", "-y", "-d", str(spec)).returncode == 0
+    wait_until(lambda: "RUNNING" in tsky(home, "jobs", "queue").stdout, 60, what="the job to run")
+    old_pid = json.loads((home / "worker.json").read_text())["pid"]
+
+    # An upgrade changes the installed modules (here: one file's mtime, put back afterwards).
+    module = Path(tsky_package.__file__)
+    before = module.stat()
+    os.utime(module, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
+    try:
+        queue = tsky(home, "jobs", "queue")
+    finally:
+        os.utime(module, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert "tsky changed since the embedded worker started: replacing it" in queue.stderr
+    assert json.loads((home / "worker.json").read_text())["pid"] != old_pid
+    wait_until(lambda: _pid_gone(old_pid), 60, what="the old worker to exit")
+
+    wait_until(lambda: "SUCCEEDED" in tsky(home, "jobs", "queue").stdout, 120, what="the job to finish")
+    assert "finished" in tsky(home, "jobs", "logs", "1").stdout

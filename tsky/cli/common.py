@@ -59,12 +59,14 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 async def client_for(s: Settings, *, start: bool = True) -> Client:
     """Connect, starting the embedded server and worker first when they are not running."""
     from tsky.worker.client import connect
-    from tsky.worker.embedded import ensure_up, read_server_state
+    from tsky.worker.embedded import ensure_up, read_server_state, worker_outdated
 
     if s.embedded and start:
         before = read_server_state(s)
         if before is None or not before.running():
             err_console.print("Starting tsky's embedded Temporal server and worker (tsky server up)...")
+        elif worker_outdated(s):
+            err_console.print("tsky changed since the embedded worker started: replacing it (jobs carry on)...")
         await asyncio.to_thread(ensure_up, s)
     return await connect(s)
 

