@@ -196,7 +196,9 @@ def test_round_trip_of_every_example() -> None:
 
 def test_yaml_dump_is_minimal() -> None:
     pipeline = load_pipeline("name: hello\nrun: echo hi\n")
-    assert pipeline.to_yaml() == "name: hello\n---\nname: hello\nrun: echo hi\n"
+    assert pipeline.to_yaml() == "name: hello\nrun: echo hi\n"
+    two = load_pipeline("name: p\n---\nname: a\nrun: x\n---\nname: b\nrun: y\n")
+    assert two.to_yaml() == "name: p\n---\nname: a\nrun: x\n---\nname: b\nrun: y\n"
 
 
 def test_task_model_validate_of_redacted_dump_is_safe_in_workflows() -> None:

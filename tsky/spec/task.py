@@ -345,7 +345,10 @@ class Pipeline(_Model):
         return self
 
     def to_yaml(self, *, reveal_secrets: bool = False) -> str:
-        """Multi-document YAML: a `name` header, then one document per task."""
+        """The YAML a user would write: a single task as one document (when the pipeline took its name),
+        else a `name` header and one document per task."""
+        if len(self.tasks) == 1 and self.tasks[0].name == self.name:
+            return dump_documents([self.tasks[0].to_yaml_dict(reveal_secrets=reveal_secrets)])
         documents: list[Any] = [{"name": self.name}]
         documents += [task.to_yaml_dict(reveal_secrets=reveal_secrets) for task in self.tasks]
         return dump_documents(documents)
