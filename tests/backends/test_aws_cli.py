@@ -54,6 +54,7 @@ def test_spot_job_survives_an_interruption_injected_in_moto(
     tsky_env: TskyEnv, moto_ec2: MotoEC2, ssh_nodes: SSHNodes, tmp_path: Path
 ) -> None:
     aws_world(tsky_env, moto_ec2, ssh_nodes, 2)
+    image = moto_ec2.an_ami()  # the task's own image, not the configured default
     started, flag = tmp_path / "started", tmp_path / "finish"
     job = tsky_env.write(
         "spot.yaml",
@@ -63,6 +64,8 @@ resources:
   infra: aws/us-east-1
   cpus: 2
   use_spot: true
+  disk_size: 100
+  image_id: {image}
 setup: echo "setup on $(cat /proc/sys/kernel/hostname)"
 run: |
   if [ -e {flag} ]; then echo "finished after recovery"; exit 0; fi
@@ -73,6 +76,10 @@ run: |
     wait_until(started.exists, 90, what="the first attempt to run")
     [instance] = moto_ec2.instances("spotty-1")
     assert instance["InstanceLifecycle"] == "spot" and instance["State"]["Name"] == "running"
+    assert instance["ImageId"] == image
+    [root] = instance["BlockDeviceMappings"]
+    [volume] = moto_ec2.client().describe_volumes(VolumeIds=[root["Ebs"]["VolumeId"]])["Volumes"]
+    assert volume["Size"] == 100
 
     moto_ec2.interrupt_spot(instance["InstanceId"])  # AWS takes the capacity back
     flag.touch()
@@ -91,4 +98,5 @@ run: |
     # Teardown: every instance terminated, no process of either cluster left on the sshd nodes.
     states = {i["InstanceId"]: i["State"]["Name"] for i in moto_ec2.instances()}
     assert len(states) == 2 and set(states.values()) == {"terminated"}, states
+    assert moto_ec2.client().describe_volumes()["Volumes"] == []  # the 100 GB disks went with them
     assert wait_until(lambda: no_tagged_processes("spotty-1"), 10, what="the job's processes to be gone")

@@ -64,7 +64,9 @@ def test_hello_on_gcp(tsky_env: TskyEnv, gce: FakeCompute, ssh_nodes: SSHNodes) 
     assert re.search(r"GCP: enabled", check.stdout), check.stdout
 
     job = tsky_env.write("hello.yaml", HELLO)
-    result = tsky_env.tsky("jobs", "launch", "-y", "--infra", "gcp/us-central1", "--cpus", "2", str(job))
+    image = "projects/deeplearning-platform-release/global/images/family/pytorch-latest-gpu"
+    flags = ["--infra", "gcp/us-central1", "--cpus", "2", "--disk-size", "50", "--image-id", image]
+    result = tsky_env.tsky("jobs", "launch", "-y", *flags, str(job))
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"\(setup pid=\d+\) Running setup\.", result.stdout), result.stdout
     assert re.search(r"\(hello-sky, pid=\d+\) Hello, SkyPilot!", result.stdout), result.stdout
@@ -74,6 +76,8 @@ def test_hello_on_gcp(tsky_env: TskyEnv, gce: FakeCompute, ssh_nodes: SSHNodes) 
     [body] = gce.inserted
     assert body["labels"]["tsky-job-id"] == "1" and "scheduling" in body
     assert "provisioningModel" not in body["scheduling"]  # on demand
+    [disk] = body["disks"]
+    assert disk["initializeParams"] == {"sourceImage": image, "diskSizeGb": "50"}
     assert gce.names() == []
 
 

@@ -41,6 +41,8 @@ def test_same_yaml_runs_on_k8s_with_workdir_setup_and_two_nodes(tsky_env: TskyEn
 name: kube-hello
 workdir: {workdir}
 num_nodes: 2
+resources:
+  image_id: docker:ghcr.io/acme/trainer:1.2
 setup: echo "setup in $HOME"
 run: |
   cat note.txt
@@ -59,6 +61,8 @@ run: |
     assert re.search(r"\(setup rank=1, pid=\d+, ip=\S+\) setup in /\S+/kube-hello-1-\w{6}-1-", out), out
     [row] = queue_json(tsky_env)
     assert "Kubernetes (fake-ctx)" in str(row["infra"] or row["tasks"])
+    images = {pod["spec"]["containers"][0]["image"] for _, kind, pod in kube.events if kind == "ADDED"}
+    assert images == {"ghcr.io/acme/trainer:1.2"}  # the task's image_id, not kubernetes.image
     assert kube.pod_names() == []
 
 

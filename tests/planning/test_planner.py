@@ -318,3 +318,37 @@ def test_kubernetes_is_an_alias_of_k8s(catalog: Catalog, settings: Settings) -> 
     infra = [EnabledInfra(cloud="k8s", regions=["kind"])]
     result = run(catalog, settings, ResourceRequest(infra=Infra(cloud="kubernetes")), infra=infra)
     assert result.candidates[0].cloud == "k8s"
+
+
+def test_image_id_picks_the_clouds_that_can_boot_it(catalog: Catalog, settings: Settings) -> None:
+    infra = [
+        EnabledInfra(cloud="k8s", regions=["kind"]),
+        EnabledInfra(cloud="local", regions=["local"]),
+        *enabled("aws", "gcp"),
+    ]
+    cpus = {"cpus": 2.0, "cpus_at_least": True}
+    clouds = {
+        image: {
+            c.cloud for c in run(catalog, settings, ResourceRequest(image_id=image, **cpus), infra=infra).candidates
+        }
+        for image in (
+            "ami-0abc",
+            "projects/deeplearning-platform-release/global/images/family/pytorch",
+            "docker:pytorch/pytorch",
+        )
+    }
+    assert clouds == {
+        "ami-0abc": {"aws"},
+        "projects/deeplearning-platform-release/global/images/family/pytorch": {"gcp"},
+        "docker:pytorch/pytorch": {"k8s"},
+    }
+    # The launch gets the image and the disk size with the candidate.
+    [first, *_] = run(catalog, settings, ResourceRequest(image_id="ami-0abc", disk_size_gb=512, **cpus)).candidates
+    assert (first.image_id, first.disk_size_gb) == ("ami-0abc", 512)
+    default = run(catalog, settings, ResourceRequest(**cpus)).candidates[0]
+    assert (default.image_id, default.disk_size_gb) == (None, 256)  # SkyPilot's default disk
+
+    nowhere = run(catalog, settings, ResourceRequest(image_id="docker:pytorch/pytorch", **cpus))
+    assert nowhere.candidates == []
+    assert "No enabled infra can boot image_id 'docker:pytorch/pytorch'" in (nowhere.infeasible_reason or "")
+    assert "aws boots an AMI (ami-...)" in (nowhere.infeasible_reason or "")

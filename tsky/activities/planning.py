@@ -53,6 +53,7 @@ INFRA_ALIASES = {"kubernetes": "k8s"}
 # stage that the closest offers reached.
 STAGES = (
     "infra",
+    "image",
     "accelerator",
     "count",
     "instance_type",
@@ -116,11 +117,29 @@ def _infra_of(req: ResourceRequest) -> Infra | None:
     return infra if cloud == infra.cloud else infra.model_copy(update={"cloud": cloud})
 
 
+# What `image_id` each cloud boots: an AMI, a GCE image, a container image. The local simulator and SSH
+# hosts run the system they have.
+IMAGE_KINDS = {"aws": "an AMI (ami-...)", "gcp": "a GCE image (projects/...)", "k8s": "a container image (docker:...)"}
+
+
+def image_fits(image_id: str | None, cloud: str) -> bool:
+    if image_id is None:
+        return True
+    docker = image_id.startswith("docker:")
+    if cloud == "aws":
+        return image_id.startswith("ami-")
+    if cloud == "gcp":
+        return not docker and not image_id.startswith("ami-")
+    return cloud == "k8s" and docker
+
+
 def _failure(req: ResourceRequest, offer: Offer, num_nodes: int) -> str | None:
     """The first requirement `offer` does not meet (a STAGES name), or None when it meets them all."""
     infra = _infra_of(req)
     if infra is not None and not infra.contains(offer.cloud, offer.region, offer.zone):
         return "infra"
+    if not image_fits(req.image_id, offer.cloud):
+        return "image"
     if req.accelerator:
         if offer.accelerator is None or offer.accelerator.lower() != req.accelerator.lower():
             return "accelerator"
@@ -245,6 +264,8 @@ def _candidate(index: int, req: ResourceRequest, offer: Offer, price: float, num
         use_spot=req.use_spot,
         price_per_node_hour=price,
         num_nodes=num_nodes,
+        disk_size_gb=req.disk_size_gb,
+        image_id=req.image_id,
     )
 
 
@@ -411,6 +432,9 @@ def _why(
             return message + f": {infra.cloud} is not enabled" + (f" ({why})" if why else "")
         regions = sorted({o.region for o in offers if o.cloud == infra.cloud})
         return message + (f" ({infra.cloud} regions: {', '.join(regions)})" if regions else "")
+    if stage == "image":
+        kinds = "; ".join(f"{cloud} boots {kind}" for cloud, kind in IMAGE_KINDS.items())
+        return f"No enabled infra can boot image_id '{req.image_id}'{where} ({kinds}; local and ssh hosts take none)"
     if stage == "accelerator":
         if not req.accelerator:
             return f"No enabled infra offers a node without accelerators{where}"

@@ -84,6 +84,11 @@ def launch(
     gpus: Annotated[str | None, typer.Option("--gpus", help="Accelerators per node, e.g. A100:8.")] = None,
     instance_type: Annotated[str | None, typer.Option("--instance-type", "-t", help="Instance type.")] = None,
     num_nodes: Annotated[int | None, typer.Option("--num-nodes", help="Number of nodes.")] = None,
+    disk_size: Annotated[str | None, typer.Option("--disk-size", help="Boot disk size in GB.")] = None,
+    image_id: Annotated[str | None, typer.Option("--image-id", help="ami-..., a GCE image, docker:IMAGE.")] = None,
+    job_recovery: Annotated[
+        str | None, typer.Option("--job-recovery", help="Recovery strategy (replaces the YAML's job_recovery).")
+    ] = None,
     pool: Annotated[str | None, typer.Option("--pool", "-p", help="Run on a pool's workers.")] = None,
     num_jobs: Annotated[int, typer.Option("--num-jobs", help="Submit N copies (ranks 0..N-1).")] = 1,
 ) -> None:
@@ -108,6 +113,9 @@ def launch(
         gpus=gpus,
         instance_type=instance_type,
         num_nodes=num_nodes,
+        disk_size=disk_size,
+        image_id=image_id,
+        job_recovery=job_recovery,
         pool=pool,
         num_jobs=num_jobs,
     )

@@ -59,6 +59,9 @@ class LaunchOptions:
     gpus: str | None = None
     instance_type: str | None = None
     num_nodes: int | None = None
+    disk_size: str | None = None
+    image_id: str | None = None
+    job_recovery: str | None = None
     pool: str | None = None
     num_jobs: int = 1
 
@@ -92,6 +95,9 @@ def load(opts: LaunchOptions) -> tuple[Pipeline, list[str]]:
         instance_type=opts.instance_type,
         use_spot=opts.use_spot,
         num_nodes=opts.num_nodes,
+        disk_size=opts.disk_size,
+        image_id=opts.image_id,
+        job_recovery=opts.job_recovery,
         workdir=opts.workdir,
     )
 

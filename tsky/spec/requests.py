@@ -120,6 +120,9 @@ class Candidate(BaseModel):
     use_spot: bool = False
     price_per_node_hour: float = 0.0
     num_nodes: int = 1
+    # What the launch puts on each node: the boot disk's size, and the image (None: the backend's default).
+    disk_size_gb: int | None = None
+    image_id: str | None = None
 
     @property
     def hourly_cost(self) -> float:

@@ -161,6 +161,7 @@ class AwsBackend:
         self._clients_lock = threading.Lock()
         self._ready: dict[str, tuple[str, str]] = {}  # region -> (key pair name, security group id)
         self._amis: dict[tuple[str, str], str] = {}
+        self._root_devices: dict[tuple[str, str], str] = {}
 
     # -- plumbing ------------------------------------------------------------------------------------
 
@@ -333,6 +334,14 @@ class AwsBackend:
             self._amis[(region, arch)] = str(newest["ImageId"])
         return self._amis[(region, arch)]
 
+    async def _root_device(self, region: str, image: str) -> str:
+        if (region, image) not in self._root_devices:
+            found = await self._call(region, "describe_images", ImageIds=[image])
+            if not found["Images"]:
+                raise PrecheckError(f"image {image} does not exist in {region}: check image_id (or aws.ami)")
+            self._root_devices[(region, image)] = str(found["Images"][0].get("RootDeviceName") or "/dev/sda1")
+        return self._root_devices[(region, image)]
+
     # -- nodes ---------------------------------------------------------------------------------------
 
     def _ssh_target(self, node: NodeInfo) -> SSHTarget:
@@ -433,8 +442,9 @@ class AwsBackend:
         # before it saw the answer) returns the first call's reservation instead of launching again.
         request = [cluster_name, region, candidate.zone or "", candidate.instance_type, str(candidate.use_spot)]
         seed = "|".join([*request, str(count), *sorted(i["InstanceId"] for i in known)])
+        image = candidate.image_id or await self._ami(region, candidate.instance_type)
         params: dict[str, Any] = {
-            "ImageId": await self._ami(region, candidate.instance_type),
+            "ImageId": image,
             "InstanceType": candidate.instance_type,
             "MinCount": count,
             "MaxCount": count,
@@ -448,6 +458,16 @@ class AwsBackend:
         }
         if candidate.zone:
             params["Placement"] = {"AvailabilityZone": candidate.zone}
+        if candidate.disk_size_gb:
+            # The image's own root volume is often 8 GB: resize it, as SkyPilot's disk_size does.
+            root = await self._root_device(region, image)
+            params["BlockDeviceMappings"] = [
+                {
+                    "DeviceName": root,
+                    # Said explicitly: a mapping given at launch must never outlive the instance.
+                    "Ebs": {"VolumeSize": candidate.disk_size_gb, "VolumeType": "gp3", "DeleteOnTermination": True},
+                }
+            ]
         if candidate.use_spot:
             params["InstanceMarketOptions"] = {
                 "MarketType": "spot",

@@ -348,7 +348,9 @@ class GcpBackend:
                 compute_v1.AttachedDisk(
                     boot=True,
                     auto_delete=True,
-                    initialize_params=compute_v1.AttachedDiskInitializeParams(source_image=self.cfg.image),
+                    initialize_params=compute_v1.AttachedDiskInitializeParams(
+                        source_image=candidate.image_id or self.cfg.image, disk_size_gb=candidate.disk_size_gb
+                    ),
                 )
             ],
             network_interfaces=[

@@ -417,6 +417,10 @@ class KubernetesBackend:
 
     # -- provisioning ------------------------------------------------------------------------------------
 
+    def image(self, candidate: Candidate) -> str:
+        """The task's `image_id: docker:<image>`, else `kubernetes.image`."""
+        return candidate.image_id.removeprefix("docker:") if candidate.image_id else self.config.image
+
     def pod_manifest(self, cluster_name: str, rank: int, candidate: Candidate, meta: JobMeta) -> Pod:
         requests: dict[str, str] = {}
         limits: dict[str, str] = {}
@@ -449,7 +453,7 @@ class KubernetesBackend:
             "containers": [
                 {
                     "name": CONTAINER,
-                    "image": self.config.image,
+                    "image": self.image(candidate),
                     "command": IDLE_COMMAND,
                     "resources": {k: v for k, v in (("requests", requests), ("limits", limits)) if v},
                 }
@@ -493,18 +497,19 @@ class KubernetesBackend:
             nodes=[NodeInfo(rank=r, ip=p["status"].get("podIP") or "", host_id=_name(p)) for r, p in enumerate(pods)],
             extra={"namespace": namespace, "job_id": str(meta.job_id), "task_index": str(meta.task_index)},
         )
-        await asyncio.gather(*(self._check_image(self.node(info, r)) for r in range(num_nodes)))
+        image = self.image(candidate)
+        await asyncio.gather(*(self._check_image(self.node(info, r), image) for r in range(num_nodes)))
         return info
 
-    async def _check_image(self, agent: PodAgent) -> None:
+    async def _check_image(self, agent: PodAgent, image: str) -> None:
         try:
             result = await agent.run(["bash", "-c", _CHECK_IMAGE])
         except RemoteCommandError as err:
-            raise PrecheckError(f"image {self.config.image} cannot run tsky's phases (needs bash): {err}") from err
+            raise PrecheckError(f"image {image} cannot run tsky's phases (needs bash): {err}") from err
         if result.exit_status != 0:
             why = result.stdout.decode(errors="replace").strip()
             needs = "bash, tar, head, setsid and grep"
-            raise PrecheckError(f"image {self.config.image} cannot run tsky's phases: {why} (needs {needs})")
+            raise PrecheckError(f"image {image} cannot run tsky's phases: {why} (needs {needs})")
 
     def _verdict(self, pods: dict[str, Pod], names: list[str], since: dict[str, float]) -> bool:
         """True when every pod runs; raises when one never will. `since` records since when each pod has
@@ -534,7 +539,8 @@ class KubernetesBackend:
                 waited = now - since.setdefault(name, now)
                 if waited >= self.config.provision_timeout or stuck[0].get("reason") in _CONFIG_ERRORS:
                     reason, message = stuck[0].get("reason"), stuck[0].get("message")
-                    raise PrecheckError(f"pod {name} cannot start ({self.config.image}): {reason}: {message}")
+                    image = pod["spec"]["containers"][0].get("image")
+                    raise PrecheckError(f"pod {name} cannot start ({image}): {reason}: {message}")
             else:
                 since.pop(name, None)
         return ready
