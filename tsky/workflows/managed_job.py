@@ -109,6 +109,14 @@ def task_ids(req: JobRequest, start: datetime) -> list[str]:
     return [f"sky-managed-{stamp}_{name}_{req.job_id}-{i}" for i, name in enumerate(names)]
 
 
+def is_own_bug(err: BaseException) -> bool:
+    """An error of this workflow's own code: neither a Temporal failure (an activity's, a child's) nor a
+    cancellation. It must fail the workflow task at once, with no clean-up commands after it, so the job
+    waits, intact, for a fixed worker, whose replay then matches the history and carries on. (A teardown
+    scheduled on the way out would also be missing from the fixed code's replay: stuck for good.)"""
+    return not isinstance(err, (FailureError, _TaskEnded)) and not is_cancelled_exception(err)
+
+
 @workflow.defn(name="ManagedJob")
 class ManagedJobWorkflow:
     @workflow.init
@@ -165,6 +173,7 @@ class ManagedJobWorkflow:
     async def run(self, req: JobRequest) -> JobResult:
         tasks = req.pipeline.tasks
         self._log(f"Job {req.job_id} '{req.name}' submitted by {req.user}: {len(tasks)} task(s).")
+        bug = False
         try:
             await self._take_slot()
             for index in range(len(tasks)):
@@ -172,6 +181,7 @@ class ManagedJobWorkflow:
                 if self.job.tasks[index].status is not Status.SUCCEEDED:
                     break
         except BaseException as err:
+            bug = is_own_bug(err)
             if not is_cancelled_exception(err):
                 raise
             for task in self.job.tasks:
@@ -181,13 +191,14 @@ class ManagedJobWorkflow:
             await self._publish()
             raise
         finally:
-            await self._give_slot()
-            # Pipeline semantics: tasks after a failed one never run and end CANCELLED.
-            for task in self.job.tasks:
-                if not task.status.is_terminal():
-                    self._finish(task, Status.CANCELLED, None)
-            # On every ending, once the clusters are gone: the job's uploads and ephemeral buckets.
-            await self._cleanup_job()
+            if not bug:
+                await self._give_slot()
+                # Pipeline semantics: tasks after a failed one never run and end CANCELLED.
+                for task in self.job.tasks:
+                    if not task.status.is_terminal():
+                        self._finish(task, Status.CANCELLED, None)
+                # On every ending, once the clusters are gone: the job's uploads and ephemeral buckets.
+                await self._cleanup_job()
         self._log(f"Job finished: {self.job.status.value}.")
         await self._publish()
         return job_result(self.job)
@@ -261,12 +272,14 @@ class ManagedJobWorkflow:
             self._log(f"Task {index} ({ts.name}) has no run command: done.")
             await self._publish()
             return
+        bug = False
         try:
             await self._run_attempts(index, task, ts)
         except _TaskEnded as ended:
             self._finish(ts, ended.status, ended.reason)
             self._log(f"Task {index} ({ts.name}) {ended.status.value}: {ended.reason}")
         except BaseException as err:
+            bug = is_own_bug(err)
             if is_cancelled_exception(err):
                 if isinstance(err, FailureError) and not workflow.patched(_PATCH_CANCEL_IN_ACTIVITY):
                     raise  # histories from before the fix went straight to cleanup from a cancelled activity
@@ -276,13 +289,13 @@ class ManagedJobWorkflow:
             if not isinstance(err, FailureError):
                 raise
             # An activity failed past its retries (e.g. the plan could not be computed): SkyPilot's
-            # FAILED_CONTROLLER, with the cause. Bugs in this workflow's own code are not caught here: they
-            # fail the workflow task and the job waits, intact, for a fixed worker.
+            # FAILED_CONTROLLER, with the cause.
             reason = f"Unexpected error: {err.cause or err}"
             self._finish(ts, Status.FAILED_CONTROLLER, reason)
             self._log(f"Task {index} ({ts.name}) FAILED_CONTROLLER: {reason}")
         finally:
-            await self._release_cluster(ts)
+            if not bug:
+                await self._release_cluster(ts)
         await self._publish()
 
     async def _run_attempts(self, index: int, task: Task, ts: TaskState) -> None:
