@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -193,3 +194,23 @@ def test_cancel_in_each_phase_leaves_nothing_behind(tsky_env: TskyEnv, worker: W
     if phase == "STARTING":
         assert tsky_env.tsky("jobs", "cancel", "-y", "--all").returncode == 0
         wait_status(tsky_env, 1, "CANCELLED", timeout=60)
+
+
+def test_a_job_terminated_outside_tsky_is_failed_controller_not_forever_running(
+    tsky_env: TskyEnv, worker: WorkerProc
+) -> None:
+    marker = tsky_env.home / "started"
+    job = tsky_env.write("t.yaml", f"name: t\nrun: touch {marker}; sleep 600\n")
+    assert tsky_env.tsky("jobs", "launch", "-y", "-d", str(job)).returncode == 0
+    wait_until(marker.exists, 60, what="the job to run")
+
+    async def terminate() -> None:  # what an operator does from the Web UI
+        client = await tsky_env.client()
+        await client.get_workflow_handle("tsky-job-1").terminate("by hand")
+
+    asyncio.run(terminate())
+    [row] = queue_json(tsky_env)
+    assert row["status"] == "FAILED_CONTROLLER", row
+    queue = tsky_env.tsky("jobs", "queue", "-v").stdout
+    assert "The job's workflow was terminated outside tsky" in queue, queue
+    assert tsky_env.tsky("jobs", "logs", "1").returncode == 100  # ends, instead of following forever

@@ -173,19 +173,33 @@ async def row_from_execution(execution: WorkflowExecution) -> JobRow:
     attrs = execution.typed_search_attributes
     memo = await execution.memo()
     tasks = [TaskState.model_validate(t) for t in memo.get("tasks", [])]
+    status = ManagedJobStatus(attrs.get(sa.STATUS) or "PENDING")
+    closed = execution.status is not None and execution.status != WorkflowExecutionStatus.RUNNING
+    ended_at = attrs.get(sa.ENDED_AT)
+    if closed and not status.is_terminal():
+        # Ended from outside (terminated in the Web UI, say): the last status it published is stale.
+        assert execution.status is not None
+        status, ended_at = ManagedJobStatus.FAILED_CONTROLLER, execution.close_time
+        reason = (
+            f"The job's workflow was {execution.status.name.lower()} outside tsky; "
+            "the sweeper tears down what it left running."
+        )
+        for task in tasks:
+            if not task.status.is_terminal():
+                task.status, task.failure_reason, task.details, task.end_at = status, reason, None, ended_at
     return JobRow(
         job_id=attrs.get(sa.JOB_ID) or 0,
         name=attrs.get(sa.JOB_NAME) or "",
         user=attrs.get(sa.USER) or "",
-        status=ManagedJobStatus(attrs.get(sa.STATUS) or "PENDING"),
+        status=status,
         submitted_at=attrs.get(sa.SUBMITTED_AT),
         started_at=attrs.get(sa.STARTED_AT),
-        ended_at=attrs.get(sa.ENDED_AT),
+        ended_at=ended_at,
         recoveries=attrs.get(sa.RECOVERIES) or 0,
         resources=attrs.get(sa.RESOURCES) or "-",
         pool=attrs.get(sa.POOL) or "",
         infra=attrs.get(sa.INFRA) or "",
-        closed=execution.status is not None and execution.status != WorkflowExecutionStatus.RUNNING,
+        closed=closed,
         tasks=tasks,
     )
 
