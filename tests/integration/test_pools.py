@@ -20,6 +20,7 @@ from tests.harness import DevServer, TskyEnv, WorkerProc, wait_until
 from tests.integration.test_jobs_cli import no_tagged_processes, queue_json, wait_status
 from tests.integration.test_sweeper import local_only, sweeper_state
 from tsky.cli import api, pool_api
+from tsky.spec.ids import pool_workflow_id
 from tsky.spec.pool_state import PoolSnapshot, PoolState, WorkerState
 from tsky.spec.status import PoolWorkerStatus
 from tsky.worker.client import DATA_CONVERTER
@@ -249,6 +250,16 @@ def test_apply_three_to_five_adds_two_and_recreates_none(tsky_env: TskyEnv, tmp_
     wait_until(lambda: sweeper_state(env).sweeps >= seen + 3, 60, what="three more sweeps")
     assert {w.worker_id: (w.cluster_name, w.launched_at) for w in live(wait_workers(env, "p", 5))} == after
     assert len(setups(env)) == 5
+
+    # Terminated from outside (the Web UI), the pool cannot stop its workers: the sweeper cancels them,
+    # and each tears its cluster down.
+    async def terminate_pool() -> None:
+        client = await env.client()
+        await client.get_workflow_handle(pool_workflow_id("p")).terminate("by hand")
+
+    asyncio.run(terminate_pool())
+    wait_until(lambda: no_clusters(env), 60, what="the orphaned workers to tear their clusters down")
+    assert wait_until(lambda: no_tagged_processes("p-w"), 10, what="the workers' processes to die")
 
 
 def test_apply_changed_setup_replaces_every_worker_while_jobs_run(tsky_env: TskyEnv, worker: WorkerProc) -> None:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 
 from temporalio import activity
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
 
 from tsky.activities.clouds import get_backend
 from tsky.activities.watch import ReachabilityWindow
 from tsky.spec.activity_io import ActivityName, WatchClusterInput
-from tsky.spec.ids import pool_worker_cluster_name, pool_worker_from_workflow_id
+from tsky.spec.ids import pool_worker_cluster_name, pool_worker_from_workflow_id, pool_workflow_id
 from tsky.spec.pool_state import POOL_WORKER_WORKFLOW
 from tsky.spec.settings import Settings
 
@@ -27,6 +28,40 @@ async def live_pool_worker_clusters(client: Client) -> set[str]:
         if worker is not None:
             names.add(pool_worker_cluster_name(*worker))
     return names
+
+
+async def _pool_runs(client: Client, pool: str) -> bool:
+    """Whether the pool's workflow (its latest run: strongly consistent, unlike a visibility query that
+    may lag a continue-as-new) is running."""
+    try:
+        description = await client.get_workflow_handle(pool_workflow_id(pool)).describe()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return description.status == WorkflowExecutionStatus.RUNNING
+
+
+async def cancel_orphaned_pool_workers(client: Client) -> list[str]:
+    """Cancel the pool workers whose pool workflow no longer runs, and return their workflow ids.
+
+    `tsky jobs pool down` stops the workers before the pool ends; a pool terminated from outside (the Web
+    UI, `temporal workflow terminate`) leaves them running (they are ABANDON children), each holding its
+    cluster and watching it forever. Cancelled, a worker tears its cluster down and ends."""
+    query = f"WorkflowType = '{POOL_WORKER_WORKFLOW}' AND ExecutionStatus = 'Running'"
+    alive: dict[str, bool] = {}
+    cancelled: list[str] = []
+    async for execution in client.list_workflows(query):
+        worker = pool_worker_from_workflow_id(execution.id)
+        if worker is None:
+            continue
+        pool = worker[0]
+        if pool not in alive:
+            alive[pool] = await _pool_runs(client, pool)
+        if not alive[pool]:
+            await client.get_workflow_handle(execution.id).cancel()
+            cancelled.append(execution.id)
+    return cancelled
 
 
 class PoolActivities:

@@ -26,7 +26,7 @@ from tsky.activities.clouds import backend_names, get_backend
 from tsky.activities.clouds.base import ClusterRecord, owner_of
 from tsky.activities.heartbeat import heartbeating
 from tsky.activities.infra_check import check_infra
-from tsky.activities.pool import live_pool_worker_clusters
+from tsky.activities.pool import cancel_orphaned_pool_workers, live_pool_worker_clusters
 from tsky.spec import search_attributes as sa
 from tsky.spec.activity_io import ActivityName, SweepInput, SweepResult
 from tsky.spec.ids import job_workflow_id
@@ -132,6 +132,8 @@ class SweeperActivities:
     async def sweep_clusters(self, inp: SweepInput) -> SweepResult:
         config = self.settings.jobs.sweeper
         async with heartbeating("survey"):
+            for worker in await cancel_orphaned_pool_workers(self.client):
+                logger.info("sweeper: %s outlived its pool; cancelled (it tears its cluster down)", worker)
             found = await survey(self.settings, self.client)
         for infra, error in found.errors.items():
             logger.warning("sweeper: could not list clusters on %s: %s", infra, error)
