@@ -429,3 +429,25 @@ def test_num_jobs_without_a_pool_gives_each_job_its_own_cluster_and_rank(tsky_en
         wait_status(env, job_id, "SUCCEEDED")
         # Ranks follow job ids; each job ran on a cluster of its own (`<name>-<job id>`).
         assert f"Job rank {job_id - 1} of 3 on batch-{job_id}" in run_logs(env, job_id)
+
+
+def test_a_pool_job_terminated_outside_tsky_gives_its_worker_back(tsky_env: TskyEnv, tmp_path: Path) -> None:
+    env = tsky_env
+    env.configure({"jobs": {"sweeper": {"enabled": True, "interval_seconds": 1, "grace_seconds": 0}}})
+    env.start_worker(extra_env=local_only(tmp_path))
+    apply_pool(env, "p", write_pool(env, 1))
+    job = env.write("hold.yaml", HOLD.format(go=env.home / "go"))
+    assert env.tsky("jobs", "launch", "-p", "p", "-y", "-d", str(job)).returncode == 0
+    wait_until(lambda: "running on" in run_logs(env, 1), 60, what="the job to run on the worker")
+
+    async def terminate_job() -> None:  # what an operator does from the Web UI
+        client = await env.client()
+        await client.get_workflow_handle("tsky-job-1").terminate("by hand")
+
+    asyncio.run(terminate_job())
+    # The sweeper has the pool take the worker back as lost: it is replaced, the job's processes go with it.
+    assert wait_until(lambda: not job_processes("p"), 60, what="the terminated job's processes to die")
+    wait_workers(env, "p", 1)
+    quick = env.write("quick.yaml", "name: quick\nrun: echo next job\n")
+    assert env.tsky("jobs", "launch", "-p", "p", "-y", str(quick)).returncode == 0
+    assert "next job" in run_logs(env, 2)

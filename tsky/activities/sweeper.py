@@ -26,7 +26,11 @@ from tsky.activities.clouds import backend_names, get_backend
 from tsky.activities.clouds.base import ClusterRecord, owner_of
 from tsky.activities.heartbeat import heartbeating
 from tsky.activities.infra_check import check_infra
-from tsky.activities.pool import cancel_orphaned_pool_workers, live_pool_worker_clusters
+from tsky.activities.pool import (
+    cancel_orphaned_pool_workers,
+    live_pool_worker_clusters,
+    release_workers_of_ended_jobs,
+)
 from tsky.spec import search_attributes as sa
 from tsky.spec.activity_io import ActivityName, SweepInput, SweepResult
 from tsky.spec.ids import job_workflow_id
@@ -134,6 +138,8 @@ class SweeperActivities:
         async with heartbeating("survey"):
             for worker in await cancel_orphaned_pool_workers(self.client):
                 logger.info("sweeper: %s outlived its pool; cancelled (it tears its cluster down)", worker)
+            for worker in await release_workers_of_ended_jobs(self.client, config.grace_seconds):
+                logger.info("sweeper: %s was held by an ended job; released to be replaced", worker)
             found = await survey(self.settings, self.client)
         for infra, error in found.errors.items():
             logger.warning("sweeper: could not list clusters on %s: %s", infra, error)

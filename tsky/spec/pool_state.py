@@ -27,6 +27,7 @@ POOL_WORKFLOW = "TskyPool"
 POOL_WORKER_WORKFLOW = "TskyPoolWorker"
 REQUEST_SIGNAL = "pool_request"
 RELEASE_SIGNAL = "pool_release"
+SNAPSHOT_QUERY = "snapshot"
 GRANT_SIGNAL = "pool_grant"
 REPORT_SIGNAL = "pool_worker_report"
 

@@ -36,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
         RELEASE_SIGNAL,
         REPORT_SIGNAL,
         REQUEST_SIGNAL,
+        SNAPSHOT_QUERY,
         ApplyResult,
         AutoscalerState,
         PoolApply,
@@ -191,7 +192,7 @@ class PoolWorkflow:
             worker.status = rep.status
         self._dirty = True
 
-    @workflow.query(description="What `tsky jobs pool status` shows.")
+    @workflow.query(name=SNAPSHOT_QUERY, description="What `tsky jobs pool status` shows.")
     def snapshot(self) -> PoolSnapshot:
         st = self.state
         version = st.version
