@@ -41,7 +41,7 @@ async def live_pool_worker_clusters(client: Client) -> set[str]:
     return names
 
 
-async def _pool_runs(client: Client, pool: str) -> bool:
+async def pool_runs(client: Client, pool: str) -> bool:
     """Whether the pool's workflow (its latest run: strongly consistent, unlike a visibility query that
     may lag a continue-as-new) is running."""
     try:
@@ -68,7 +68,7 @@ async def cancel_orphaned_pool_workers(client: Client) -> list[str]:
             continue
         pool = worker[0]
         if pool not in alive:
-            alive[pool] = await _pool_runs(client, pool)
+            alive[pool] = await pool_runs(client, pool)
         if not alive[pool]:
             await client.get_workflow_handle(execution.id).cancel()
             cancelled.append(execution.id)

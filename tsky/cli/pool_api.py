@@ -13,12 +13,12 @@ import uuid
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
-    WorkflowExecutionStatus,
     WorkflowUpdateFailedError,
 )
 from temporalio.common import WorkflowIDConflictPolicy
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
+from tsky.activities.pool import pool_runs
 from tsky.cli.api import JobRow, row_from_execution
 from tsky.cli.common import UsageError
 from tsky.spec import search_attributes as sa
@@ -55,25 +55,15 @@ async def apply(client: Client, name: str, req: PoolApply) -> ApplyResult:
         raise UsageError(str(getattr(err.cause, "message", None) or err.cause or err)) from None
 
 
-async def _running(client: Client, name: str) -> bool:
-    try:
-        description = await client.get_workflow_handle(pool_workflow_id(name)).describe()
-    except RPCError as err:
-        if err.status == RPCStatusCode.NOT_FOUND:
-            return False
-        raise
-    return description.status == WorkflowExecutionStatus.RUNNING
-
-
 async def get_pool(client: Client, name: str) -> PoolSnapshot | None:
     """The pool's snapshot, or None when no such pool is running."""
-    if not await _running(client, name):
+    if not await pool_runs(client, name):
         return None
     return await client.get_workflow_handle(pool_workflow_id(name)).query(PoolWorkflow.snapshot)
 
 
 async def current_version(client: Client, name: str) -> PoolVersion | None:
-    if not await _running(client, name):
+    if not await pool_runs(client, name):
         return None
     return await client.get_workflow_handle(pool_workflow_id(name)).query(PoolWorkflow.current_version)
 
