@@ -93,8 +93,13 @@ async def test_sweep_activity_rules(monkeypatch: pytest.MonkeyPatch, tmp_path: P
                 raise RuntimeError("API says no")
             torn.append(name)
 
+    async def no_pool_orphans(*args: object) -> list[str]:  # pools have their own (integration) tests
+        return []
+
     monkeypatch.setattr(sweeping, "survey", fake_survey)
     monkeypatch.setattr(sweeping, "get_backend", lambda name, settings: Backend())
+    monkeypatch.setattr(sweeping, "cancel_orphaned_pool_workers", no_pool_orphans)
+    monkeypatch.setattr(sweeping, "release_workers_of_ended_jobs", no_pool_orphans)
     settings = Settings(home=tmp_path, jobs={"sweeper": {"grace_seconds": 300, "interval_seconds": 42}})
     activities = sweeping.SweeperActivities(settings, client=None)  # type: ignore[arg-type]
     now = time.time()
