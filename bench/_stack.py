@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -317,3 +318,21 @@ def tagged_processes(prefix: str = "") -> int:
 
 def fmt_s(seconds: float) -> str:
     return f"{seconds:.1f} s"
+
+
+async def wait_for(
+    what: str, goal: int, probe: Callable[[], Awaitable[int]], timeout: float, interval: float = 1.0
+) -> float:
+    """Poll `probe()` until it reaches `goal`; seconds it took. Prints progress every 10 s."""
+    started = shown = time.monotonic()
+    while True:
+        value = await probe()
+        now = time.monotonic()
+        if value >= goal:
+            return now - started
+        if now - shown >= 10:
+            print(f"  ... {value}/{goal} {what} after {now - started:.0f} s", flush=True)
+            shown = now
+        if now - started > timeout:
+            raise SystemExit(f"gave up: only {value}/{goal} {what} after {timeout:.0f} s")
+        await asyncio.sleep(interval)

@@ -21,23 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._stack import Stack, count_status, machine, tagged_processes
+from bench._stack import Stack, count_status, machine, tagged_processes, wait_for
 from tsky.cli import api
 from tsky.spec.loader import load_pipeline
-
-
-async def until(probe, goal, what: str, timeout: float) -> float:  # type: ignore[no-untyped-def]
-    started = time.monotonic()
-    shown = started
-    while (value := await probe()) < goal:
-        now = time.monotonic()
-        if now - shown >= 10:
-            print(f"  ... {value}/{goal} {what} after {now - started:.0f} s", flush=True)
-            shown = now
-        if now - started > timeout:
-            raise SystemExit(f"gave up: {value}/{goal} {what} after {timeout:.0f} s")
-        await asyncio.sleep(0.5)
-    return time.monotonic() - started
 
 
 async def bench(stack: Stack, jobs: int, timeout: float) -> dict[str, float]:
@@ -51,7 +37,9 @@ async def bench(stack: Stack, jobs: int, timeout: float) -> dict[str, float]:
         pipeline = load_pipeline(f"name: {name}\nrun: exec flock -s {gate} true\n")
         user = getpass.getuser()
         await api.submit(client, stack.settings, pipeline, user=user, user_hash="bench", num_jobs=jobs)
-        figures["to_running_s"] = await until(lambda: count_status(client, "RUNNING"), jobs, "RUNNING", timeout)
+        figures["to_running_s"] = await wait_for(
+            "RUNNING", jobs, lambda: count_status(client, "RUNNING"), timeout, interval=0.5
+        )
         await asyncio.sleep(5)
         figures["processes_before"] = tagged_processes(f"{name}-")
         started = time.monotonic()

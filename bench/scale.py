@@ -21,7 +21,6 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,29 +29,13 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import trivial
-from bench._stack import Stack, count, count_status, machine, metric, scrape, tagged_processes
+from bench._stack import Stack, count, count_status, machine, metric, scrape, tagged_processes, wait_for
 from tsky.cli import api
 from tsky.spec.ids import user_hash
 from tsky.spec.loader import load_pipeline
 
 CLOSED = "WorkflowType = 'ManagedJob' AND ExecutionStatus != 'Running'"
 HEARTBEATS = ("temporal_request", {"operation": "RecordActivityTaskHeartbeat"})
-
-
-async def wait_for(what: str, goal: int, probe: Callable[[], Awaitable[int]], timeout: float) -> float:
-    """Poll `probe()` until it reaches `goal`; seconds it took. Prints progress every 10 s."""
-    started = shown = time.monotonic()
-    while True:
-        value = await probe()
-        now = time.monotonic()
-        if value >= goal:
-            return now - started
-        if now - shown >= 10:
-            print(f"  ... {value}/{goal} {what} after {now - started:.0f} s", flush=True)
-            shown = now
-        if now - started > timeout:
-            raise SystemExit(f"gave up: only {value}/{goal} {what} after {timeout:.0f} s")
-        await asyncio.sleep(1)
 
 
 async def bench(args: argparse.Namespace, stack: Stack) -> dict[str, float]:
