@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
 import typer
 
 app = typer.Typer(
@@ -36,13 +33,12 @@ _register()
 
 
 def main() -> None:
-    """Entry point. Ends with os._exit: a process that used the Temporal client can abort while the
-    interpreter shuts down (sdk-python#300), which would turn a clean exit into a crash."""
+    """Entry point; leaves through `exit_process` (see there why)."""
+    from tsky.worker.process import exit_process
+
     code = 0
     try:
         app()  # standalone mode: click prints usage errors itself and raises SystemExit(2)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    exit_process(code)

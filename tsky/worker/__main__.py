@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import sys
 
 from tsky.spec.settings import load_settings
 from tsky.worker.main import run_worker
+from tsky.worker.process import exit_process
 
 
 def main() -> None:
@@ -21,9 +20,7 @@ def main() -> None:
     except Exception:
         logging.getLogger("tsky.worker").exception("worker failed")
         code = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    exit_process(code)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 import time
 
@@ -123,6 +122,7 @@ def main() -> None:
     if settings.embedded:
         sys.exit("Set TSKY_TEMPORAL_ADDRESS (or temporal.address): the embedded server is set up by `tsky server up`.")
     from tsky.worker.client import ConnectError
+    from tsky.worker.process import exit_process
 
     code = 0
     try:
@@ -130,10 +130,7 @@ def main() -> None:
     except (ConnectError, RPCError, RuntimeError) as err:
         print(f"tsky namespace set-up failed: {err}", file=sys.stderr)
         code = 1
-    # A process that used the client can abort at interpreter exit (sdk-python#300): leave directly.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    exit_process(code)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import logging
 import os
 import resource
 import socket
+import sys
 from pathlib import Path
 
 from tsky.spec.settings import Settings
@@ -64,3 +65,11 @@ def compile_workflow_modules() -> None:
         compileall.compile_dir(package, quiet=2, maxlevels=0)
     except OSError as err:
         logger.info("workflow modules not precompiled (%s): the sandbox compiles them per run", err)
+
+
+def exit_process(code: int) -> None:
+    """Flush and leave at once. A process that used the Temporal client can abort while the interpreter
+    shuts down (sdk-python#300), which would turn a clean exit into a crash."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
