@@ -22,13 +22,6 @@ def job_workflow_id(job_id: int) -> str:
     return f"{JOB_WORKFLOW_PREFIX}{job_id}"
 
 
-def job_id_from_workflow_id(workflow_id: str) -> int | None:
-    if not workflow_id.startswith(JOB_WORKFLOW_PREFIX):
-        return None
-    tail = workflow_id[len(JOB_WORKFLOW_PREFIX) :]
-    return int(tail) if tail.isdigit() else None
-
-
 def pool_workflow_id(pool: str) -> str:
     return f"{POOL_WORKFLOW_PREFIX}{pool}"
 

@@ -98,7 +98,6 @@ class GitWorkdir(_Model):
 # URL scheme -> store, for the stores tsky can read and write.
 SCHEME_STORES = {"s3": "s3", "gs": "gcs", "local": "local"}
 STORE_SCHEMES = {store: scheme for scheme, store in SCHEME_STORES.items()}
-SUPPORTED_STORES = tuple(STORE_SCHEMES)
 # The store a bucket goes to when a storage object names none: the one of the cloud the task runs on.
 _BACKEND_STORES = {"aws": "s3", "gcp": "gcs"}
 

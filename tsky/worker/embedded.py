@@ -15,6 +15,7 @@ changes, the next command replaces the worker (running jobs carry on; their acti
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import os
@@ -66,6 +67,7 @@ class WorkerState:
         return pid_alive(self.pid, self.start_time)
 
 
+@functools.cache  # once per CLI process: `client_for` and `start_worker` both ask
 def code_fingerprint() -> str:
     """Changes whenever any installed tsky module does (an upgrade, an edit of an editable install)."""
     package = Path(tsky.__file__).parent

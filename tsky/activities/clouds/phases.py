@@ -15,8 +15,6 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-PHASES = ("setup", "run")
-
 # Every process of a phase carries this variable, so that processes that left the phase's process
 # group (setsid, double fork) can still be found and killed.
 PROCESS_TAG_VAR = "TSKY_PROCESS_TAG"

@@ -43,8 +43,6 @@ from tsky.spec.status import NodeState
 NAME = "ssh"
 logger = logging.getLogger(__name__)
 
-CLAIM = ".tsky/claim"
-
 # args: holder. Prints "claim <holder>|-" and, when the holder's cluster directory exists, its meta lines.
 _PROBE = r"""
 h=$(readlink "$HOME/.tsky/claim" 2>/dev/null)
