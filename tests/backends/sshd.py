@@ -65,11 +65,12 @@ class SSHNode:
     proc: subprocess.Popen[bytes] | None = None
     pid_namespace: str = ""  # e.g. "pid:[4026532301]": every process of the node lives in it
     init_pid: int = 0  # the node's sshd: pid 1 of its namespace
+    shared_home: Path | None = None  # set when the node mounts another node's home (NFS /home)
 
     @property
     def home(self) -> Path:
         """The node's login home, as seen from the test process."""
-        return self.dir / "home"
+        return self.shared_home or self.dir / "home"
 
     @property
     def endpoint(self) -> str:
@@ -141,11 +142,16 @@ class SSHNodes:
         self.host_key = keygen(self.root / "host_key")
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege separation directory
 
-    def start(self, extra_keys: list[Path] = ()) -> SSHNode:  # type: ignore[assignment]
+    def start(self, extra_keys: list[Path] = (), share_home_of: SSHNode | None = None) -> SSHNode:  # type: ignore[assignment]
+        """A new node; with `share_home_of`, its login home is that node's (as an NFS-mounted /home)."""
         addr, port = _free_address()
         node = SSHNode(name=f"node{len(self.nodes)}", addr=addr, port=port, dir=self.root / f"node{len(self.nodes)}")
-        node.home.mkdir(parents=True)
-        (node.home / ".bashrc").write_text("")
+        node.dir.mkdir(parents=True)
+        if share_home_of is not None:
+            node.shared_home = share_home_of.home
+        else:
+            node.home.mkdir()
+            (node.home / ".bashrc").write_text("")
         keys = [self.client_key.with_suffix(".pub").read_text()]
         keys += [
             Path(str(k) + ".pub").read_text() if not str(k).endswith(".pub") else k.read_text() for k in extra_keys

@@ -53,8 +53,13 @@ async def pool() -> AsyncIterator[None]:
     await ssh_runner.close_all()
 
 
+def claim_link(node: SSHNode) -> Path:
+    """Where the ssh backend records who holds `node`: named by host, as hosts may share one home."""
+    return node.home / ".tsky" / "claims" / node.endpoint
+
+
 def claim_of(node: SSHNode) -> str | None:
-    link = node.home / ".tsky" / "claim"
+    link = claim_link(node)
     return str(link.readlink()) if link.is_symlink() else None
 
 
@@ -91,7 +96,7 @@ async def test_claims_adopt_capacity_states_and_teardown(ssh_nodes: SSHNodes, po
     assert record.extra["hosts"] == f"{nodes[0].addr}:{nodes[0].port},{nodes[1].addr}:{nodes[1].port}"
 
     # A host that answers without the cluster's claim: the cluster is gone there.
-    (nodes[1].home / ".tsky" / "claim").unlink()
+    claim_link(nodes[1]).unlink()
     assert await backend.node_states(info) == [NodeState.UP, NodeState.GONE]
 
     await backend.teardown("a-1", info)

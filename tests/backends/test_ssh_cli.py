@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.backends.sshd import SSHNodes
-from tests.backends.test_ssh_backend import write_pools
+from tests.backends.test_ssh_backend import claim_link, write_pools
 from tests.harness import TskyEnv, WorkerProc, wait_until
 from tests.integration.test_jobs_cli import no_tagged_processes, queue_json, wait_status
 
@@ -34,11 +34,7 @@ run: |
 
 
 def claims(nodes: SSHNodes) -> list[str]:
-    return [
-        str(n.home.joinpath(".tsky/claim").readlink())
-        for n in nodes.nodes
-        if n.home.joinpath(".tsky/claim").is_symlink()
-    ]
+    return [str(claim_link(n).readlink()) for n in nodes.nodes if claim_link(n).is_symlink()]
 
 
 def test_hello_and_two_node_jobs_on_an_ssh_pool(tsky_env: TskyEnv, ssh_nodes: SSHNodes, worker: WorkerProc) -> None:
@@ -97,7 +93,7 @@ run: |
     )
     assert tsky_env.tsky("jobs", "launch", "-y", "-d", "--infra", "ssh/p", str(job)).returncode == 0
     wait_until(lambda: Path(f"{started}-0").exists() and Path(f"{started}-1").exists(), 60, what="both ranks")
-    assert len(claims(ssh_nodes)) == 2 and not (nodes[2].home / ".tsky" / "claim").exists()
+    assert len(claims(ssh_nodes)) == 2 and not claim_link(nodes[2]).exists()
 
     nodes[1].kill()  # rank 1's machine dies, with the job's processes on it
     flag.touch()
@@ -118,5 +114,38 @@ run: |
     assert no_tagged_processes("kill-1")
 
 
+def test_two_nodes_sharing_one_home_run_their_own_processes(
+    tsky_env: TskyEnv, ssh_nodes: SSHNodes, worker: WorkerProc
+) -> None:
+    """On-premises clusters often mount /home over NFS: both hosts see the same ~/.tsky. Each node must
+    still start, watch and print its own process, and the pool must hand both hosts out again after."""
+    first = ssh_nodes.start()
+    second = ssh_nodes.start(share_home_of=first)
+    write_pools(tsky_env.home, ssh_nodes, {"nfs": [first, second]})
+    job = tsky_env.write(
+        "shared.yaml",
+        """\
+name: shared
+num_nodes: 2
+setup: echo "setup on node $SKYPILOT_SETUP_NODE_RANK"
+run: echo "node $SKYPILOT_NODE_RANK pid $$ in $(readlink /proc/$$/ns/pid)"
+""",
+    )
+    for job_id in (1, 2):  # the second job proves both hosts were freed and can be claimed again
+        result = tsky_env.tsky("jobs", "launch", "-y", "--infra", "ssh/nfs", str(job))
+        out = result.stdout
+        assert result.returncode == 0, out + result.stderr
+        assert f"Managed job finished: {job_id} (status: SUCCEEDED)." in out, out
+        # Each rank's line comes from its own host's process (the hosts are separate pid namespaces, so
+        # the namespace, not the pid number alone, tells the two processes apart).
+        lines = re.findall(r"rank=(\d), pid=(\d+)[^)]*\) node (\d) pid (\d+) in (\S+)", out)
+        assert sorted((rank, said) for rank, _, said, _, _ in lines) == [("0", "0"), ("1", "1")], out
+        assert {ns for *_, ns in lines} == {first.pid_namespace, second.pid_namespace}, out
+        assert "setup on node 0" in out and "setup on node 1" in out, out
+
+    assert not list(first.home.joinpath(".tsky", "clusters").iterdir())
+    assert no_tagged_processes("shared-")
+
+
 def _owner(node) -> str:  # type: ignore[no-untyped-def]
-    return str(node.home.joinpath(".tsky/claim").readlink()).rpartition("@")[2]
+    return str(claim_link(node).readlink()).rpartition("@")[2]

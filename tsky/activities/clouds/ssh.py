@@ -6,15 +6,17 @@ powers anything off. A host that stops answering past the watcher's window is tr
 infra's "preemption"); a host that answers but no longer holds the cluster's claim is GONE.
 
 Claims live on the hosts themselves, so they hold across activities, worker processes and worker
-machines with no shared state: a host is taken by creating the symlink `~/.tsky/claim` whose target is
-`<cluster name>@<owner id>`. `ln -s` is atomic and the link carries its holder in the same step, so of
-two concurrent claims exactly one wins, and there is never a claim without a known holder (a claim
-*directory* would be created first and named later). Provisioning the same cluster again finds the
-links that already name it and adopts those hosts. A host whose claim outlives its job (its teardown
-could not reach it) is listed by `list_clusters` for the sweeper.
+machines with no shared state: a host is taken by creating the symlink `~/.tsky/claims/<host>:<port>`
+(named by host, since hosts may share one home over NFS) whose target is `<cluster name>@<owner id>`.
+`ln -s` is atomic and the link carries its holder in the same step, so of two concurrent claims exactly
+one wins, and there is never a claim without a known holder (a claim *directory* would be created first
+and named later). Provisioning the same cluster again finds the links that already name it and adopts
+those hosts. A host whose claim outlives its job (its teardown could not reach it) is listed by
+`list_clusters` for the sweeper.
 
-On each claimed host: `~/.tsky/clusters/<cluster>/` (the phase files of `phases.py` and a `meta` file)
-and the workdir `~/sky_workdir`, both removed at teardown.
+On each claimed host: `~/.tsky/claims/<host>:<port>.meta` (the holder's job), the node's phase files
+(`phases.py`) in `~/.tsky/clusters/<cluster>/<rank>@<host>:<port>/` and the workdir `~/sky_workdir`, all
+removed at teardown. Hosts of one cluster that share a home share its workdir (same content).
 """
 
 from __future__ import annotations
@@ -43,32 +45,41 @@ from tsky.spec.status import NodeState
 NAME = "ssh"
 logger = logging.getLogger(__name__)
 
-# args: holder. Prints "claim <holder>|-" and, when the holder's cluster directory exists, its meta lines.
+# Each host's claim and its holder's meta lines, under the login home: `~/.tsky/claims/<host key>` and
+# `<host key>.meta`. Keyed by host, so hosts that share one home (NFS) are claimed one by one.
+# args: host-key. Prints "claim <holder>|-" and, when the claim has them, its meta lines.
 _PROBE = r"""
-h=$(readlink "$HOME/.tsky/claim" 2>/dev/null)
+c="$HOME/.tsky/claims/$1"
+h=$(readlink "$c" 2>/dev/null)
 echo "claim ${h:--}"
-[ -n "$h" ] && [ -f "$HOME/.tsky/clusters/${h%@*}/meta" ] && cat "$HOME/.tsky/clusters/${h%@*}/meta"
+[ -n "$h" ] && [ -f "$c.meta" ] && cat "$c.meta"
 exit 0
 """
 
-# args: holder cluster meta. Prints "claimed" when the host is (now) held by `holder`, else "taken <holder>".
+# args: host-key holder meta. Prints "claimed" when the host is (now) held by `holder`, else "taken <holder>".
+# A new claim writes its meta (a stale file of an interrupted release is replaced); an adopted one keeps it.
 _CLAIM = r"""
 umask 077
-mkdir -p "$HOME/.tsky" || exit 3
-ln -s "$1" "$HOME/.tsky/claim" 2>/dev/null
-h=$(readlink "$HOME/.tsky/claim")
-if [ "$h" = "$1" ]; then
-  d="$HOME/.tsky/clusters/$2"
-  mkdir -p "$d" && [ -f "$d/meta" ] || printf '%s\n' "$3" >"$d/meta" || exit 4
+c="$HOME/.tsky/claims/$1"
+mkdir -p "$HOME/.tsky/claims" || exit 3
+ln -s "$2" "$c" 2>/dev/null && rm -f "$c.meta"
+h=$(readlink "$c")
+if [ "$h" = "$2" ]; then
+  [ -f "$c.meta" ] || { printf '%s\n' "$3" >"$c.meta.tmp" && mv -f "$c.meta.tmp" "$c.meta"; } || exit 4
   echo claimed
 else
   echo "taken ${h:--}"
 fi
 """
 
-# args: holder. Frees the host if `holder` holds it.
+# args: host-key holder cluster. Frees the host if `holder` holds it. Removes this host's node directory
+# of the cluster whatever its rank (a teardown that finds hosts by their claims does not know it), then
+# the cluster's directory once no node of it is left there (its nodes may share this home).
 _RELEASE = r"""
-[ "$(readlink "$HOME/.tsky/claim" 2>/dev/null)" = "$1" ] && rm -f "$HOME/.tsky/claim"
+c="$HOME/.tsky/claims/$1"
+if [ "$(readlink "$c" 2>/dev/null)" = "$2" ]; then rm -f "$c.meta" && rm -f "$c"; fi
+rm -rf -- "$HOME/.tsky/clusters/$3/"*"@$1"
+rmdir -- "$HOME/.tsky/clusters/$3" 2>/dev/null
 exit 0
 """
 
@@ -139,7 +150,7 @@ class SSHBackend:
 
     async def _probe(self, host: PoolHost) -> _Probe:
         try:
-            out = await run_program(self._target(host), _PROBE, [], options=self.options)
+            out = await run_program(self._target(host), _PROBE, [host.key], options=self.options)
         except NodeUnreachable as err:
             return _Probe(host, error=str(err))
         lines = out.decode(errors="replace").splitlines()
@@ -154,7 +165,7 @@ class SSHBackend:
         text = "\n".join(f"{k}={v}" for k, v in info.items())
         try:
             out = await run_program(
-                self._target(host), _CLAIM, [self._holder(cluster_name), cluster_name, text], options=self.options
+                self._target(host), _CLAIM, [host.key, self._holder(cluster_name), text], options=self.options
             )
         except NodeUnreachable:
             return False
@@ -165,7 +176,9 @@ class SSHBackend:
         agent = cluster_node(self._target(host), cluster_name, rank, self.options)
         # The host was the cluster's alone: every process tagged with the cluster, whatever its rank, goes.
         await agent.terminate(grace=3.0, remove=[DEFAULT_WORKDIR], tag_prefix=f"{cluster_name}/")
-        await run_program(self._target(host), _RELEASE, [self._holder(cluster_name)], options=self.options)
+        await run_program(
+            self._target(host), _RELEASE, [host.key, self._holder(cluster_name), cluster_name], options=self.options
+        )
 
     # -- protocol ------------------------------------------------------------------------------------
 

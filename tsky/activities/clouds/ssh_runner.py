@@ -2,7 +2,7 @@
 
 A node is reached as an `SSHTarget` (address, port, user, key or password). `SSHNodeAgent` implements
 the `NodeAgent` protocol with the same on-node layout as the local backend (`phases.py`): under the
-cluster's directory on the node each phase has `<phase>.sh`, `<phase>.env` (mode 0600), `<phase>.started/`
+node's directory (`cluster_node`) each phase has `<phase>.sh`, `<phase>.env` (mode 0600), `<phase>.started/`
 (mkdir'ed by the one start that wins), `<phase>.pid` (pid and kernel start time of the wrapper, which leads
 its own session and process group), `<phase>.log`, `<phase>.exit` and `<phase>.stopped`. Every process of a
 phase carries `TSKY_PROCESS_TAG=<tag>:<phase>`, so daemonised strays are found and killed too.
@@ -347,13 +347,24 @@ class SSHNodeAgent:
         await sync(self.target, local_src, dest, directory=False, options=self.options)
 
 
-# Where a cluster's phase files live on a node, relative to the login home.
+# Where clusters' phase files live on a node, relative to the login home.
 CLUSTERS_DIR = ".tsky/clusters"
+# args: cluster directory. Removes it once its last node's directory is gone (nodes may share a home).
+REMOVE_CLUSTER_DIR = 'rmdir -- "$HOME/$1" 2>/dev/null; exit 0'
+
+
+def cluster_dir(cluster_name: str) -> str:
+    return f"{CLUSTERS_DIR}/{cluster_name}"
 
 
 def cluster_node(target: SSHTarget, cluster_name: str, rank: int, options: SSHOptions) -> SSHNodeAgent:
-    """The agent of node `rank` of a cluster: phase files under ~/.tsky/clusters/<cluster>."""
-    return SSHNodeAgent(target, f"{CLUSTERS_DIR}/{cluster_name}", f"{cluster_name}/{rank}", options=options)
+    """The agent of node `rank` of a cluster: phase files under ~/.tsky/clusters/<cluster>/<rank>@<host>.
+
+    Keyed by rank and host, not only by cluster: nodes often share their home (NFS /home on premises),
+    and each must start and re-attach to its own processes. Derived from the cluster's record alone, so
+    a watcher on any worker finds the same directory."""
+    node_dir = f"{cluster_dir(cluster_name)}/{rank}@{target.host}:{target.port}"
+    return SSHNodeAgent(target, node_dir, f"{cluster_name}/{rank}", options=options)
 
 
 async def clean_stand_in_node(target: SSHTarget, cluster_name: str, rank: int, options: SSHOptions) -> None:
@@ -363,6 +374,7 @@ async def clean_stand_in_node(target: SSHTarget, cluster_name: str, rank: int, o
         await cluster_node(target, cluster_name, rank, options).terminate(
             grace=1.0, remove=[DEFAULT_WORKDIR], tag_prefix=f"{cluster_name}/"
         )
+        await run_program(target, REMOVE_CLUSTER_DIR, [cluster_dir(cluster_name)], options=options)
     except Exception as err:  # the node may be dead already: that is the point of a teardown
         logger.info("seam cleanup of %s on %s: %s", cluster_name, target, err)
 
