@@ -20,4 +20,5 @@ fi
 .venv/bin/ruff check tsky tests bench examples
 .venv/bin/ruff format --check tsky tests bench examples
 .venv/bin/mypy tsky
-.venv/bin/pytest -q "$@"
+# Everything above installed the real parts (sshd, rsync...): a test skipping for want of one fails.
+TSKY_REQUIRE_REAL_PARTS="${TSKY_REQUIRE_REAL_PARTS:-1}" .venv/bin/pytest -q "$@"

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import DevServer, TskyEnv, new_namespace
+from tests.real_parts import pytest_runtest_makereport  # noqa: F401  (the hook that makes skips loud)
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ import pytest
 
 from tests.backends import sshd
 from tests.harness import free_port
+from tests.real_parts import skip_missing_real_part
 
 
 @pytest.fixture
@@ -20,7 +21,7 @@ def ssh_nodes(tmp_path: Path) -> Iterator[sshd.SSHNodes]:
     """A factory of sshd nodes; every node it started is killed (with all its processes) afterwards."""
     why = sshd.available()
     if why:
-        pytest.skip(why)
+        skip_missing_real_part(why)
     nodes = sshd.SSHNodes(tmp_path / "sshd")
     yield nodes
     nodes.stop_all()
