@@ -72,11 +72,13 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 60, interval: floa
 
 
 class DevServer:
-    """`temporal server start-dev` (in memory, no UI) with tsky's search attributes."""
+    """`temporal server start-dev` (in memory; no Web UI unless `web_ui`) with tsky's search attributes."""
 
-    def __init__(self, *extra_args: str) -> None:
+    def __init__(self, *extra_args: str, web_ui: bool = False) -> None:
         self.port = free_port()
         self.extra_args = list(extra_args)
+        # The Web UI and its HTTP API on 127.0.0.1 (no news fetched from the internet), when asked for.
+        self.ui_port = free_port() if web_ui else None
         self.proc: subprocess.Popen[bytes] | None = None
         self.db: Path | None = None
 
@@ -86,7 +88,11 @@ class DevServer:
 
     def start(self, db: Path | None = None) -> None:
         self.db = db or self.db
-        cmd = [TEMPORAL, "server", "start-dev", "--ip", "127.0.0.1", "--port", str(self.port), "--headless"]
+        cmd = [TEMPORAL, "server", "start-dev", "--ip", "127.0.0.1", "--port", str(self.port)]
+        if self.ui_port is None:
+            cmd += ["--headless"]
+        else:
+            cmd += ["--ui-ip", "127.0.0.1", "--ui-port", str(self.ui_port), "--ui-disable-news-fetch"]
         cmd += ["--log-level", "error", *search_attributes.cli_flags(), *self.extra_args]
         if self.db is not None:
             cmd += ["--db-filename", str(self.db)]
