@@ -143,8 +143,31 @@ run: echo "node $SKYPILOT_NODE_RANK pid $$ in $(readlink /proc/$$/ns/pid)"
         assert {ns for *_, ns in lines} == {first.pid_namespace, second.pid_namespace}, out
         assert "setup on node 0" in out and "setup on node 1" in out, out
 
+    # A worker killed mid-run: the new one re-attaches to each node's own process (the node's state is
+    # keyed by cluster, rank and host, nothing random), so `run` starts once per node and no line is lost.
+    starts = tsky_env.home / "starts"
+    counting = tsky_env.write(
+        "counting.yaml",
+        f"""\
+name: counting
+num_nodes: 2
+run: |
+  echo "$SKYPILOT_NODE_RANK" >> {starts}
+  for i in 1 2 3 4 5 6; do echo "rank $SKYPILOT_NODE_RANK line $i"; sleep 1; done
+""",
+    )
+    assert tsky_env.tsky("jobs", "launch", "-y", "-d", "--infra", "ssh/nfs", str(counting)).returncode == 0
+    wait_until(lambda: starts.exists() and len(starts.read_text().split()) == 2, 60, what="both ranks running")
+    worker.kill9()
+    tsky_env.start_worker()
+    wait_status(tsky_env, 3, "SUCCEEDED", timeout=120)
+    assert sorted(starts.read_text().split()) == ["0", "1"]
+    logs = tsky_env.tsky("jobs", "logs", "3", "--no-follow").stdout
+    for rank in ("0", "1"):
+        assert re.findall(rf"rank {rank} line (\d)", logs) == list("123456"), logs
+
     assert not list(first.home.joinpath(".tsky", "clusters").iterdir())
-    assert no_tagged_processes("shared-")
+    assert no_tagged_processes("shared-") and no_tagged_processes("counting-")
 
 
 def _owner(node) -> str:  # type: ignore[no-untyped-def]
