@@ -16,7 +16,7 @@ from tsky.activities.clouds import ssh_runner
 from tsky.activities.clouds.base import CapacityError, PrecheckError
 from tsky.activities.clouds.ssh import SSHBackend
 from tsky.activities.clouds.ssh_runner import NodeUnreachable, SSHOptions
-from tsky.spec.activity_io import JobMeta
+from tsky.spec.activity_io import ClusterInfo, JobMeta, NodeInfo
 from tsky.spec.requests import Candidate
 from tsky.spec.settings import load_settings
 from tsky.spec.status import NodeState
@@ -152,3 +152,33 @@ async def test_dead_host_is_unreachable_then_skipped_by_teardown(
     with pytest.raises(CapacityError, match="unreachable"):
         await backend.provision("e-2", candidate("p"), 1, meta(2))
     await backend.teardown("d-1-r1", again)
+
+
+async def test_a_host_claimed_in_the_old_layout_stays_its_jobs(ssh_nodes: SSHNodes, pool: None, tmp_path: Path) -> None:
+    """A cluster launched before claims were keyed by host (`~/.tsky/claim`, meta in the cluster's
+    directory) keeps its host across the upgrade: UP, never handed to another cluster, freed by teardown."""
+    nodes = [ssh_nodes.start() for _ in range(2)]
+    home = tmp_path / "home"
+    write_pools(home, ssh_nodes, {"p": nodes})
+    backend = SSHBackend(load_settings(home), FAST)
+    old_dir = nodes[0].home / ".tsky" / "clusters" / "old-1"
+    old_dir.mkdir(parents=True)
+    (old_dir / "meta").write_text(f"job_id=1\ntask_index=0\nowner={backend.owner}\n")
+    (nodes[0].home / ".tsky" / "claim").symlink_to(f"old-1@{backend.owner}")
+    old = ClusterInfo(
+        name="old-1",
+        backend="ssh",
+        region="p",
+        instance_type="node",
+        nodes=[NodeInfo(rank=0, ip=nodes[0].addr, host_id=nodes[0].endpoint, ssh_port=nodes[0].port, ssh_user="root")],
+    )
+    assert await backend.node_states(old) == [NodeState.UP]
+
+    new = await backend.provision("new-2", candidate("p"), 1, meta(2))
+    assert [n.ip for n in new.nodes] == [nodes[1].addr]  # not the old cluster's host
+    with pytest.raises(CapacityError):
+        await backend.provision("new-3", candidate("p"), 1, meta(3))
+
+    await backend.teardown("old-1", old)
+    assert not (nodes[0].home / ".tsky" / "claim").is_symlink() and not old_dir.exists()
+    await backend.teardown("new-2", new)

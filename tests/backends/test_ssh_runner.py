@@ -208,3 +208,20 @@ async def test_a_silent_node_is_noticed_by_keepalives(ssh_nodes: SSHNodes, pool:
     finally:
         for pid in frozen:
             os.kill(pid, signal.SIGCONT)
+
+
+async def test_a_phase_started_in_the_old_per_cluster_directory_is_reattached(ssh_nodes: SSHNodes, pool: None) -> None:
+    """A job in flight across the upgrade that keyed node state by rank and host: its node's phase files
+    are still directly under ~/.tsky/clusters/<cluster>, and `run` must not start a second time."""
+    node = ssh_nodes.start()
+    old = agent(ssh_nodes, node, cluster="inflight-1")  # the old layout: one directory per cluster
+    pid = await old.start_phase("run-a0", "echo old; sleep 300", {})
+    target = SSHTarget(node.addr, node.port, "root", str(ssh_nodes.client_key))
+    new = ssh_runner.cluster_node(target, "inflight-1", 0, FAST)
+    assert await new.start_phase("run-a0", "echo never", {}) == pid
+    status = await new.phase_status("run-a0")
+    assert status.started and status.alive and status.pid == pid
+    assert await wait_for(lambda: new.read_log("run-a0", 0, 100)) == b"old\n"
+    await new.terminate(grace=1.0, tag_prefix="inflight-1/")
+    assert not (node.home / ".tsky" / "clusters" / "inflight-1").exists()
+    assert node.count("sleep") == 0

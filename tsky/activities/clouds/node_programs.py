@@ -23,9 +23,18 @@ class RemoteCommandError(TransientError):
     """One of tsky's own remote programs failed on the node; the message has its stderr."""
 
 
-PRELUDE = r"""
-set +m
+# The node's directory from the first argument. A job started before node state was keyed by rank and
+# host (`ssh_runner.cluster_node`) has its phase files directly in its cluster's directory: while the
+# node's own directory does not exist and the cluster's holds a wrapper, it stays there.
+NODE_DIR = r"""
 d=$1; case $d in /*) ;; *) d=$HOME/$d ;; esac
+case $d in */.tsky/clusters/*/*) [ -d "$d" ] || [ ! -e "${d%/*}/wrapper.sh" ] || d=${d%/*} ;; esac
+"""
+
+PRELUDE = (
+    NODE_DIR
+    + r"""
+set +m
 # alive PID START: true when PID runs and (if known) started at START, so a recycled pid never counts
 alive() {
   local stat rest
@@ -42,6 +51,7 @@ kill_tagged() {
   done
 }
 """
+)
 
 # args: dir phase cwd; stdin: a tar of <phase>.sh, <phase>.env, wrapper.sh. Prints the wrapper's pid.
 START = (
@@ -86,11 +96,13 @@ echo "started ${pid:--} $a ${code:--} $size $s"
 )
 
 # args: dir phase offset limit. Prints up to LIMIT bytes of the log from OFFSET.
-READ_LOG = r"""
-d=$1; case $d in /*) ;; *) d=$HOME/$d ;; esac
+READ_LOG = (
+    NODE_DIR
+    + r"""
 [ -f "$d/$2.log" ] || exit 0
 tail -c +$(($3 + 1)) "$d/$2.log" | head -c "$4"
 """
+)
 
 # args: dir phase tag grace. Kills the phase's process group (TERM, then KILL after GRACE s) and strays.
 STOP = (

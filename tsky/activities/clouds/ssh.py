@@ -47,12 +47,15 @@ logger = logging.getLogger(__name__)
 
 # Each host's claim and its holder's meta lines, under the login home: `~/.tsky/claims/<host key>` and
 # `<host key>.meta`. Keyed by host, so hosts that share one home (NFS) are claimed one by one.
-# args: host-key. Prints "claim <holder>|-" and, when the claim has them, its meta lines.
+# args: host-key. Prints "claim <holder>|-" and, when the claim has them, its meta lines. A host claimed
+# before claims were keyed by host holds `~/.tsky/claim` (meta in the cluster's directory): still honoured,
+# so a job in flight across the upgrade keeps its hosts.
 _PROBE = r"""
-c="$HOME/.tsky/claims/$1"
-h=$(readlink "$c" 2>/dev/null)
+c="$HOME/.tsky/claims/$1"; m="$c.meta"
+h=$(readlink "$c" 2>/dev/null) ||
+  { h=$(readlink "$HOME/.tsky/claim" 2>/dev/null) && m="$HOME/.tsky/clusters/${h%@*}/meta"; }
 echo "claim ${h:--}"
-[ -n "$h" ] && [ -f "$c.meta" ] && cat "$c.meta"
+[ -n "$h" ] && [ -f "$m" ] && cat "$m"
 exit 0
 """
 
@@ -78,6 +81,9 @@ fi
 _RELEASE = r"""
 c="$HOME/.tsky/claims/$1"
 if [ "$(readlink "$c" 2>/dev/null)" = "$2" ]; then rm -f "$c.meta" && rm -f "$c"; fi
+if [ "$(readlink "$HOME/.tsky/claim" 2>/dev/null)" = "$2" ]; then
+  rm -f "$HOME/.tsky/clusters/$3/meta" && rm -f "$HOME/.tsky/claim"
+fi
 rm -rf -- "$HOME/.tsky/clusters/$3/"*"@$1"
 rmdir -- "$HOME/.tsky/clusters/$3" 2>/dev/null
 exit 0
