@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.harness import TSKY, DevServer, TskyEnv, wait_until
-from tests.integration.test_jobs_cli import wait_status
+from tests.integration.test_jobs_cli import queue_json, wait_status
 from tsky.spec.ids import job_workflow_id
 from tsky.spec.secrets import SEALED_PREFIX
 
@@ -146,3 +146,16 @@ def _decoded_payloads(node: Any) -> list[str]:
         for value in node:
             out += _decoded_payloads(value)
     return out
+
+
+def test_a_worker_without_the_launching_key_fails_the_job_clearly(tsky_env: TskyEnv) -> None:
+    from cryptography.fernet import Fernet
+
+    tsky_env.start_worker({"TSKY_SECRET_KEY": Fernet.generate_key().decode()})  # not $TSKY_HOME/secret.key
+    job = tsky_env.write("secret.yaml", "name: locked\nsecrets:\n  TOKEN: s3cr3t-value\nrun: echo never\n")
+    assert tsky_env.tsky("jobs", "launch", "-y", "-d", str(job)).returncode == 0
+    wait_status(tsky_env, 1, "FAILED_PRECHECKS", "FAILED", "FAILED_SETUP", "FAILED_CONTROLLER", timeout=120)
+    [row] = queue_json(tsky_env)
+    assert row["status"] == "FAILED_PRECHECKS", row
+    assert "TSKY_SECRET_KEY" in str(row), row
+    assert "never" not in tsky_env.tsky("jobs", "logs", "1", "--no-follow").stdout

@@ -26,7 +26,7 @@ from tsky.activities.environment import task_environment
 from tsky.activities.heartbeat import ThrottledHeartbeat
 from tsky.spec.activity_io import ActivityName, ClusterInfo, ErrorType, PhaseInput, PhaseResult, StopPhaseInput
 from tsky.spec.logs import phase_log
-from tsky.spec.secrets import load_key, unseal
+from tsky.spec.secrets import SecretKeyError, load_key, unseal
 from tsky.spec.settings import Settings
 
 _READ_LIMIT = 1 << 20  # bytes per node per poll: bounds memory however chatty a job is
@@ -144,7 +144,10 @@ class PhaseActivities:
         script = (inp.task.setup if inp.phase == "setup" else inp.task.run) or ""
         secrets: dict[str, str] = {}
         if inp.sealed_secrets:
-            secrets = unseal(inp.sealed_secrets, load_key(self.settings.home, create=False))
+            try:
+                secrets = unseal(inp.sealed_secrets, load_key(self.settings.home, create=False))
+            except SecretKeyError as err:  # retrying cannot bring the key: fail the job, saying which is missing
+                raise ApplicationError(str(err), type=ErrorType.PRECHECK, non_retryable=True) from err
         starts = []
         for node, agent in zip(inp.cluster.nodes, agents, strict=True):
             env = task_environment(
