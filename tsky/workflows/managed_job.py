@@ -78,6 +78,8 @@ _TEARDOWN_GIVE_UP = timedelta(hours=1)  # then FAILED_CONTROLLER; the sweeper ke
 _POOL_RECHECK = timedelta(minutes=5)
 # A cancelled activity now records the attempt as cancelled and shows CANCELLING before cleanup.
 _PATCH_CANCEL_IN_ACTIVITY = "cancel-in-activity-shows-cancelling"
+# Buckets are mounted live (rclone) and flushed by the phases themselves: no upload after the phases.
+_PATCH_LIVE_MOUNTS = "live-bucket-mounts-flush-on-node"
 
 # Watching a phase is retried without end (a dead worker must never kill a job); only the policy's
 # own error types stop it.
@@ -331,8 +333,12 @@ class ManagedJobWorkflow:
 
             cluster = self._cluster
             outcome = await self._run_phases(index, task, ts, attempt, cluster)
-            if outcome.kind is OutcomeKind.EXITED and any(writes_back(s, cluster.backend) for s in storages):
-                # MOUNT of an object-store bucket is a cached copy on the nodes: save what the phases wrote.
+            if (
+                outcome.kind is OutcomeKind.EXITED
+                and any(writes_back(s, cluster.backend) for s in storages)
+                and not workflow.patched(_PATCH_LIVE_MOUNTS)
+            ):
+                # Before live mounts, MOUNT of an object-store bucket was a cached copy on the nodes, saved here.
                 await self._sync(self._meta(index), cluster, task, "up")
             self._leave_running(ts)
             decision = decide(outcome, recovery, restarts)
