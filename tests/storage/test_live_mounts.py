@@ -217,7 +217,7 @@ def test_a_checkpoint_survives_the_death_of_its_ssh_node(
     nodes = [ssh_nodes.start() for _ in range(2)]
     write_pools(tsky_env.home, ssh_nodes, {"p": nodes})
     tsky_env.start_worker()
-    launch_counter(tsky_env, "ssh/p", "MOUNT_CACHED", "ckpt-ssh")
+    launch_counter(tsky_env, "ssh/p", "MOUNT", "ckpt-ssh")
     wait_until(lambda: saved_step("ckpt-ssh") >= 5, 90, what="step 5 in the bucket")
     [victim] = [n for n in nodes if n.home.joinpath(".tsky/claim").is_symlink()]
     victim.kill()
