@@ -17,11 +17,11 @@ of the phase's process group, which makes it unmount.
   is stored (write-through); reads come from the bucket. As with goofys, files are written whole, in
   one go (no appends, no seeks while writing).
 - MOUNT_CACHED: `--vfs-cache-mode full --vfs-write-back 0s`: reads and writes go to a cache on the
-  node's disk (any access pattern) and `close()` returns at once; the file is uploaded right after, in
-  the background, retried by rclone with back-off until it succeeds (a file changed again meanwhile is
-  uploaded again). (A longer write-back delay would restart with every change: a file rewritten each
-  second would never be uploaded.) `fuse.sh down` waits until nothing is left to upload (at most
-  `FLUSH_SECONDS`) before unmounting. A preemption loses what was written in the last seconds before it.
+  node's disk (any access pattern) and `close()` returns at once; the upload starts as soon as the file
+  is closed, in the background, retried by rclone with back-off until it succeeds (a file changed again
+  meanwhile is uploaded again). `fuse.sh down` waits until nothing is left to upload (at most
+  `FLUSH_SECONDS`) before unmounting. A preemption loses the files still being uploaded: those closed
+  in the last seconds before it (upload time), and whatever was not yet closed.
 
 Directory listings are cached for 5 s, so a listing shows other writers' files within seconds.
 """
