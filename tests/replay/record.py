@@ -19,9 +19,9 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
-from tests.workflows.fakes import LOST, FakeCloud, running
+from tests.workflows.fakes import LOST, PRECHECK, FakeCloud, running
 from tests.workflows.test_pool_workflow import apply_pool, down, run_pool_job, watch_cluster
-from tests.workflows.test_recovery_table import SPOT_JOB, request
+from tests.workflows.test_recovery_table import CKPT_JOB, SPOT_JOB, request
 from tsky.activities.scheduling import ended_jobs, request_slot
 from tsky.cli.api import allocate_job_ids
 from tsky.spec.activity_io import ActivityName, SweepInput, SweepResult
@@ -143,6 +143,12 @@ SCENARIOS: list[tuple[str, dict[str, object], Run, list[str]]] = [
     ("backoff_then_succeeded", {"full": [{"a", "b"}]}, job(SPOT_JOB), ["ManagedJob"]),
     ("restarts_then_failed", {"run_script": [[1], [1]]}, job(RESTARTS), ["ManagedJob"]),
     ("pipeline_second_task_failed", {"run_script": [[0], [3]]}, job(PIPELINE), ["ManagedJob"]),
+    (
+        "bucket_mount_retried_on_recovery",
+        {"run_script": [LOST, [0]], "sync_script": ["", PRECHECK]},
+        job(CKPT_JOB),
+        ["ManagedJob"],
+    ),
     ("cancelled_while_running", {"run_blocks": True}, lambda c, cloud, env: _cancelled(c, cloud), ["ManagedJob"]),
     ("three_allocations", {}, lambda c, cloud, env: _registry(c), ["TskyIdRegistry"]),
     ("second_job_waits_for_a_slot", {}, lambda c, cloud, env: _scheduled(c), ["TskyScheduler", "ManagedJob"]),

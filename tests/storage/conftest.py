@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.backends.conftest import ssh_nodes  # noqa: F401  (SSH nodes for the live-mount tests)
 from tests.harness import free_port
 
 

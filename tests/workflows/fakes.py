@@ -67,6 +67,7 @@ class FakeCloud:
     log: list[str] = field(default_factory=list)
     run_started: asyncio.Event = field(default_factory=asyncio.Event)
     syncs: list[tuple[str, str]] = field(default_factory=list)  # (task name, direction)
+    sync_script: list[str] = field(default_factory=list)  # per sync call: "" (fine) or an error type to raise
     cleanups: list[CleanupJobInput] = field(default_factory=list)
 
     def live_clusters(self) -> set[str]:
@@ -108,6 +109,9 @@ class FakeCloud:
     @activity.defn(name=ActivityName.SYNC_FILES)
     async def sync(self, inp: SyncInput) -> SyncResult:
         self.syncs.append((inp.task.name or "", inp.direction))
+        error = self.sync_script.pop(0) if self.sync_script else ""
+        if error:
+            raise ApplicationError("cannot mount s3://ckpt at /checkpoint: in test", type=error, non_retryable=True)
         return SyncResult()
 
     @activity.defn(name=ActivityName.CLEANUP_JOB)
@@ -152,6 +156,7 @@ class FakeCloud:
 
 
 LOST = ErrorType.CLUSTER_LOST.value
+PRECHECK = ErrorType.PRECHECK.value
 UNREACHABLE = ErrorType.UNREACHABLE.value
 
 

@@ -13,7 +13,7 @@ import pytest
 from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import CancelledError
 
-from tests.workflows.fakes import LOST, REGION_B, UNREACHABLE, FakeCloud, running
+from tests.workflows.fakes import LOST, PRECHECK, REGION_B, UNREACHABLE, FakeCloud, running
 from tsky.spec.ids import CONTROL_QUEUE
 from tsky.spec.job import JobPolicy, JobRequest, JobResult, JobState
 from tsky.spec.loader import load_pipeline
@@ -244,3 +244,25 @@ async def _expect_cancelled(handle: WorkflowHandle[ManagedJobWorkflow, JobResult
         await handle.result()
     assert isinstance(info.value.cause, CancelledError)
     return await handle.query(ManagedJobWorkflow.state)
+
+
+CKPT_JOB = SPOT_JOB + "file_mounts:\n  /checkpoint: {name: ckpt, store: s3, mode: MOUNT}\n"
+
+
+async def test_a_bucket_that_cannot_be_mounted_fails_prechecks_on_the_first_launch() -> None:
+    cloud = FakeCloud(sync_script=[PRECHECK])
+    result = await run_job(cloud, CKPT_JOB)
+    assert result.status is S.FAILED_PRECHECKS
+    assert result.tasks[0].failure_reason == "cannot mount s3://ckpt at /checkpoint: in test"
+    assert [p for p, _, _ in cloud.phases] == []
+    assert cloud.live_clusters() == set()
+
+
+async def test_a_bucket_that_cannot_be_mounted_on_recovery_is_retried() -> None:
+    cloud = FakeCloud(run_script=[LOST, [0]], sync_script=["", PRECHECK, PRECHECK])
+    result = await run_job(cloud, CKPT_JOB)
+    assert result.status is S.SUCCEEDED
+    assert result.tasks[0].recovery_count == 1
+    assert [d for _, d in cloud.syncs] == ["down"] * 4
+    assert sum("cannot mount s3://ckpt at /checkpoint: in test; retrying in" in line for line in cloud.log) == 2
+    assert cloud.live_clusters() == set()

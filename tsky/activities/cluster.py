@@ -94,6 +94,7 @@ class ClusterActivities:
                                 await files.put(agent, source, dest)
                             else:
                                 await files.put_storage(agent, source, buckets[dest], dest)
+                        await files.mount_buckets(agent)
                     return SyncResult(notes=files.notes)
         except PrecheckError as err:
             raise ApplicationError(str(err), type=ErrorType.PRECHECK, non_retryable=True) from err

@@ -1,14 +1,15 @@
 """Putting a task's files on its nodes: workdir, file mounts and buckets (storage objects).
 
-How each kind of mount is realised, by what the node can do ("local node": one that shares the
-worker's host, i.e. the local infra; "remote node": any other):
+How each kind of mount is realised ("local node": one that shares the worker's host, i.e. the local
+infra; "remote node": any other):
 
 - a local path or a bucket URL string: copied (local node: into the node, bound at the path);
 - a storage object, mode COPY: the bucket copied the same way;
+- MOUNT / MOUNT_CACHED of an s3 / gcs bucket, on every node: a live `rclone mount` for each phase
+  (see `fuse.py`), tried once here first so that a bucket that cannot be mounted fails the job's
+  prechecks instead of leaving it an empty directory;
 - MOUNT / MOUNT_CACHED of a `local` bucket on a local node: the bucket's directory itself, bound live;
-- MOUNT / MOUNT_CACHED of an s3 / gcs bucket on a local node: a cached copy bound at the path, uploaded
-  back into the bucket after the task's phases (new and changed files; deletions are not propagated);
-- MOUNT / MOUNT_CACHED on a remote node: a copy; files written there are not saved to the bucket.
+  on a remote node: a copy (files written there are not saved to the bucket).
 
 "Bound at the path" means: in the phases' private mount namespace (see `clouds/phases.py`), so two jobs
 on one host can both use `/checkpoint` and the host's own paths stay untouched.
@@ -18,11 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import shutil
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from tsky.activities.clouds.base import NodeAgent, PrecheckError
+from tsky.activities.fuse import FUSE_STORES, fuse_line, node_files, trial_mount
 from tsky.activities.storage import LocalStore, StoreError, download, get_store, upload
 from tsky.activities.uploads import upload_storage_source
 from tsky.spec.settings import Settings
@@ -57,6 +58,8 @@ class FileSync:
         self.notes: list[str] = []
         self._fetched: dict[str, tuple[Path, bool]] = {}
         self._counter = itertools.count()
+        self._fuse: dict[str, str] = {}  # mount path -> its line in the nodes' `fuse` file
+        self._fuse_stores: set[str] = set()
 
     # -- sources ------------------------------------------------------------------------------------
 
@@ -133,6 +136,10 @@ class FileSync:
             await agent.sync_dir(str(path), dest)
 
     async def put_storage(self, agent: NodeAgent, storage: Storage, where: BucketURL, dest: str) -> None:
+        if storage.mode != "COPY" and where.store in FUSE_STORES:
+            self._fuse[dest] = fuse_line(storage.mode, where, dest, self.settings)
+            self._fuse_stores.add(where.store)
+            return
         if storage.mode == "COPY" or not isinstance(agent, MountingAgent):
             if storage.mode != "COPY":
                 self._note(
@@ -150,17 +157,25 @@ class FileSync:
                 path.mkdir(parents=True, exist_ok=True)
                 agent.mount(path, dest)
                 return
-            cache = agent.storage_cache(dest)
-            await asyncio.to_thread(_clear, cache)
-            await asyncio.to_thread(download, store, where, cache)
-            if not cache.exists():
-                cache.mkdir(parents=True)
-            agent.mount(cache, dest)
+            raise PrecheckError(f"{dest}: {storage.mode} of {where.url} is not supported")
         except StoreError as err:
             raise _precheck(err) from None
 
+    async def mount_buckets(self, agent: NodeAgent) -> None:
+        """Give the node its live bucket mounts (after every `put_storage` for it) and try them once."""
+        if not self._fuse:
+            return
+        lines = [self._fuse[dest] for dest in sorted(self._fuse, key=lambda d: (d.count("/"), d))]
+        try:
+            files = await asyncio.to_thread(node_files, self.settings, lines, self._fuse_stores)
+        except ValueError as err:
+            raise _precheck(err) from None
+        await agent.put_files(files)
+        await trial_mount(agent)
+
     async def write_back(self, agent: NodeAgent, storage: Storage, where: BucketURL, dest: str) -> None:
-        """Upload a node's cached copy of a mounted bucket (new and changed files; deletions stay)."""
+        """Upload a node's cached copy of a mounted bucket (new and changed files; deletions stay): what
+        jobs synced before live mounts existed still need when they finish (see `writes_back`)."""
         if not isinstance(agent, MountingAgent) or not writes_back(storage, self.backend):
             return
         cache = agent.storage_cache(dest)
@@ -171,13 +186,6 @@ class FileSync:
     def _note(self, text: str) -> None:
         if text not in self.notes:
             self.notes.append(text)
-
-
-def _clear(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
 
 
 def storages(task: Task) -> list[tuple[str, Storage]]:

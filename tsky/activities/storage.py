@@ -1,7 +1,7 @@
 """Buckets: the object stores tsky reads and writes, behind one small synchronous interface.
 
-- `s3`: boto3 (honours `AWS_ENDPOINT_URL`, so moto or another S3-compatible endpoint works unchanged);
-- `gcs`: google-cloud-storage (honours `STORAGE_EMULATOR_HOST`, e.g. fake-gcs-server);
+- `s3`: boto3, at `s3_endpoint(settings)` (MinIO, Ceph, R2, a private S3, moto in the tests);
+- `gcs`: google-cloud-storage, at `gcs_endpoint(settings)` (`STORAGE_EMULATOR_HOST`: fake-gcs-server);
 - `local`: tsky's own store for the local infra: a bucket is the directory `$TSKY_HOME/buckets/<name>`.
 
 A bucket holds keys (`a/b/c.txt`); a "directory" is a key prefix. Every operation is idempotent:
@@ -129,13 +129,34 @@ class LocalStore:
 # -- S3 ----------------------------------------------------------------------------------------------
 
 
+# Errors no retry can fix: the credentials are wrong, or not allowed to do this.
+_S3_CREDENTIAL_ERRORS = ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken")
+
+
+def s3_endpoint(settings: Settings) -> str | None:
+    """The S3 endpoint tsky uses everywhere (stores, mounts): the AWS SDK's own variables first, as
+    every AWS tool reads them, then `storage.s3.endpoint_url`; None is AWS itself."""
+    return (
+        os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL")
+        or settings.storage.s3.endpoint_url
+        or None
+    )
+
+
+def gcs_endpoint(settings: Settings) -> str | None:
+    """The GCS endpoint: `STORAGE_EMULATOR_HOST` (what google-cloud-storage reads), then
+    `storage.gcs.endpoint_url`; None is Google itself."""
+    return os.environ.get("STORAGE_EMULATOR_HOST") or settings.storage.gcs.endpoint_url or None
+
+
 class S3Store:
     name = "s3"
 
-    def __init__(self) -> None:
+    def __init__(self, endpoint_url: str | None = None) -> None:
         import boto3
 
-        self.client: Any = boto3.client("s3")
+        self.client: Any = boto3.client("s3", endpoint_url=endpoint_url)
         self.region = self.client.meta.region_name or "us-east-1"
 
     def _missing(self, err: Exception) -> bool:
@@ -168,6 +189,8 @@ class S3Store:
                 return
             if code == "BucketAlreadyExists":
                 raise StoreError(f"s3://{bucket} belongs to another account: choose another bucket name.") from err
+            if code in _S3_CREDENTIAL_ERRORS:
+                raise StoreError(f"s3://{bucket} cannot be created with these credentials: {code}") from err
             raise
 
     def delete_bucket(self, bucket: str) -> None:
@@ -209,10 +232,12 @@ class S3Store:
 class GcsStore:
     name = "gcs"
 
-    def __init__(self) -> None:
+    def __init__(self, endpoint_url: str | None = None) -> None:
         from google.cloud.storage import Client
 
-        self.client: Any = Client()
+        # The emulator variable is read by the library itself (with anonymous credentials).
+        emulated = endpoint_url is None or endpoint_url == os.environ.get("STORAGE_EMULATOR_HOST")
+        self.client: Any = Client() if emulated else Client(client_options={"api_endpoint": endpoint_url})
 
     def bucket_exists(self, bucket: str) -> bool:
         return self.client.lookup_bucket(bucket) is not None
@@ -276,9 +301,9 @@ def get_store(name: str, settings: Settings) -> ObjectStore:
     if name == "local":
         return LocalStore(buckets_root(settings))
     if name == "s3":
-        return S3Store()
+        return S3Store(s3_endpoint(settings))
     if name == "gcs":
-        return GcsStore()
+        return GcsStore(gcs_endpoint(settings))
     raise StoreError(f"store {name!r} is not supported by tsky; use s3, gcs or local.")
 
 

@@ -157,6 +157,19 @@ class AwsSettings(_Section):
     endpoint_url: str | None = None  # an EC2 endpoint override (tests: moto). Never set for AWS itself.
 
 
+class StoreSettings(_Section):
+    # An S3-compatible (MinIO, Ceph, R2, a private S3) or GCS-compatible endpoint; the environment's
+    # AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL (S3) and STORAGE_EMULATOR_HOST (GCS) win over it.
+    endpoint_url: str | None = None
+
+
+class StorageSettings(_Section):
+    """Buckets: uploads, intermediate buckets, mounts and cleanup all use these endpoints."""
+
+    s3: StoreSettings = StoreSettings()
+    gcs: StoreSettings = StoreSettings()
+
+
 class TemporalSettings(_Section):
     address: str | None = None  # None: the embedded dev server
     namespace: str = "default"
@@ -185,6 +198,7 @@ class Settings(_Section):
     kubernetes: KubernetesSettings = KubernetesSettings()
     gcp: GcpSettings = GcpSettings()
     aws: AwsSettings = AwsSettings()
+    storage: StorageSettings = StorageSettings()
     temporal: TemporalSettings = TemporalSettings()
     worker: WorkerSettings = WorkerSettings()
 

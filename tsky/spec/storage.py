@@ -147,9 +147,9 @@ def storage_store(storage: Storage, backend: str) -> str:
 
 
 def writes_back(storage: Storage, backend: str) -> bool:
-    """True when a mount is realised as a cached copy that must be uploaded again after the task's
-    phases: MOUNT / MOUNT_CACHED of an object store. A `local` bucket on the local infra is bound
-    live instead, and COPY is read-only."""
+    """True for the mounts that workflows started before live bucket mounts upload after the task's
+    phases (MOUNT / MOUNT_CACHED of an object store); kept so that their histories replay. New
+    executions skip that step: the phases flush their own mounts (`tsky/activities/fuse.py`)."""
     if storage.mode == "COPY":
         return False
     return not (backend == "local" and storage_store(storage, backend) == "local")

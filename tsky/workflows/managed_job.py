@@ -78,6 +78,10 @@ _TEARDOWN_GIVE_UP = timedelta(hours=1)  # then FAILED_CONTROLLER; the sweeper ke
 _POOL_RECHECK = timedelta(minutes=5)
 # A cancelled activity now records the attempt as cancelled and shows CANCELLING before cleanup.
 _PATCH_CANCEL_IN_ACTIVITY = "cancel-in-activity-shows-cancelling"
+# Buckets are mounted live (rclone) and flushed by the phases themselves: no upload after the phases.
+_PATCH_LIVE_MOUNTS = "live-bucket-mounts-flush-on-node"
+# A recovery whose files cannot be synced (a bucket that cannot be mounted) retries instead of failing.
+_PATCH_SYNC_RETRY_ON_RECOVERY = "sync-precheck-retried-on-recovery"
 
 # Watching a phase is retried without end (a dead worker must never kill a job); only the policy's
 # own error types stop it.
@@ -331,8 +335,12 @@ class ManagedJobWorkflow:
 
             cluster = self._cluster
             outcome = await self._run_phases(index, task, ts, attempt, cluster)
-            if outcome.kind is OutcomeKind.EXITED and any(writes_back(s, cluster.backend) for s in storages):
-                # MOUNT of an object-store bucket is a cached copy on the nodes: save what the phases wrote.
+            if (
+                outcome.kind is OutcomeKind.EXITED
+                and any(writes_back(s, cluster.backend) for s in storages)
+                and not workflow.patched(_PATCH_LIVE_MOUNTS)
+            ):
+                # Before live mounts, MOUNT of an object-store bucket was a cached copy on the nodes, saved here.
                 await self._sync(self._meta(index), cluster, task, "up")
             self._leave_running(ts)
             decision = decide(outcome, recovery, restarts)
@@ -473,7 +481,7 @@ class ManagedJobWorkflow:
         phase = "setup"
         try:
             if task.workdir or task.file_mounts:
-                synced = await self._sync(meta, cluster, task, "down")
+                synced = await self._sync_down(index, ts, attempt, meta, cluster, task)
                 for note in synced.notes:
                     self._log(f"Task {index} ({ts.name}): {note}")
             for phase in ("setup", "run"):
@@ -514,6 +522,31 @@ class ManagedJobWorkflow:
             if isinstance(cause, ApplicationError) and cause.type == ErrorType.PRECHECK:
                 raise _TaskEnded(Status.FAILED_PRECHECKS, cause.message) from None  # the files can never sync
             raise
+
+    async def _sync_down(
+        self, index: int, ts: TaskState, attempt: Attempt, meta: JobMeta, cluster: ClusterInfo, task: Task
+    ) -> SyncResult:
+        """Put the task's files on the cluster. A precheck failure (a bucket that cannot be mounted) fails
+        the task on its first attempt; on a recovery it is retried with the launch backoff: the job ran
+        with these files before, so the cause is likely passing (an outage, expired credentials)."""
+        tries = 0
+        while True:
+            try:
+                return await self._sync(meta, cluster, task, "down")
+            except ActivityError as err:
+                cause = err.cause
+                if not (
+                    isinstance(cause, ApplicationError)
+                    and cause.type == ErrorType.PRECHECK
+                    and attempt.index > 0
+                    and workflow.patched(_PATCH_SYNC_RETRY_ON_RECOVERY)
+                ):
+                    raise
+                delay = launch_backoff(self.req.policy, tries, workflow.random())
+                self._log(f"Task {index} ({ts.name}): {cause.message}; retrying in {delay:.0f}s.")
+                await self._publish()
+                await workflow.sleep(timedelta(seconds=delay), summary="sync retry")
+                tries += 1
 
     async def _sync(self, meta: JobMeta, cluster: ClusterInfo, task: Task, direction: str) -> SyncResult:
         return await self._activity(

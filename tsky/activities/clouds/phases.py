@@ -34,26 +34,35 @@ MOUNTS_FILE = "mounts"
 # wrapper first re-runs itself in a private mount namespace (`unshare`; needs root or CAP_SYS_ADMIN)
 # and binds them there: nobody else on the host sees them, and they vanish with the phase's processes.
 # A mount point missing on the host is created empty (mkdir/touch): binds need an existing target.
+# With a `fuse` file (live bucket mounts, see `tsky/activities/fuse.py`) the wrapper mounts the buckets
+# before the user's commands and flushes and unmounts them after, before recording the exit code; it
+# takes a private mount namespace for them too when it may, so the mounts die with the phase.
 WRAPPER = """\
 #!/bin/bash
 dir="$1"; phase="$2"; cwd="$3"
 record() { echo "$1" >"$dir/$phase.exit.tmp" && mv "$dir/$phase.exit.tmp" "$dir/$phase.exit"; }
-if [ -s "$dir/mounts" ] && [ "$4" != --in-mount-ns ]; then
+private=; [ -s "$dir/mounts" ] && private=1
+[ -s "$dir/fuse" ] && [ "$4" != --in-mount-ns ] && unshare --mount --propagation private true 2>/dev/null && private=1
+if [ -n "$private" ] && [ "$4" != --in-mount-ns ]; then
   unshare --mount --propagation private bash "$0" "$dir" "$phase" "$cwd" --in-mount-ns 2>>"$dir/$phase.log"
   code=$?
   [ -e "$dir/$phase.exit" ] || record "$code"
   exit "$code"
 fi
-if [ "$4" = --in-mount-ns ]; then
+if [ "$4" = --in-mount-ns ] && [ -s "$dir/mounts" ]; then
   while IFS=$'\\t' read -r src dst; do
     [ -n "$dst" ] || continue
     if [ -d "$src" ]; then mkdir -p "$dst"; else mkdir -p "$(dirname "$dst")" && { [ -e "$dst" ] || : >"$dst"; }; fi &&
       mount --bind "$src" "$dst" || { echo "tsky: cannot mount $src at $dst" >>"$dir/$phase.log"; record 1; exit 1; }
   done <"$dir/mounts"
 fi
-mkdir -p "$cwd" && cd "$cwd" || { record 1; exit 1; }
+fuse() { [ ! -s "$dir/fuse" ] || bash "$dir/fuse.sh" "$1" "$dir" "$phase" >>"$dir/$phase.log" 2>&1 </dev/null; }
+fuse up || { fuse down; record 1; exit 1; }
+mkdir -p "$cwd" && cd "$cwd" || { fuse down; record 1; exit 1; }
 bash "$dir/$phase.sh" >>"$dir/$phase.log" 2>&1 </dev/null
-record $?
+code=$?
+fuse down
+record $code
 """
 
 
