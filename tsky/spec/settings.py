@@ -166,6 +166,9 @@ class TemporalSettings(_Section):
     tls_key: str | None = None
     tls_ca: str | None = None
     ui_url: str | None = None
+    # End-to-end payload encryption (see tsky.worker.codec): base64 keys, comma-separated, the first encrypts.
+    encryption_key: str | None = None
+    encryption_key_file: str | None = None  # one base64 key per line, after encryption_key's
 
 
 class WorkerSettings(_Section):
@@ -214,6 +217,8 @@ _ENV_OVERRIDES = {
     "TSKY_TEMPORAL_TLS_KEY": ("temporal", "tls_key"),
     "TSKY_TEMPORAL_TLS_CA": ("temporal", "tls_ca"),
     "TSKY_TEMPORAL_UI_URL": ("temporal", "ui_url"),
+    "TSKY_ENCRYPTION_KEY": ("temporal", "encryption_key"),
+    "TSKY_ENCRYPTION_KEY_FILE": ("temporal", "encryption_key_file"),
     "TSKY_METRICS_PORT": ("worker", "metrics_port"),
     "TSKY_METRICS_ADDRESS": ("worker", "metrics_address"),
 }
