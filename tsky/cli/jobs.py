@@ -27,6 +27,7 @@ from tsky.cli.common import (
 )
 from tsky.spec.ids import job_workflow_id
 from tsky.spec.job import TaskState
+from tsky.spec.settings import Settings
 from tsky.spec.status import JobExitCode, ManagedJobStatus
 
 if TYPE_CHECKING:
@@ -316,7 +317,7 @@ def logs(
             return JobExitCode.NOT_FOUND
         task_index = _task_index(row, task)
         if attempt is not None:
-            return _print_attempt(s.home, row, task_index, attempt)
+            return await _print_attempt(s, row, task_index, attempt)
         from tsky.cli.follow import follow
 
         status = await follow(client, s, resolved, console, task=task_index, controller=controller, follow=do_follow)
@@ -339,8 +340,9 @@ def _task_index(row: api.JobRow, task: str | None) -> int | None:
     raise UsageError(f"Job {row.job_id} has no task {task!r}; its tasks are: {names}.")
 
 
-def _print_attempt(home: Path, row: api.JobRow, task_index: int | None, attempt: int) -> int:
-    from tsky.spec.logs import phase_log
+async def _print_attempt(s: Settings, row: api.JobRow, task_index: int | None, attempt: int) -> int:
+    from tsky.activities.log_store import log_store
+    from tsky.spec.logs import phase_log_key
 
     task = row.tasks[task_index or 0]
     if not 0 <= attempt < task.attempt_count:
@@ -348,10 +350,10 @@ def _print_attempt(home: Path, row: api.JobRow, task_index: int | None, attempt:
             f"Task {task.index} of job {row.job_id} has {task.attempt_count} attempt(s): "
             f"--attempt takes 0..{task.attempt_count - 1}."
         )
+    logs = log_store(s)
     for phase in ("setup", "run"):
-        path = phase_log(home, row.job_id, task.index, attempt, phase)
-        if path.exists():
-            console.out(path.read_text(errors="replace"), end="")
+        text = await logs.read(phase_log_key(row.job_id, task.index, attempt, phase))
+        console.out(text.decode(errors="replace"), end="")
     return 0
 
 
