@@ -4,6 +4,7 @@ log; a store that goes away mid-job loses nothing and the job carries on."""
 from __future__ import annotations
 
 import re
+import subprocess
 import time
 import urllib.request
 
@@ -11,7 +12,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from tests.harness import TskyEnv, free_port, wait_until
+from tests.harness import TSKY, TskyEnv, free_port, wait_until
 from tests.storage.conftest import Emulator
 
 pytestmark = pytest.mark.integration
@@ -58,6 +59,18 @@ def test_logs_in_s3_are_read_from_another_home(tsky_env: TskyEnv, moto_s3: Emula
     assert not (tsky_env.home / "logs" / "jobs").exists()  # nothing went to the worker's disk
     segments = [k for k in _keys("tsky-logs") if k.startswith("team-a/jobs/1/task-0/attempt-0/run.log/")]
     assert len(segments) > 1  # shipped as it ran, in several immutable pieces
+
+    synced = subprocess.run(
+        [TSKY, "jobs", "logs", "--sync-down", "1"],
+        capture_output=True,
+        text=True,
+        env={**laptop.environ, "HOME": str(laptop.home)},
+        timeout=120,
+    )
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    job_dir = laptop.home / "sky_logs" / "managed_jobs" / "job-1"
+    _assert_every_line_once_in_order((job_dir / "task-0" / "attempt-0" / "run.log").read_text())
+    assert "torn down" in (job_dir / "controller.log").read_text()
 
 
 def test_an_unreachable_store_loses_nothing(tsky_env: TskyEnv, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -302,6 +302,9 @@ def logs(
     do_follow: Annotated[bool, typer.Option("--follow/--no-follow", help="Keep streaming until the job ends.")] = True,
     controller: Annotated[bool, typer.Option("--controller", help="The job's controller log (its decisions).")] = False,
     attempt: Annotated[int | None, typer.Option("--attempt", help="Only this attempt's output (0 = first).")] = None,
+    sync_down: Annotated[
+        bool, typer.Option("--sync-down", help="Download every log of the job to ~/sky_logs/managed_jobs/.")
+    ] = False,
 ) -> None:
     """Stream a managed job's output (or its controller log) until it ends."""
     s = settings()
@@ -316,6 +319,8 @@ def logs(
             err_console.print(f"Job {resolved} not found.")
             return JobExitCode.NOT_FOUND
         task_index = _task_index(row, task)
+        if sync_down:
+            return await _sync_down(s, row)
         if attempt is not None:
             return await _print_attempt(s, row, task_index, attempt)
         from tsky.cli.follow import follow
@@ -338,6 +343,29 @@ def _task_index(row: api.JobRow, task: str | None) -> int | None:
             return t.index
     names = ", ".join(f"{t.index} ({t.name})" for t in row.tasks)
     raise UsageError(f"Job {row.job_id} has no task {task!r}; its tasks are: {names}.")
+
+
+async def _sync_down(s: Settings, row: api.JobRow) -> int:
+    """Copy the job's logs from the log store, laid out as their keys (task-N/attempt-M/run.log...)."""
+    from tsky.activities.log_store import log_store
+    from tsky.spec.logs import controller_log_key, phase_log_key
+
+    logs = log_store(s)
+    target = Path.home() / "sky_logs" / "managed_jobs" / f"job-{row.job_id}"
+    prefix = f"jobs/{row.job_id}/"
+    files = {controller_log_key(row.job_id): await logs.read_lines(controller_log_key(row.job_id))}
+    for task in row.tasks:
+        for attempt in range(task.attempt_count):
+            for phase in ("setup", "run"):
+                key = phase_log_key(row.job_id, task.index, attempt, phase)
+                files[key] = await logs.read(key)
+    for key, data in files.items():
+        if data:
+            path = target / key.removeprefix(prefix)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+    console.print(f"Job {row.job_id}'s logs downloaded to: {target}")
+    return 0
 
 
 async def _print_attempt(s: Settings, row: api.JobRow, task_index: int | None, attempt: int) -> int:
