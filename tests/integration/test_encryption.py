@@ -97,6 +97,11 @@ def test_history_is_ciphertext_without_the_key_and_the_codec_server_decodes_it(t
         return [w.search_attributes.get("TskyJobName", [""])[0] async for w in client.list_workflows()]
 
     assert "sealed-job" in asyncio.run(listed_names())
+    # Keys rotate: with a new key first and the old one after it, old jobs still read.
+    rotated = TskyEnv(home=tsky_env.home.parent / "rotated", server=tsky_env.server, namespace=tsky_env.namespace)
+    rotated.configure({"temporal": {"encryption_key": f"{new_key()},{key}"}})
+    reread = rotated.tsky("jobs", "queue")
+    assert re.search(r"^1\s+-\s+sealed-job\s+.*SUCCEEDED", reread.stdout, re.M), reread.stdout + reread.stderr
     # ...but a tsky CLI without the key says which setting it lacks.
     no_key = TskyEnv(home=tsky_env.home.parent / "no-key", server=tsky_env.server, namespace=tsky_env.namespace)
     no_key.configure()

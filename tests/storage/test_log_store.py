@@ -13,7 +13,6 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from tests.harness import TSKY, TskyEnv, free_port, wait_until
-from tests.storage.conftest import Emulator
 
 pytestmark = pytest.mark.integration
 
@@ -26,29 +25,46 @@ run: |
 """
 
 
-def _keys(bucket: str) -> list[str]:
+def _keys(bucket: str, scheme: str = "s3") -> list[str]:
+    if scheme == "gs":
+        from google.cloud import storage
+
+        return sorted(b.name for b in storage.Client().list_blobs(bucket))
     return sorted(o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=bucket).get("Contents", []))
+
+
+def _create_bucket(bucket: str, scheme: str) -> None:
+    if scheme == "gs":
+        from google.cloud import storage
+
+        storage.Client().create_bucket(bucket)
+    else:
+        boto3.client("s3").create_bucket(Bucket=bucket)
 
 
 def _assert_every_line_once_in_order(text: str) -> None:
     assert re.findall(r"line-(\d+)", text) == [str(i) for i in range(1, LINES + 1)], text
 
 
-def _other_host(env: TskyEnv, name: str) -> TskyEnv:
+def _other_host(env: TskyEnv, name: str, scheme: str = "s3") -> TskyEnv:
     """A CLI with its own TSKY_HOME: nothing in common with the worker but the settings."""
     other = TskyEnv(home=env.home.parent / name, server=env.server, namespace=env.namespace)
-    other.configure({"jobs": {"logs": {"store": "s3://tsky-logs/team-a"}}})
+    other.configure({"jobs": {"logs": {"store": f"{scheme}://tsky-logs/team-a"}}})
     return other
 
 
-def test_logs_in_s3_are_read_from_another_home(tsky_env: TskyEnv, moto_s3: Emulator) -> None:
-    boto3.client("s3").create_bucket(Bucket="tsky-logs")
-    tsky_env.configure({"jobs": {"logs": {"store": "s3://tsky-logs/team-a"}}})
+@pytest.mark.parametrize("scheme", ["s3", "gs"])
+def test_logs_in_a_bucket_are_read_from_another_home(
+    tsky_env: TskyEnv, scheme: str, request: pytest.FixtureRequest
+) -> None:
+    request.getfixturevalue("moto_s3" if scheme == "s3" else "fake_gcs")
+    _create_bucket("tsky-logs", scheme)
+    tsky_env.configure({"jobs": {"logs": {"store": f"{scheme}://tsky-logs/team-a"}}})
     tsky_env.start_worker()
     launched = tsky_env.tsky("jobs", "launch", "-y", "-d", str(tsky_env.write("job.yaml", JOB)))
     assert launched.returncode == 0, launched.stdout + launched.stderr
 
-    laptop = _other_host(tsky_env, "laptop")
+    laptop = _other_host(tsky_env, "laptop", scheme)
     followed = laptop.tsky("jobs", "logs", "1")  # follows until the job ends
     assert followed.returncode == 0, followed.stdout + followed.stderr
     _assert_every_line_once_in_order(followed.stdout)
@@ -57,7 +73,7 @@ def test_logs_in_s3_are_read_from_another_home(tsky_env: TskyEnv, moto_s3: Emula
     controller = laptop.tsky("jobs", "logs", "--controller", "1")
     assert "torn down" in controller.stdout, controller.stdout + controller.stderr
     assert not (tsky_env.home / "logs" / "jobs").exists()  # nothing went to the worker's disk
-    segments = [k for k in _keys("tsky-logs") if k.startswith("team-a/jobs/1/task-0/attempt-0/run.log/")]
+    segments = [k for k in _keys("tsky-logs", scheme) if k.startswith("team-a/jobs/1/task-0/attempt-0/run.log/")]
     assert len(segments) > 1  # shipped as it ran, in several immutable pieces
 
     synced = subprocess.run(
