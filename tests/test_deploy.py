@@ -18,7 +18,7 @@ from temporalio.client import Client
 
 from tests.harness import DevServer
 from tsky.spec import search_attributes
-from tsky.spec.settings import WorkerSettings
+from tsky.spec.settings import LogsSettings, WorkerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,6 +58,25 @@ def test_compose_names_the_production_services() -> None:
         assert seconds(worker["stop_grace_period"]) > WorkerSettings().graceful_shutdown_seconds
         assert any(v.endswith(":/var/lib/tsky") for v in worker["volumes"])
     assert all(w.get("pid") == "service:worker-1" for n, w in workers.items() if n != "worker-1")
+
+
+def test_compose_workers_write_logs_to_the_minio_bucket_it_creates() -> None:
+    services = compose()["services"]
+    assert services["minio"]["image"].startswith("minio/minio:")
+    create_bucket = " ".join(services["minio-init"]["command"])
+    for name, worker in services.items():
+        if not name.startswith("worker-"):
+            continue
+        env = worker["environment"]
+        store = env["TSKY_LOG_STORE"]  # ${TSKY_LOG_STORE:-s3://tsky-logs/...}: the default is MinIO's bucket
+        default = store.split(":-", 1)[1]
+        bucket = default.removeprefix("s3://").split("/")[0]
+        assert default.startswith("s3://") and f"mb --ignore-existing store/{bucket}" in create_bucket, name
+        assert "http://minio:9000" in env["AWS_ENDPOINT_URL"], name
+        assert worker["depends_on"]["minio-init"]["condition"] == "service_completed_successfully", name
+        LogsSettings(store=default.replace("${TSKY_NAMESPACE:-default}", "default"))  # a store tsky accepts
+    codec = services["codec-server"]
+    assert codec["profiles"] == ["codec"] and "codec-server" in codec["command"]
 
 
 def test_compose_files_it_mounts_exist() -> None:

@@ -116,3 +116,24 @@ def test_sweeper_tears_down_orphans_after_grace_and_never_touches_a_running_job(
     assert no_tagged_processes("leaked-1/")
     assert sweeper_state(tsky_env).torn_down == 2
     assert tsky_env.tsky("status").stdout.strip() == "No live clusters."
+
+
+def test_sweeper_deletes_old_logs_of_ended_jobs_only(tsky_env: TskyEnv, tmp_path: Path) -> None:
+    # Retention of ~1 s: an ended job's logs go at the next sweep; a running job's logs stay however old.
+    tsky_env.configure(
+        {"jobs": {"sweeper": {"enabled": True, "interval_seconds": 1}, "logs": {"retention_days": 1 / 86400}}}
+    )
+    tsky_env.start_worker(extra_env=local_only(tmp_path))
+    keeper = tsky_env.write("keeper.yaml", KEEPER)
+    assert tsky_env.tsky("jobs", "launch", "-y", "-d", str(keeper)).returncode == 0
+    wait_status(tsky_env, 1, "RUNNING")
+    done = tsky_env.write("done.yaml", "name: done\nrun: echo finished\n")
+    assert tsky_env.tsky("jobs", "launch", "-y", str(done)).returncode == 0
+    logs = tsky_env.home / "logs" / "jobs"
+
+    wait_until(lambda: not (logs / "2").exists(), 60, what="the ended job's logs to expire")
+    seen = sweeper_state(tsky_env).sweeps
+    wait_until(lambda: sweeper_state(tsky_env).sweeps >= seen + 3, 60, what="three more sweeps")
+    assert (logs / "1" / "controller.log").exists()
+    assert tsky_env.tsky("jobs", "cancel", "-y", "1").returncode == 0
+    wait_status(tsky_env, 1, "CANCELLED")

@@ -8,24 +8,16 @@ from __future__ import annotations
 
 from temporalio import activity
 
+from tsky.activities.log_store import log_store
 from tsky.spec.activity_io import ActivityName, ControllerLogInput
-from tsky.spec.logs import controller_log
+from tsky.spec.logs import controller_log_key
 from tsky.spec.settings import Settings
 
 
 class ControllerLogActivities:
     def __init__(self, settings: Settings):
-        self.settings = settings
+        self.logs = log_store(settings)
 
     @activity.defn(name=ActivityName.CONTROLLER_LOG)
     async def append_controller_log(self, inp: ControllerLogInput) -> None:
-        path = controller_log(self.settings.home, inp.job_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        seq_file = path.with_name("controller.seq")
-        written = int(seq_file.read_text()) if seq_file.exists() else inp.first_seq - 1
-        fresh = inp.lines[max(0, written + 1 - inp.first_seq) :]
-        if not fresh:
-            return
-        with path.open("a") as log:
-            log.writelines(line + "\n" for line in fresh)
-        seq_file.write_text(str(inp.first_seq + len(inp.lines) - 1))
+        await self.logs.append_lines(controller_log_key(inp.job_id), inp.first_seq, inp.lines)

@@ -10,6 +10,8 @@ job is terminal or unknown once they have been seen so for the grace period. Rul
 - when a job cannot be looked up (Temporal unreachable), the sweep fails and deletes nothing;
 - an infra that cannot be listed is skipped this time, the others are still swept;
 - a cluster whose name another installation also uses on that backend is left alone (teardown is by name).
+
+With `jobs.logs.retention_days` set, the sweep also deletes the logs of ended jobs last written before then.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
@@ -26,6 +29,7 @@ from tsky.activities.clouds import backend_names, get_backend
 from tsky.activities.clouds.base import ClusterRecord, owner_of
 from tsky.activities.heartbeat import heartbeating
 from tsky.activities.infra_check import check_infra
+from tsky.activities.log_store import log_store
 from tsky.activities.pool import (
     cancel_orphaned_pool_workers,
     live_pool_worker_clusters,
@@ -127,6 +131,20 @@ async def survey(settings: Settings, client: Client | None) -> Survey:
     return Survey(clusters=views, errors=errors)
 
 
+async def expire_logs(settings: Settings, client: Client) -> list[int]:
+    """Delete the logs of jobs that ended and were last written more than the retention ago."""
+    days = settings.jobs.logs.retention_days
+    if days is None:
+        return []
+    store = log_store(settings)
+    deleted = []
+    for job_id in await store.job_logs_older_than(datetime.now(UTC) - timedelta(days=days)):
+        if not (await lookup_job(client, job_id)).live:
+            await store.delete_job(job_id)
+            deleted.append(job_id)
+    return deleted
+
+
 class SweeperActivities:
     def __init__(self, settings: Settings, client: Client):
         self.settings = settings
@@ -172,6 +190,13 @@ class SweeperActivities:
                 continue
             del orphans[view.key]
             torn_down.append(view.key)
+        try:
+            async with heartbeating("log retention"):
+                expired = await expire_logs(self.settings, self.client)
+            if expired:
+                logger.info("sweeper: deleted the logs of jobs %s (past jobs.logs.retention_days)", expired)
+        except Exception as err:  # an unreachable log store must not stop cluster sweeps: next sweep retries
+            logger.warning("sweeper: log retention failed: %s", err)
         return SweepResult(
             orphans_since=orphans, torn_down=torn_down, live=live, next_sweep_seconds=config.interval_seconds
         )

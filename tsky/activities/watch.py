@@ -4,7 +4,8 @@ One long heartbeating activity per phase. It starts the phase on each node at mo
 records the start), copies the nodes' output into the log store, and heartbeats
 `[log size, node offsets...]`. A retry (the worker died, or lost the server) truncates the log to the
 heartbeated size and resumes from those offsets: it re-attaches to the processes already running and
-never starts them again, never drops or repeats a line.
+never starts them again, never drops or repeats a line. A log store that cannot be written to is retried
+at every poll while the job runs on; the nodes' offsets advance only once their output is stored.
 
 It returns the exit codes once every node's phase has ended, or raises:
 - `ClusterLost` when the backend positively reports a node preempted, stopped or gone;
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import IO
+from dataclasses import dataclass
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -24,8 +25,9 @@ from tsky.activities.clouds import get_backend
 from tsky.activities.clouds.base import Backend, NodeAgent, PhaseStatus
 from tsky.activities.environment import task_environment
 from tsky.activities.heartbeat import ThrottledHeartbeat
+from tsky.activities.log_store import LogStore, log_store
 from tsky.spec.activity_io import ActivityName, ClusterInfo, ErrorType, PhaseInput, PhaseResult, StopPhaseInput
-from tsky.spec.logs import phase_log
+from tsky.spec.logs import phase_log_key
 from tsky.spec.secrets import SecretKeyError, load_key, unseal
 from tsky.spec.settings import Settings
 
@@ -86,9 +88,28 @@ def _prefix(task_name: str, phase: str, rank: int, pid: int, ip: str, nodes: int
     return text.encode() + b" "
 
 
+@dataclass
+class _PhaseLog:
+    """The phase's log in the store, and how much of it is stored."""
+
+    store: LogStore
+    key: str
+    size: int
+
+    async def ship(self, data: bytes) -> bool:
+        try:
+            await self.store.write(self.key, self.size, data)
+        except Exception as err:  # the store is unreachable: the caller keeps the data and tries again
+            activity.logger.warning("log store write of %s failed (will retry): %s", self.key, err)
+            return False
+        self.size += len(data)
+        return True
+
+
 class PhaseActivities:
     def __init__(self, settings: Settings):
         self.settings = settings
+        self.logs = log_store(settings)
 
     @activity.defn(name=ActivityName.SETUP)
     async def run_setup(self, inp: PhaseInput) -> PhaseResult:
@@ -108,37 +129,33 @@ class PhaseActivities:
         backend = get_backend(inp.cluster.backend, self.settings)
         agents = [backend.node(inp.cluster, node.rank) for node in inp.cluster.nodes]
         phase_key = inp.node_key or f"{inp.phase}-a{inp.attempt}"
-        path = (
-            self.settings.home / inp.log_path
+        key = (
+            inp.log_path.removeprefix("logs/")  # a pool worker's log, named relative to $TSKY_HOME
             if inp.log_path
-            else phase_log(self.settings.home, inp.meta.job_id, inp.meta.task_index, inp.attempt, inp.phase)
+            else phase_log_key(inp.meta.job_id, inp.meta.task_index, inp.attempt, inp.phase)
         )
-        path.parent.mkdir(parents=True, exist_ok=True)
-
         details = activity.info().heartbeat_details
         resumed = [int(x) for x in details[0]] if details else [0] * (len(agents) + 1)
         store_size, offsets = resumed[0], resumed[1:]
-        if not path.exists():
-            path.touch()
+        # Drop what a dead predecessor wrote after its last heartbeat.
+        log = _PhaseLog(self.logs, key, store_size)
+        await self.logs.truncate(key, store_size)
 
         pids = await self._start(inp, agents, phase_key)
         prefixes = [
             _prefix(inp.meta.task_name, inp.phase, node.rank, pids[node.rank], node.ip, len(agents))
             for node in inp.cluster.nodes
         ]
-        with path.open("r+b") as out:
-            out.truncate(store_size)  # drop what a dead predecessor wrote after its last heartbeat
-            out.seek(store_size)
-            try:
-                return await self._watch_loop(inp, backend, agents, phase_key, out, offsets, prefixes)
-            except asyncio.CancelledError:
-                # Only a cancel the workflow asked for kills the job's processes (they must be dead before
-                # teardown). A heartbeat timeout or a worker shutdown also cancels this coroutine, and
-                # then the job must keep running for the next attempt to re-attach to.
-                why = activity.cancellation_details()
-                if why is not None and why.cancel_requested and not why.timed_out:
-                    await asyncio.shield(asyncio.gather(*(a.stop_phase(phase_key) for a in agents)))
-                raise
+        try:
+            return await self._watch_loop(inp, backend, agents, phase_key, log, offsets, prefixes)
+        except asyncio.CancelledError:
+            # Only a cancel the workflow asked for kills the job's processes (they must be dead before
+            # teardown). A heartbeat timeout or a worker shutdown also cancels this coroutine, and
+            # then the job must keep running for the next attempt to re-attach to.
+            why = activity.cancellation_details()
+            if why is not None and why.cancel_requested and not why.timed_out:
+                await asyncio.shield(asyncio.gather(*(a.stop_phase(phase_key) for a in agents)))
+            raise
 
     async def _start(self, inp: PhaseInput, agents: list[NodeAgent], phase_key: str) -> list[int]:
         script = (inp.task.setup if inp.phase == "setup" else inp.task.run) or ""
@@ -162,7 +179,7 @@ class PhaseActivities:
         backend: Backend,
         agents: list[NodeAgent],
         phase_key: str,
-        out: IO[bytes],
+        log: _PhaseLog,
         offsets: list[int],
         prefixes: list[bytes],
     ) -> PhaseResult:
@@ -174,8 +191,8 @@ class PhaseActivities:
         while True:
             try:
                 statuses = list(await asyncio.gather(*(a.phase_status(phase_key) for a in agents)))
-                await self._copy_output(agents, phase_key, statuses, out, offsets, prefixes)
-                exited = all(s.exit_code is not None for s in statuses)
+                stored = await self._copy_output(agents, phase_key, statuses, log, offsets, prefixes)
+                exited = all(s.exit_code is not None for s in statuses) and stored
                 vanished = any(s.exit_code is None and not s.alive for s in statuses)
                 vanished_polls = vanished_polls + 1 if vanished else 0
                 due = time.monotonic() - last_state_check >= backend.state_check_seconds
@@ -209,10 +226,10 @@ class PhaseActivities:
                         type=ErrorType.UNREACHABLE,
                         non_retryable=True,
                     ) from err
-                beat([out.tell(), *offsets])
+                beat([log.size, *offsets])
                 await asyncio.sleep(window.backoff())
                 continue
-            beat([out.tell(), *offsets])
+            beat([log.size, *offsets])
             if exited:
                 return PhaseResult(exit_codes=[s.exit_code or 0 for s in statuses])
             if vanished_polls >= _VANISHED_POLLS:
@@ -230,16 +247,18 @@ class PhaseActivities:
         agents: list[NodeAgent],
         phase_key: str,
         statuses: list[PhaseStatus],
-        out: IO[bytes],
+        log: _PhaseLog,
         offsets: list[int],
         prefixes: list[bytes],
-    ) -> None:
-        """Append each node's new complete lines, prefixed, in one write per poll. A node whose phase
-        has ended also gives up its last unterminated line."""
+    ) -> bool:
+        """Append each node's new complete lines, prefixed, in one write per poll (one segment in an
+        object store). A node whose phase has ended also gives up its last unterminated line. False
+        when the store could not take them: the offsets stay, and the next poll reads them again."""
         chunks: list[bytes] = []
+        read_to = list(offsets)
         for rank, (agent, status) in enumerate(zip(agents, statuses, strict=True)):
-            while status.log_size > offsets[rank]:
-                data = await agent.read_log(phase_key, offsets[rank], _READ_LIMIT)
+            while status.log_size > read_to[rank]:
+                data = await agent.read_log(phase_key, read_to[rank], _READ_LIMIT)
                 if not data:
                     break
                 end = data.rfind(b"\n") + 1
@@ -249,7 +268,8 @@ class PhaseActivities:
                     end = len(data)  # the phase ended, or one huge line: take it as it is
                 for line in data[:end].splitlines(keepends=True):
                     chunks.append(prefixes[rank] + (line if line.endswith(b"\n") else line + b"\n"))
-                offsets[rank] += end
-        if chunks:
-            out.write(b"".join(chunks))
-            out.flush()
+                read_to[rank] += end
+        if chunks and not await log.ship(b"".join(chunks)):
+            return False
+        offsets[:] = read_to
+        return True

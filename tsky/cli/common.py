@@ -43,11 +43,12 @@ def settings() -> Settings:
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a command's async body; the errors a user can cause become clean messages."""
     from tsky.worker.client import ConnectError
+    from tsky.worker.codec import CodecKeyError
     from tsky.worker.embedded import EmbeddedError
 
     try:
         return asyncio.run(coro)
-    except (UsageError, SettingsError) as err:
+    except (UsageError, SettingsError, CodecKeyError) as err:
         fail(str(err))
     except (ConnectError, EmbeddedError) as err:
         fail(str(err), code=1)

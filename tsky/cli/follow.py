@@ -4,14 +4,15 @@ until the job ends. Used by `tsky jobs launch` (without -d) and `tsky jobs logs`
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from rich.console import Console
 from temporalio.client import Client
 
+from tsky.activities.log_store import LogStore, log_store
 from tsky.cli.api import JobRow, get_job
-from tsky.spec.logs import controller_log, phase_log
+from tsky.spec.logs import controller_log_key, phase_log_key
 from tsky.spec.settings import Settings
 from tsky.spec.status import ManagedJobStatus
 
@@ -20,31 +21,26 @@ _POLL_SECONDS = 0.5
 
 @dataclass
 class _Cursor:
-    offsets: dict[Path, int] = field(default_factory=dict)
+    offsets: dict[str, int] = field(default_factory=dict)
 
-    def drain(self, path: Path, out: Console) -> None:
-        """Print what `path` gained since the last call (whole lines only while it may still grow)."""
-        offset = self.offsets.get(path, 0)
-        try:
-            with path.open("rb") as f:
-                f.seek(offset)
-                data = f.read()
-        except FileNotFoundError:
-            return
+    async def drain(self, read: Callable[[str, int], Awaitable[bytes]], key: str, out: Console) -> None:
+        """Print what the log `key` gained since the last call (whole lines only while it may still grow)."""
+        offset = self.offsets.get(key, 0)
+        data = await read(key, offset)
         end = data.rfind(b"\n") + 1
         if end:
             out.out(data[:end].decode(errors="replace"), end="", highlight=False)
-            self.offsets[path] = offset + end
+            self.offsets[key] = offset + end
 
 
-def _attempt_logs(home: Path, row: JobRow, task_filter: int | None) -> list[Path]:
-    paths = []
+def _attempt_logs(row: JobRow, task_filter: int | None) -> list[str]:
+    keys = []
     for task in row.tasks:
         if task_filter is not None and task.index != task_filter:
             continue
         for attempt in range(task.attempt_count):
-            paths += [phase_log(home, row.job_id, task.index, attempt, p) for p in ("setup", "run")]
-    return paths
+            keys += [phase_log_key(row.job_id, task.index, attempt, p) for p in ("setup", "run")]
+    return keys
 
 
 def _banner(row: JobRow, seen: dict[int, tuple[ManagedJobStatus, int]], out: Console) -> None:
@@ -77,17 +73,18 @@ async def follow(
     """Print the job's logs; with `follow`, keep going until the job ends. Returns its last status
     (None if the job does not exist)."""
     cursor = _Cursor()
+    logs: LogStore = log_store(settings)
     seen: dict[int, tuple[ManagedJobStatus, int]] = {}
     while True:
         row = await get_job(client, job_id)
         if row is None:
             return None
         if controller:
-            cursor.drain(controller_log(settings.home, job_id), out)
+            await cursor.drain(logs.read_lines, controller_log_key(job_id), out)
         else:
             # Output first: what a task printed before it ended comes before the banner of what followed.
-            for path in _attempt_logs(settings.home, row, task):
-                cursor.drain(path, out)
+            for key in _attempt_logs(row, task):
+                await cursor.drain(logs.read, key, out)
             if follow:
                 _banner(row, seen, out)
         if row.closed or not follow:

@@ -27,6 +27,7 @@ from tsky.cli.common import (
 )
 from tsky.spec.ids import job_workflow_id
 from tsky.spec.job import TaskState
+from tsky.spec.settings import Settings
 from tsky.spec.status import JobExitCode, ManagedJobStatus
 
 if TYPE_CHECKING:
@@ -301,6 +302,9 @@ def logs(
     do_follow: Annotated[bool, typer.Option("--follow/--no-follow", help="Keep streaming until the job ends.")] = True,
     controller: Annotated[bool, typer.Option("--controller", help="The job's controller log (its decisions).")] = False,
     attempt: Annotated[int | None, typer.Option("--attempt", help="Only this attempt's output (0 = first).")] = None,
+    sync_down: Annotated[
+        bool, typer.Option("--sync-down", help="Download every log of the job to ~/sky_logs/managed_jobs/.")
+    ] = False,
 ) -> None:
     """Stream a managed job's output (or its controller log) until it ends."""
     s = settings()
@@ -315,8 +319,10 @@ def logs(
             err_console.print(f"Job {resolved} not found.")
             return JobExitCode.NOT_FOUND
         task_index = _task_index(row, task)
+        if sync_down:
+            return await _sync_down(s, row)
         if attempt is not None:
-            return _print_attempt(s.home, row, task_index, attempt)
+            return await _print_attempt(s, row, task_index, attempt)
         from tsky.cli.follow import follow
 
         status = await follow(client, s, resolved, console, task=task_index, controller=controller, follow=do_follow)
@@ -339,8 +345,32 @@ def _task_index(row: api.JobRow, task: str | None) -> int | None:
     raise UsageError(f"Job {row.job_id} has no task {task!r}; its tasks are: {names}.")
 
 
-def _print_attempt(home: Path, row: api.JobRow, task_index: int | None, attempt: int) -> int:
-    from tsky.spec.logs import phase_log
+async def _sync_down(s: Settings, row: api.JobRow) -> int:
+    """Copy the job's logs from the log store, laid out as their keys (task-N/attempt-M/run.log...)."""
+    from tsky.activities.log_store import log_store
+    from tsky.spec.logs import controller_log_key, phase_log_key
+
+    logs = log_store(s)
+    target = Path.home() / "sky_logs" / "managed_jobs" / f"job-{row.job_id}"
+    prefix = f"jobs/{row.job_id}/"
+    files = {controller_log_key(row.job_id): await logs.read_lines(controller_log_key(row.job_id))}
+    for task in row.tasks:
+        for attempt in range(task.attempt_count):
+            for phase in ("setup", "run"):
+                key = phase_log_key(row.job_id, task.index, attempt, phase)
+                files[key] = await logs.read(key)
+    for key, data in files.items():
+        if data:
+            path = target / key.removeprefix(prefix)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+    console.print(f"Job {row.job_id}'s logs downloaded to: {target}")
+    return 0
+
+
+async def _print_attempt(s: Settings, row: api.JobRow, task_index: int | None, attempt: int) -> int:
+    from tsky.activities.log_store import log_store
+    from tsky.spec.logs import phase_log_key
 
     task = row.tasks[task_index or 0]
     if not 0 <= attempt < task.attempt_count:
@@ -348,10 +378,10 @@ def _print_attempt(home: Path, row: api.JobRow, task_index: int | None, attempt:
             f"Task {task.index} of job {row.job_id} has {task.attempt_count} attempt(s): "
             f"--attempt takes 0..{task.attempt_count - 1}."
         )
+    logs = log_store(s)
     for phase in ("setup", "run"):
-        path = phase_log(home, row.job_id, task.index, attempt, phase)
-        if path.exists():
-            console.out(path.read_text(errors="replace"), end="")
+        text = await logs.read(phase_log_key(row.job_id, task.index, attempt, phase))
+        console.out(text.decode(errors="replace"), end="")
     return 0
 
 

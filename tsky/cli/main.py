@@ -19,13 +19,14 @@ def _root() -> None:
 
 
 def _register() -> None:
-    from tsky.cli import clusters, jobs, server, validate
+    from tsky.cli import clusters, codec, jobs, server, validate
     from tsky.cli.infra import register as register_infra
 
     validate.register(app)
     jobs.register(app)
     server.register(app)
     clusters.register(app)
+    codec.register(app)
     register_infra(app)
 
 

@@ -34,7 +34,7 @@ from tsky.spec.envs import env_overrides, secret_overrides
 from tsky.spec.errors import SpecError
 from tsky.spec.job import JobPolicy
 from tsky.spec.loader import apply_overrides, load_pool
-from tsky.spec.logs import pool_worker_log
+from tsky.spec.logs import pool_worker_log_key
 from tsky.spec.pool import PoolSpec
 from tsky.spec.pool_state import PoolApply, PoolSnapshot, PoolVersion, WorkerState, as_pool_job
 from tsky.spec.requests import requested_label
@@ -385,10 +385,12 @@ def logs(
     worker_id: Annotated[int, typer.Argument(help="The worker (its ID in `tsky jobs pool status`).")],
 ) -> None:
     """Print a pool worker's setup output."""
-    path = pool_worker_log(settings().home, pool, worker_id)
-    if not path.exists():
+    from tsky.activities.log_store import log_store
+
+    text = asyncio.run(log_store(settings()).read(pool_worker_log_key(pool, worker_id)))
+    if not text:
         fail(f"No setup log for worker {worker_id} of pool {pool!r} (yet).", code=1)
-    console.out(path.read_text(errors="replace"), end="")
+    console.out(text.decode(errors="replace"), end="")
 
 
 # -- `tsky jobs launch -p` ---------------------------------------------------------------------------

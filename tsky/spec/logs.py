@@ -1,43 +1,29 @@
-"""Where a job's logs live in the log store (a directory under `$TSKY_HOME/logs/jobs/`).
+"""The names of a job's logs in the log store (`tsky.activities.log_store`): keys such as
+`jobs/7/task-0/attempt-1/run.log`, which the `local` store keeps as files under `$TSKY_HOME/logs/`.
 
-Workers write, the CLI reads; both use these paths. Logs never travel through Temporal history.
-Every attempt of every task keeps its own file, so the output before a preemption is never lost.
+Workers write, the CLI reads; both use these names. Logs never travel through Temporal history.
+Every attempt of every task keeps its own log, so the output before a preemption is never lost.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+
+def phase_log_key(job_id: int, task_index: int, attempt: int, phase: str) -> str:
+    """Output of one phase (setup, then run) of one attempt, each line prefixed `(task, pid=N)`, the
+    nodes' lines merged. One writer at a time, so a retried watcher can truncate it to the size it last
+    reported and carry on: no line lost, none written twice."""
+    return f"jobs/{job_id}/task-{task_index}/attempt-{attempt}/{phase}.log"
 
 
-def jobs_log_root(home: Path) -> Path:
-    return home / "logs" / "jobs"
+def controller_log_key(job_id: int) -> str:
+    """The job's decisions with times: provisioning, transitions, recoveries, errors."""
+    return f"jobs/{job_id}/controller.log"
 
 
-def job_log_dir(home: Path, job_id: int) -> Path:
-    return jobs_log_root(home) / str(job_id)
-
-
-def attempt_dir(home: Path, job_id: int, task_index: int, attempt: int) -> Path:
-    return job_log_dir(home, job_id) / f"task-{task_index}" / f"attempt-{attempt}"
-
-
-def phase_log(home: Path, job_id: int, task_index: int, attempt: int, phase: str) -> Path:
-    """Output of one phase (setup, then run) of one attempt, each line prefixed `(task, pid=N)`.
-
-    One file per phase and attempt has a single writer, so a retried watcher can truncate it to the
-    size it last reported and carry on: no line lost, none written twice."""
-    return attempt_dir(home, job_id, task_index, attempt) / f"{phase}.log"
+def pool_worker_log_key(pool: str, worker_id: int, phase: str = "setup") -> str:
+    return f"pools/{pool}/worker-{worker_id}/{phase}.log"
 
 
 def pool_worker_log_path(pool: str, worker_id: int, phase: str) -> str:
     """A pool worker's own output (its setup), relative to `$TSKY_HOME`: it is no job's."""
-    return f"logs/pools/{pool}/worker-{worker_id}/{phase}.log"
-
-
-def pool_worker_log(home: Path, pool: str, worker_id: int, phase: str = "setup") -> Path:
-    return home / pool_worker_log_path(pool, worker_id, phase)
-
-
-def controller_log(home: Path, job_id: int) -> Path:
-    """The job's decisions with times: provisioning, transitions, recoveries, errors."""
-    return job_log_dir(home, job_id) / "controller.log"
+    return f"logs/{pool_worker_log_key(pool, worker_id, phase)}"

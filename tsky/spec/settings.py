@@ -59,12 +59,23 @@ class SweeperSettings(_Section):
     grace_seconds: float = Field(default=300, ge=0)
 
 
+class LogsSettings(_Section):
+    """Where job and controller logs live (see tsky.activities.log_store)."""
+
+    # `local`: $TSKY_HOME/logs on the worker (one host). `s3://bucket/prefix` or `gs://bucket/prefix`: any
+    # host with access reads them (S3-compatible stores: AWS_ENDPOINT_URL).
+    store: str = Field(default="local", pattern=r"^(local|s3://[^/]+.*|gs://[^/]+.*)$")
+    # Days to keep a job's logs after their last write; the sweeper deletes older ones. None: forever.
+    retention_days: float | None = Field(default=None, gt=0)
+
+
 class JobsSettings(_Section):
     controller: ControllerSettings = ControllerSettings()
     status_check: StatusCheckSettings = StatusCheckSettings()
     launch_backoff: LaunchBackoffSettings = LaunchBackoffSettings()
     watch: WatchSettings = WatchSettings()
     sweeper: SweeperSettings = SweeperSettings()
+    logs: LogsSettings = LogsSettings()
     bucket: str | None = Field(default=None, pattern=r"^(https|s3|gs|r2|cos|local)://.+")
     force_disable_cloud_bucket: bool = False
 
@@ -179,6 +190,9 @@ class TemporalSettings(_Section):
     tls_key: str | None = None
     tls_ca: str | None = None
     ui_url: str | None = None
+    # End-to-end payload encryption (see tsky.worker.codec): base64 keys, comma-separated, the first encrypts.
+    encryption_key: str | None = None
+    encryption_key_file: str | None = None  # one base64 key per line, after encryption_key's
 
 
 class WorkerSettings(_Section):
@@ -228,6 +242,8 @@ _ENV_OVERRIDES = {
     "TSKY_TEMPORAL_TLS_KEY": ("temporal", "tls_key"),
     "TSKY_TEMPORAL_TLS_CA": ("temporal", "tls_ca"),
     "TSKY_TEMPORAL_UI_URL": ("temporal", "ui_url"),
+    "TSKY_ENCRYPTION_KEY": ("temporal", "encryption_key"),
+    "TSKY_ENCRYPTION_KEY_FILE": ("temporal", "encryption_key_file"),
     "TSKY_METRICS_PORT": ("worker", "metrics_port"),
     "TSKY_METRICS_ADDRESS": ("worker", "metrics_address"),
 }
@@ -252,6 +268,8 @@ def load_settings(home: Path | None = None) -> Settings:
     for var, (section, key) in _ENV_OVERRIDES.items():
         if os.environ.get(var):
             data.setdefault(section, {})[key] = os.environ[var]
+    if os.environ.get("TSKY_LOG_STORE"):
+        data.setdefault("jobs", {}).setdefault("logs", {})["store"] = os.environ["TSKY_LOG_STORE"]
     if os.environ.get("TSKY_TEMPORAL_TLS", "").lower() in ("1", "true", "yes"):
         data.setdefault("temporal", {})["tls"] = True
     try:

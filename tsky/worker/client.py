@@ -1,17 +1,37 @@
 """The one factory for Temporal clients: worker, CLI, tests and replayer all connect through it, so every
-client has the same data converter (pydantic) and the same connection settings."""
+client has the same data converter (pydantic, plus the encryption codec when a key is configured) and the same
+connection settings."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from temporalio.client import Client, TLSConfig
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter, DefaultFailureConverter
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
 from tsky.spec.settings import Settings
+from tsky.worker.codec import codec_for
 
 DATA_CONVERTER = pydantic_data_converter
+
+
+class _EncryptedFailureConverter(DefaultFailureConverter):
+    """Error messages and stack traces travel as a payload too, so the codec encrypts them."""
+
+    def __init__(self) -> None:
+        super().__init__(encode_common_attributes=True)
+
+
+def data_converter(settings: Settings) -> DataConverter:
+    """The pydantic converter, encrypting every payload (and error text) when an encryption key is configured.
+    Without a key the codec only explains, if it meets an encrypted payload, which setting is missing."""
+    codec = codec_for(settings)
+    if not codec.encrypts:
+        return dataclasses.replace(DATA_CONVERTER, payload_codec=codec)
+    return dataclasses.replace(DATA_CONVERTER, payload_codec=codec, failure_converter_class=_EncryptedFailureConverter)
 
 
 class ConnectError(Exception):
@@ -43,6 +63,7 @@ def _tls(settings: Settings) -> TLSConfig | bool:
 
 async def connect(settings: Settings, *, metrics_port: int | None = None) -> Client:
     address = target_address(settings)
+    converter = data_converter(settings)  # a bad key is a settings error, reported before any connection
     runtime = None
     if metrics_port:
         bind = f"{settings.worker.metrics_address}:{metrics_port}"
@@ -51,7 +72,7 @@ async def connect(settings: Settings, *, metrics_port: int | None = None) -> Cli
         return await Client.connect(
             address,
             namespace=settings.temporal.namespace,
-            data_converter=DATA_CONVERTER,
+            data_converter=converter,
             tls=_tls(settings),
             api_key=settings.temporal.api_key,
             runtime=runtime,
