@@ -15,8 +15,6 @@ import yaml
 
 from tsky.activities.infra_check import check_infra
 from tsky.activities.planning import plan_for_task
-from tsky.activities.uploads import UploadError
-from tsky.cli import api
 from tsky.cli.common import (
     UsageError,
     client_for,
@@ -28,7 +26,6 @@ from tsky.cli.common import (
     run,
     settings,
 )
-from tsky.cli.follow import follow
 from tsky.cli.jobs import print_finished, print_submitted
 from tsky.cli.plan_table import render_pipeline_plan, render_plan
 from tsky.spec.activity_io import PlanResult
@@ -130,6 +127,11 @@ def launch_job(opts: LaunchOptions) -> int:
         typer.confirm(f"Launching {what} {pipeline.name!r}. Proceed?", default=True, abort=True)
 
     async def body() -> int:
+        # Temporal and the uploaders only now: a dry run or a refused launch never imports them.
+        from tsky.activities.uploads import UploadError
+        from tsky.cli import api
+        from tsky.cli.follow import follow
+
         client = await client_for(s)
         if opts.num_jobs > 1 and opts.pool is None:
             console.print(f"Submitting {opts.num_jobs} managed jobs. Each job will be launched on its own cluster.")
