@@ -211,7 +211,11 @@ def catalog_refresh(cloud: str, regions: list[str] | None) -> None:
             )
         )
         raise typer.Exit(2)
-    from botocore.exceptions import BotoCoreError, ClientError
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError as err:
+        console.print(Text("Refreshing the AWS catalog needs boto3: pip install 'tsky[aws]'.", style="red"))
+        raise typer.Exit(2) from err
 
     from tsky.activities.catalog import write_cloud_catalog
     from tsky.activities.catalog_aws import NoAwsCredentials, refresh_aws
