@@ -67,7 +67,9 @@ def test_the_readme_quickstart_runs_as_written(home: Path) -> None:
         if "debug preempt" in command:
             assert "Preempted" in result.stdout
         if command.startswith("tsky jobs logs -n spot"):
-            assert "SUCCEEDED" in result.stdout
+            assert "✓ Managed job finished" in result.stdout and "SUCCEEDED" in result.stdout
+        if command.startswith("tsky jobs logs -n sleepy"):  # a cancelled job is never shown with a green ✓
+            assert "CANCELLED" in result.stdout and "✓" not in result.stdout
     queue = subprocess.run([TSKY, "jobs", "queue"], env=_env(home), capture_output=True, text=True, timeout=120)
     assert re.search(r"spot-job|spot\s.*SUCCEEDED", queue.stdout), queue.stdout
     assert re.search(r"^\d+\s+-\s+spot\s.*\s1\s+SUCCEEDED", queue.stdout, re.M), queue.stdout  # 1 recovery

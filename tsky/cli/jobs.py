@@ -323,7 +323,7 @@ def logs(
         if status is None:
             return JobExitCode.NOT_FOUND
         if status.is_terminal() and do_follow and not controller:
-            console.print(f"[green]✓ Managed job finished: {resolved} (status: {status.value}).[/]")
+            console.print(finished_line(resolved, status))
         return status.exit_code() if status.is_terminal() else JobExitCode.NOT_FINISHED
 
     raise typer.Exit(run(body()))
@@ -451,9 +451,15 @@ def print_submitted(ids: list[int], detach: bool, pool: str | None = None) -> No
             console.print(f"└── To cancel all these jobs:     tsky jobs cancel {' '.join(map(str, ids))}")
 
 
+def finished_line(job_id: int, status: ManagedJobStatus) -> str:
+    """Green ✓ only for SUCCEEDED; SkyPilot's yellow for CANCELLED, red ✗ for the failures."""
+    if status is ManagedJobStatus.SUCCEEDED:
+        return f"[green]✓ Managed job finished: {job_id} (status: {status.value}).[/]"
+    color = "yellow" if status is ManagedJobStatus.CANCELLED else "red"
+    return f"[{color}]✗ Managed job finished: {job_id} (status: {status.value}).[/]"
+
+
 def print_finished(job_id: int, status: ManagedJobStatus) -> None:
     s = settings()
-    color = "green" if status is ManagedJobStatus.SUCCEEDED else "red"
-    mark = "✓" if status is ManagedJobStatus.SUCCEEDED else "✗"
-    console.print(f"[{color}]{mark} Managed job finished: {job_id} (status: {status.value}).[/]")
+    console.print(finished_line(job_id, status))
     _useful_commands(job_id, workflow_url(s, job_workflow_id(job_id)))
