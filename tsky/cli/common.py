@@ -14,6 +14,7 @@ from rich.console import Console
 
 from tsky.spec.ids import user_hash
 from tsky.spec.settings import Settings, SettingsError, load_settings
+from tsky.spec.status import JobExitCode
 
 if TYPE_CHECKING:
     from temporalio.client import Client
@@ -26,6 +27,10 @@ T = TypeVar("T")
 
 class UsageError(Exception):
     """Bad input from the user: printed as one paragraph, exit code 2, nothing started."""
+
+
+class NotFound(Exception):
+    """A job, job name or pool that does not exist: one line, exit code 102 (SkyPilot's NOT_FOUND)."""
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -47,6 +52,8 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
     try:
         return asyncio.run(coro)
+    except NotFound as err:
+        fail(str(err), code=JobExitCode.NOT_FOUND)
     except (UsageError, SettingsError) as err:
         fail(str(err))
     except (ConnectError, EmbeddedError) as err:

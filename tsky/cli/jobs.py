@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from tsky.cli.common import (
+    NotFound,
     UsageError,
     ago,
     client_for,
@@ -280,7 +281,7 @@ async def _resolve_job(client: object, job_id: int | None, name: str | None, *, 
             matches = await api.jobs_named(client, name, running_only=False)
             matches = matches[-1:]
         if not matches:
-            raise UsageError(f"No job found with name {name!r}.")
+            raise NotFound(f"No managed job found with name {name!r}.")
         if len(matches) > 1:
             ids = ", ".join(str(m.job_id) for m in matches)
             raise UsageError(f"Multiple running jobs found with name {name!r}: {ids}. Give the job id instead.")
@@ -288,7 +289,7 @@ async def _resolve_job(client: object, job_id: int | None, name: str | None, *, 
     if job_id is None:
         rows = await api.list_jobs(client, user=current_user())
         if not rows:
-            raise UsageError("No managed jobs yet: launch one with `tsky jobs launch`.")
+            raise NotFound("No managed job found: launch one with `tsky jobs launch`.")
         return rows[0].job_id
     return job_id
 
@@ -379,14 +380,16 @@ def cancel(
         from tsky.cli import api  # the Temporal client: imported only by commands that talk to it
 
         client = await client_for(s)
+        missing: list[int] = []  # never allocated: a typo, so not found (102); an ended job is a no-op
         if job_ids:
             targets: list[int] = []
             for job_id in job_ids:
                 row = await api.get_job(client, job_id)
                 if row is None:
                     err_console.print(f"Job {job_id} not found.")
+                    missing.append(job_id)
                 elif row.status.is_terminal() or row.closed:
-                    err_console.print(f"Job {job_id} is already in terminal state {row.status.value}; skipped.")
+                    console.print(f"Job {job_id} is already in terminal state {row.status.value}. Skipped.")
                 else:
                     targets.append(job_id)
             what = f"managed job(s) with ID(s) {','.join(map(str, job_ids))}"
@@ -412,7 +415,7 @@ def cancel(
             what = "all managed jobs FOR ALL USERS" if all_users else "all managed jobs"
         if not targets:
             console.print("No job to cancel.")
-            return 0 if not job_ids or len(targets) == len(job_ids) else 1
+            return JobExitCode.NOT_FOUND if missing else 0
         if not yes:
             typer.confirm(f"Cancelling {what}. Proceed?", default=True, abort=True)
         await api.cancel(client, targets)
@@ -420,7 +423,7 @@ def cancel(
             console.print(f"Job with ID {targets[0]} is scheduled to be cancelled.")
         else:
             console.print(f"Jobs with IDs {', '.join(map(str, targets))} are scheduled to be cancelled.")
-        return 0
+        return JobExitCode.NOT_FOUND if missing else 0
 
     raise typer.Exit(run(body()))
 
