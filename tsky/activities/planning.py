@@ -379,13 +379,12 @@ def _explain(
         message = _why(req, num_nodes, offers, everything, enabled_names, reasons, settings)
         could = [o for o in elsewhere if _failure(req, o, num_nodes) is None]
         if could:
+            # Why each is off is `tsky check`'s to say (the CLI prints it, one infra per line).
             clouds = sorted({o.cloud for o in could})
-            why_off = "; ".join(f"{c}: {reasons[c]}" for c in clouds if reasons.get(c))
             message += (
                 f"; {' and '.join(clouds)} would offer it ({_places(could)}) but "
                 + ("is" if len(clouds) == 1 else "are")
                 + " not enabled"
-                + (f" ({why_off})" if why_off else "")
             )
         parts.append(message if len(options) == 1 else f"option {index + 1} ({_what(req)}): {message}")
     text = parts[0] if len(options) == 1 else "None of the resource options fits: " + "; ".join(parts)
