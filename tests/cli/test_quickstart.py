@@ -74,3 +74,11 @@ def test_the_readme_quickstart_runs_as_written(home: Path) -> None:
     assert re.search(r"spot-job|spot\s.*SUCCEEDED", queue.stdout), queue.stdout
     assert re.search(r"^\d+\s+-\s+spot\s.*\s1\s+SUCCEEDED", queue.stdout, re.M), queue.stdout  # 1 recovery
     assert re.search(r"^\d+\s+-\s+sleepy\s.*CANCELLED", queue.stdout, re.M), queue.stdout
+    assert "\x1b[" not in queue.stdout  # piped: plain text for scripts
+
+    # On a terminal (FORCE_COLOR stands in for one), statuses have SkyPilot's colours.
+    colored = subprocess.run(
+        [TSKY, "jobs", "queue"], env={**_env(home), "FORCE_COLOR": "1"}, capture_output=True, text=True, timeout=120
+    )
+    assert "\x1b[32mSUCCEEDED\x1b[0m" in colored.stdout, colored.stdout
+    assert "\x1b[33mCANCELLED\x1b[0m" in colored.stdout, colored.stdout

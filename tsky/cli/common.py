@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from tsky.spec.ids import user_hash
 from tsky.spec.settings import Settings, SettingsError, load_settings
@@ -142,3 +143,35 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     for row in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     return "\n".join(lines)
+
+
+# SkyPilot's colours for managed-job statuses (sky/jobs/state.py); shown only on a terminal.
+STATUS_COLORS = {
+    "PENDING": "blue",
+    "STARTING": "blue",
+    "RUNNING": "green",
+    "RECOVERING": "cyan",
+    "SUCCEEDED": "green",
+    "CANCELLING": "yellow",
+    "CANCELLED": "yellow",
+}
+
+
+def status_color(status: str) -> str:
+    return STATUS_COLORS.get(status, "red" if status.startswith("FAILED") else "")
+
+
+def with_status_colors(text: str, column: str = "STATUS") -> Text:
+    """A `table()` whose `column` cells are coloured by status (rich drops the colour off a terminal)."""
+    lines = text.split("\n")
+    styled = Text(text)
+    start = lines[0].find(column)
+    if start < 0:
+        return styled
+    offset = 0
+    for line in lines:
+        status = line[start:].split(" ", 1)[0] if len(line) > start else ""
+        if color := status_color(status):
+            styled.stylize(color, offset + start, offset + start + len(status))
+        offset += len(line) + 1
+    return styled

@@ -24,6 +24,7 @@ from tsky.cli.common import (
     run,
     settings,
     table,
+    with_status_colors,
     workflow_url,
 )
 from tsky.spec.ids import job_workflow_id
@@ -257,7 +258,7 @@ def queue(
         else:
             console.print("No in-progress managed jobs.")
         if shown:
-            console.out(_queue_table(shown, all_users, verbose))
+            console.print(with_status_colors(_queue_table(shown, all_users, verbose)))
         if truncated:
             console.print(
                 f"Only showing the latest {limit} managed jobs "
