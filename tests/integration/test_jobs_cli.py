@@ -149,6 +149,7 @@ def test_bad_input_gets_clear_errors_without_tracebacks(tsky_env: TskyEnv, worke
         (("jobs", "logs", "-n", "nosuch"), "No managed job found with name 'nosuch'."),
         (("debug", "preempt", "999"), "Job 999 not found."),
         (("jobs", "pool", "status", "nopool"), "Pool(s) 'nopool' not found."),
+        (("jobs", "pool", "logs", "nopool", "1"), "No setup log for worker 1 of pool 'nopool'"),
         (("jobs", "launch", "-y", "-p", "nopool", str(job)), "Pool 'nopool' not found."),
     ]:
         lookup = tsky_env.tsky(*args)

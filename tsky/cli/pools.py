@@ -391,7 +391,7 @@ def logs(
     """Print a pool worker's setup output."""
     path = pool_worker_log(settings().home, pool, worker_id)
     if not path.exists():
-        fail(f"No setup log for worker {worker_id} of pool {pool!r} (yet).", code=1)
+        fail(f"No setup log for worker {worker_id} of pool {pool!r} (yet).", code=JobExitCode.NOT_FOUND)
     console.out(path.read_text(errors="replace"), end="")
 
 
