@@ -44,3 +44,15 @@ def test_offline_commands_import_no_temporal_and_no_cloud_sdk(args: list[str], t
     assert "tsky.cli.main" in modules  # the measurement itself works
     heavy = sorted(m for m in modules if m.startswith(HEAVY))
     assert heavy == [], heavy
+
+
+def test_the_worker_local_and_ssh_backends_load_without_a_cloud_sdk() -> None:
+    """The light install (no extras) runs the embedded default and SSH node pools: nothing on that path
+    imports a cloud SDK at module level."""
+    probe = (
+        "import sys, tsky.worker.main, tsky.activities.clouds.local, tsky.activities.clouds.ssh, tsky.cli.main;"
+        "print(sorted(m for m in sys.modules if m.startswith(('boto3', 'botocore', 'google.cloud', 'kubernetes'))))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", result.stdout
