@@ -14,8 +14,9 @@ RUN apt-get update \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY tsky ./tsky
-# A regular install writes the bytecode the workflow sandbox loads for every job.
-RUN pip install --no-cache-dir . && rm -rf /src
+# A regular install writes the bytecode the workflow sandbox loads for every job; a production worker
+# gets every cloud's SDK (the extras).
+RUN pip install --no-cache-dir '.[all]' && rm -rf /src
 
 RUN useradd --create-home --uid 1000 tsky && mkdir -p /var/lib/tsky && chown tsky:tsky /var/lib/tsky
 USER tsky

@@ -94,6 +94,7 @@ def test_dockerfile_runs_the_worker_under_an_init() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["tini", "-s", "--"]' in text
     assert 'CMD ["python", "-m", "tsky.worker"]' in text
+    assert "pip install --no-cache-dir '.[all]'" in text  # the light install would lack the cloud SDKs
 
 
 @pytest.mark.integration

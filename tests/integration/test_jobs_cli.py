@@ -137,9 +137,27 @@ def test_bad_input_gets_clear_errors_without_tracebacks(tsky_env: TskyEnv, worke
 
     job = tsky_env.write("ok.yaml", "name: ok\nrun: echo done\n")
     assert tsky_env.tsky("jobs", "launch", "-y", str(job)).returncode == 0
+    # Cancelling an ended job is a no-op, as in SkyPilot (cleanup scripts rely on it).
     again = tsky_env.tsky("jobs", "cancel", "-y", "1")
-    assert "already in terminal state SUCCEEDED" in again.stderr
-    assert "Traceback" not in again.stderr
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "Job 1 is already in terminal state SUCCEEDED. Skipped." in again.stdout
+    assert "No job to cancel." in again.stdout
+
+    # An id, name or pool that never existed: one line, exit 102, from every command.
+    for args, message in [
+        (("jobs", "cancel", "-y", "999"), "Job 999 not found."),
+        (("jobs", "logs", "-n", "nosuch"), "No managed job found with name 'nosuch'."),
+        (("debug", "preempt", "999"), "Job 999 not found."),
+        (("jobs", "pool", "status", "nopool"), "Pool(s) 'nopool' not found."),
+        (("jobs", "pool", "logs", "nopool", "1"), "No setup log for worker 1 of pool 'nopool'"),
+        (("jobs", "launch", "-y", "-p", "nopool", str(job)), "Pool 'nopool' not found."),
+    ]:
+        lookup = tsky_env.tsky(*args)
+        assert lookup.returncode == 102, (args, lookup.stdout, lookup.stderr)
+        assert message in lookup.stderr and "Traceback" not in lookup.stderr, (args, lookup.stderr)
+    # Taking down a pool that is not there is a no-op, as in SkyPilot.
+    down = tsky_env.tsky("jobs", "pool", "down", "-y", "nopool")
+    assert down.returncode == 0 and "No pool to terminate." in down.stdout, down.stdout + down.stderr
 
     none = tsky_env.tsky("jobs", "cancel", "-y")
     assert none.returncode == 2 and "Can only specify one of" in none.stderr

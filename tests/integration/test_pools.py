@@ -398,7 +398,7 @@ def test_down_cancels_jobs_and_leaves_nothing(tsky_env: TskyEnv, worker: WorkerP
 
     # A pool that is gone: the CLI refuses to submit to it, and a job that still asks for it fails.
     refused = env.tsky("jobs", "launch", "-p", "p", "-y", str(job))
-    assert refused.returncode == 2 and "Pool 'p' not found." in refused.stderr
+    assert refused.returncode == 102 and "Pool 'p' not found." in refused.stderr
 
     async def submit() -> int:
         from tsky.cli.common import current_user, current_user_hash

@@ -79,7 +79,7 @@ def test_show_gpus(env: dict[str, str]) -> None:
 
     per_region = in_process(env, "show-gpus", "H100:8", "--infra", "aws", "--all")
     assert per_region.exit_code == 0
-    rows_ = per_region.stdout.splitlines()[1:]
+    rows_ = per_region.stdout.split("\n\n")[0].splitlines()[1:]
     assert {line.split()[3] for line in rows_} == {"p5.48xlarge"}
     assert {line.split()[-1] for line in rows_} == {"us-east-1", "us-east-2", "us-west-2", "ap-northeast-1"}
 
@@ -87,7 +87,15 @@ def test_show_gpus(env: dict[str, str]) -> None:
     assert every.exit_code == 0 and "a3-ultragpu-8g" in every.stdout and "p3.2xlarge" not in every.stdout
 
     missing = in_process(env, "show-gpus", "B300")
-    assert missing.exit_code == 1 and "No offer of 'B300'" in missing.stdout
+    assert missing.exit_code == 102 and "No offer of 'B300'" in missing.stdout
+
+    # SkyPilot's NAME:COUNT with a count no node has: what comes closest, and which clouds are off here.
+    three = tsky(env, "show-gpus", "A100:3")
+    assert three.returncode == 0, three.stdout + three.stderr
+    assert "No node offers exactly 3 A100; it comes 1, 2, 4, 8, 16 per node:" in three.stdout
+    assert "a2-highgpu-4g" in three.stdout and "a2-highgpu-2g" not in three.stdout
+    assert "Listed but not enabled here" in three.stdout
+    assert "  AWS: no AWS credentials found" in three.stdout
     assert in_process(env, "show-gpus", "--infra", "azure").exit_code == 2
 
 

@@ -12,7 +12,8 @@ from temporalio.testing import ActivityEnvironment
 
 from tsky.activities.catalog import Catalog
 from tsky.activities.infra_check import InfraStatus
-from tsky.activities.planning import PlanningActivities, plan_for_task
+from tsky.activities.plan_activity import PlanningActivities
+from tsky.activities.planning import plan_for_task
 from tsky.cli.plan_table import render_pipeline_plan, render_plan
 from tsky.spec.activity_io import JobMeta, PlanInput, PlanResult
 from tsky.spec.loader import load_pipeline

@@ -182,7 +182,7 @@ def test_disabled_infra_is_not_planned_on_but_named_when_it_could_help(catalog: 
     reason = local_only.infeasible_reason or ""
     assert reason.startswith("No enabled infra offers A100-80GB (enabled infra offers: no GPUs)")
     assert "aws and gcp would offer it (aws p4de.24xlarge, gcp a2-ultragpu-8g) but are not enabled" in reason
-    assert "aws: no aws credentials; gcp: no gcp credentials" in reason
+    assert "no aws credentials" not in reason  # one short line: the reasons are `tsky check`'s to give
     assert reason.endswith("Enabled infra: local. Not enabled: ssh, aws, gcp (see `tsky check`).")
 
 

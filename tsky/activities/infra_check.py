@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable
+from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,10 @@ _GCP_CREDENTIAL_KEYS = {
     "external_account_authorized_user": ("audience", "refresh_token", "token_url"),
     "impersonated_service_account": ("service_account_impersonation_url", "source_credentials"),
 }
+
+
+# Each cloud's SDK comes with an extra of the tsky package (the light install has none of them).
+_CLOUD_SDKS = {"aws": ("boto3", "aws"), "gcp": ("google-cloud-compute", "gcp"), "k8s": ("kubernetes", "kubernetes")}
 
 
 class NodeShape(BaseModel):
@@ -69,7 +74,20 @@ def check_infra(settings: Settings, only: Iterable[str] | None = None) -> list[I
         "k8s": _check_k8s,
     }
     wanted = set(only) if only is not None else set(INFRA_NAMES)
-    return [checks[name](settings) for name in INFRA_NAMES if name in wanted]
+    return [_missing_sdk(name) or checks[name](settings) for name in INFRA_NAMES if name in wanted]
+
+
+def _missing_sdk(name: str) -> InfraStatus | None:
+    """Disabled, naming the extra to install, when the cloud's SDK is not installed (read from the
+    installed distributions: importing an SDK to find out would cost the start-up time it saves)."""
+    if name not in _CLOUD_SDKS:
+        return None
+    package, extra = _CLOUD_SDKS[name]
+    try:
+        distribution(package)
+    except PackageNotFoundError:
+        return InfraStatus(name=name, enabled=False, reason=f"{package} is not installed: pip install 'tsky[{extra}]'")
+    return None
 
 
 def enabled_infra(statuses: Iterable[InfraStatus]) -> list[EnabledInfra]:

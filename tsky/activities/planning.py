@@ -1,8 +1,8 @@
 """The planner: a task's resource requests × enabled infra × catalog offers → ranked launch candidates.
 
 `plan()` is pure (its inputs are the requests, the enabled infra, the catalog, the settings and this
-host's size), so the CLI runs it in-process for `--dryrun` and the "Considered resources" table, and the
-`plan_task` activity runs the same code for the workflow.
+host's size), so the CLI runs it in-process for `--dryrun` and the "Considered resources" table (without importing
+Temporal), and the `plan_task` activity (plan_activity.py) runs the same code for the workflow.
 
 Ranking: every offer that meets every requirement of a request is a match; each (request, cloud, region,
 zone) keeps its cheapest matching instance type; candidates are ordered by hourly cost × nodes (for
@@ -12,18 +12,14 @@ which requirement no enabled infra meets, and which disabled infra would have.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from temporalio import activity
-
 from tsky.activities.catalog import CATALOG_CLOUDS, Catalog, CatalogError, Offer, load_catalog
-from tsky.activities.heartbeat import heartbeating
 from tsky.activities.infra_check import EnabledInfra, InfraStatus, check_infra, enabled_infra
-from tsky.spec.activity_io import ActivityName, PlanInput, PlanResult
+from tsky.spec.activity_io import PlanResult
 from tsky.spec.requests import Candidate, Infra, ResourceRequest
 from tsky.spec.settings import Settings
 from tsky.spec.task import Task, TaskRequests
@@ -32,7 +28,6 @@ __all__ = [
     "Catalog",
     "EnabledInfra",
     "HostFacts",
-    "PlanningActivities",
     "detect_host",
     "load_catalog",
     "plan",
@@ -384,13 +379,12 @@ def _explain(
         message = _why(req, num_nodes, offers, everything, enabled_names, reasons, settings)
         could = [o for o in elsewhere if _failure(req, o, num_nodes) is None]
         if could:
+            # Why each is off is `tsky check`'s to say (the CLI prints it, one infra per line).
             clouds = sorted({o.cloud for o in could})
-            why_off = "; ".join(f"{c}: {reasons[c]}" for c in clouds if reasons.get(c))
             message += (
                 f"; {' and '.join(clouds)} would offer it ({_places(could)}) but "
                 + ("is" if len(clouds) == 1 else "are")
                 + " not enabled"
-                + (f" ({why_off})" if why_off else "")
             )
         parts.append(message if len(options) == 1 else f"option {index + 1} ({_what(req)}): {message}")
     text = parts[0] if len(options) == 1 else "None of the resource options fits: " + "; ".join(parts)
@@ -526,15 +520,3 @@ def plan_for_task(task: Task, settings: Settings, statuses: list[InfraStatus] | 
         settings,
         disabled=[s for s in statuses if not s.enabled],
     )
-
-
-class PlanningActivities:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-
-    @activity.defn(name=ActivityName.PLAN)
-    async def plan_task(self, inp: PlanInput) -> PlanResult:
-        # Milliseconds of file reads and arithmetic, but off the event loop all the same; heartbeats let
-        # a dead worker be noticed within the heartbeat timeout rather than the start-to-close one.
-        async with heartbeating("plan"):
-            return await asyncio.to_thread(plan_for_task, inp.task, self.settings)

@@ -300,10 +300,14 @@ def get_store(name: str, settings: Settings) -> ObjectStore:
     it always follows the current endpoint and credentials."""
     if name == "local":
         return LocalStore(buckets_root(settings))
-    if name == "s3":
-        return S3Store(s3_endpoint(settings))
-    if name == "gcs":
-        return GcsStore(gcs_endpoint(settings))
+    try:
+        if name == "s3":
+            return S3Store(s3_endpoint(settings))
+        if name == "gcs":
+            return GcsStore(gcs_endpoint(settings))
+    except ImportError as err:  # the light install: each cloud's SDK is an extra
+        extra = "aws" if name == "s3" else "gcp"
+        raise StoreError(f"{name} buckets need the {extra} SDK: pip install 'tsky[{extra}]'.") from err
     raise StoreError(f"store {name!r} is not supported by tsky; use s3, gcs or local.")
 
 

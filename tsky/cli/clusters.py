@@ -9,6 +9,7 @@ import typer
 
 from tsky.cli.common import ago, console, err_console, fail, run, settings, table
 from tsky.spec.settings import Settings
+from tsky.spec.status import JobExitCode
 
 if TYPE_CHECKING:
     from tsky.activities.sweeper import ClusterView
@@ -97,18 +98,41 @@ async def _status_all_infra(s: Settings) -> None:
 
 
 @debug_app.command()
-def preempt(job_id: Annotated[int, typer.Argument(help="The managed job whose cluster to preempt.")]) -> None:
-    """Preempt a job's local cluster as a cloud would: its processes die, its nodes report PREEMPTED."""
-    s = settings()
-    from tsky.activities.clouds.local import preempt_job
+def preempt(
+    job_id: Annotated[int | None, typer.Argument(help="The managed job whose cluster to preempt.")] = None,
+    name: Annotated[str | None, typer.Option("--name", "-n", help="Select the job by name.")] = None,
+) -> None:
+    """Preempt a job's local cluster as a cloud would: its processes die, its nodes report PREEMPTED.
 
-    names = preempt_job(s, job_id)
-    if not names:
-        # A pool job runs on a worker of its pool, which no job owns: preempt the worker it is on.
-        names = run(_preempt_pool_worker(s, job_id))
-    if not names:
-        fail(f"Job {job_id} has no live cluster on the local infra.")
+    A job still starting is waited for until its cluster is up."""
+    s = settings()
+    if job_id is None and name is None:
+        fail("Give a job id or --name.")
+    names = run(_preempt_when_up(s, job_id, name))
     console.print(f"Preempted {', '.join(names)}; the job will recover.")
+
+
+async def _preempt_when_up(s: Settings, job_id: int | None, name: str | None) -> list[str]:
+    from tsky.activities.clouds.local import preempt_job
+    from tsky.cli import api
+    from tsky.cli.common import client_for
+    from tsky.cli.jobs import _resolve_job as resolve_job
+
+    client = await client_for(s, start=False)
+    resolved = await resolve_job(client, job_id, name, running_only=True)
+    while True:
+        row = await api.get_job(client, resolved)
+        if row is None:
+            fail(f"Job {resolved} not found.", code=JobExitCode.NOT_FOUND)
+        if row.status.is_terminal() or row.closed:
+            fail(f"Job {resolved} has ended ({row.status.value}): nothing to preempt.")
+        names = preempt_job(s, resolved)
+        if not names:
+            # A pool job runs on a worker of its pool, which no job owns: preempt the worker it is on.
+            names = await _preempt_pool_worker(s, resolved)
+        if names:
+            return names
+        await asyncio.sleep(0.5)
 
 
 async def _preempt_pool_worker(s: Settings, job_id: int) -> list[str]:

@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from tsky.spec.ids import user_hash
 from tsky.spec.settings import Settings, SettingsError, load_settings
+from tsky.spec.status import JobExitCode
 
 if TYPE_CHECKING:
     from temporalio.client import Client
@@ -26,6 +28,10 @@ T = TypeVar("T")
 
 class UsageError(Exception):
     """Bad input from the user: printed as one paragraph, exit code 2, nothing started."""
+
+
+class NotFound(Exception):
+    """A job, job name or pool that does not exist: one line, exit code 102 (SkyPilot's NOT_FOUND)."""
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -48,6 +54,8 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
     try:
         return asyncio.run(coro)
+    except NotFound as err:
+        fail(str(err), code=JobExitCode.NOT_FOUND)
     except (UsageError, SettingsError, CodecKeyError) as err:
         fail(str(err))
     except (ConnectError, EmbeddedError) as err:
@@ -136,3 +144,35 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     for row in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     return "\n".join(lines)
+
+
+# SkyPilot's colours for managed-job statuses (sky/jobs/state.py); shown only on a terminal.
+STATUS_COLORS = {
+    "PENDING": "blue",
+    "STARTING": "blue",
+    "RUNNING": "green",
+    "RECOVERING": "cyan",
+    "SUCCEEDED": "green",
+    "CANCELLING": "yellow",
+    "CANCELLED": "yellow",
+}
+
+
+def status_color(status: str) -> str:
+    return STATUS_COLORS.get(status, "red" if status.startswith("FAILED") else "")
+
+
+def with_status_colors(text: str, column: str = "STATUS") -> Text:
+    """A `table()` whose `column` cells are coloured by status (rich drops the colour off a terminal)."""
+    lines = text.split("\n")
+    styled = Text(text)
+    start = lines[0].find(column)
+    if start < 0:
+        return styled
+    offset = 0
+    for line in lines:
+        status = line[start:].split(" ", 1)[0] if len(line) > start else ""
+        if color := status_color(status):
+            styled.stylize(color, offset + start, offset + start + len(status))
+        offset += len(line) + 1
+    return styled

@@ -13,6 +13,7 @@ from tsky.activities.infra_check import INFRA_NAMES, EnabledInfra, check_infra
 from tsky.activities.planning import INFRA_ALIASES, detect_host, infra_offers
 from tsky.spec.requests import CLOUD_DISPLAY, Infra
 from tsky.spec.settings import Settings, SettingsError, load_settings
+from tsky.spec.status import JobExitCode
 
 # No markup (infra names like "[local]" are data) and no wrapping (reasons are long, output is grepped).
 console = Console(highlight=False, markup=False, soft_wrap=True)
@@ -135,15 +136,21 @@ def show_gpus(name: str | None, infra: str | None, show_all: bool) -> None:
     if name:
         gpu, count = _split_name(name)
         matched = [o for o in offers if (o.accelerator or "").lower() == gpu.lower()]
-        if count is not None:
-            matched = [o for o in matched if o.accelerator_count == count]
         if not matched:
             where = f" in {infra}" if infra else ""
             console.print(
-                Text(f"No offer of '{name}'{where} in the catalog. GPUs offered: {', '.join(names)}.", style="red")
+                Text(f"No offer of '{gpu}'{where} in the catalog. GPUs offered: {', '.join(names)}.", style="red")
             )
-            raise typer.Exit(1)
+            raise typer.Exit(JobExitCode.NOT_FOUND)
+        if count is not None:
+            exact = [o for o in matched if o.accelerator_count == count]
+            if not exact:  # SkyPilot's NAME:COUNT; show what comes closest rather than nothing
+                quantities = ", ".join(_num(c) for c in sorted({o.accelerator_count for o in matched}))
+                console.print(f"No node offers exactly {_num(count)} {gpu}; it comes {quantities} per node:")
+                exact = [o for o in matched if o.accelerator_count >= count] or matched
+            matched = exact
         _gpu_table(gpu, matched, per_region=show_all)
+        _not_enabled_note(settings, {o.cloud for o in matched})
         return
     if not names:
         console.print("No GPUs offered" + (f" in {infra}." if infra else "."))
@@ -160,11 +167,22 @@ def show_gpus(name: str | None, infra: str | None, show_all: bool) -> None:
         clouds = sorted({o.cloud for o in mine}, key=lambda c: (*INFRA_NAMES, c).index(c))
         rows.append((gpu, ", ".join(_num(c) for c in counts), ", ".join(clouds)))
     _columns(("GPU", "AVAILABLE_QUANTITIES", "INFRA"), rows)
+    _not_enabled_note(settings, {o.cloud for o in offers})
     console.print()
     console.print(
         "Hint: `tsky show-gpus <GPU>` lists instance types and hourly prices (price ranges over regions, "
         "cheapest region shown); add --all for one row per region, or use --all alone for every GPU."
     )
+
+
+def _not_enabled_note(settings: Settings, clouds: set[str]) -> None:
+    """The catalog lists clouds this installation cannot launch on: say which, and why."""
+    disabled = [s for s in check_infra(settings, clouds) if not s.enabled]
+    if disabled:
+        console.print()
+        console.print(Text("Listed but not enabled here (a launch skips them; see `tsky check`):", style="dim"))
+        for s in disabled:
+            console.print(Text(f"  {CLOUD_DISPLAY.get(s.name, s.name)}: {s.reason}", style="dim"))
 
 
 def check(only: list[str] | None) -> None:
@@ -211,7 +229,11 @@ def catalog_refresh(cloud: str, regions: list[str] | None) -> None:
             )
         )
         raise typer.Exit(2)
-    from botocore.exceptions import BotoCoreError, ClientError
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError as err:
+        console.print(Text("Refreshing the AWS catalog needs boto3: pip install 'tsky[aws]'.", style="red"))
+        raise typer.Exit(2) from err
 
     from tsky.activities.catalog import write_cloud_catalog
     from tsky.activities.catalog_aws import NoAwsCredentials, refresh_aws

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from tsky.cli.common import (
+    NotFound,
     UsageError,
     ago,
     client_for,
@@ -23,6 +24,7 @@ from tsky.cli.common import (
     run,
     settings,
     table,
+    with_status_colors,
     workflow_url,
 )
 from tsky.spec.ids import job_workflow_id
@@ -257,7 +259,7 @@ def queue(
         else:
             console.print("No in-progress managed jobs.")
         if shown:
-            console.out(_queue_table(shown, all_users, verbose))
+            console.print(with_status_colors(_queue_table(shown, all_users, verbose)))
         if truncated:
             console.print(
                 f"Only showing the latest {limit} managed jobs "
@@ -281,7 +283,7 @@ async def _resolve_job(client: object, job_id: int | None, name: str | None, *, 
             matches = await api.jobs_named(client, name, running_only=False)
             matches = matches[-1:]
         if not matches:
-            raise UsageError(f"No job found with name {name!r}.")
+            raise NotFound(f"No managed job found with name {name!r}.")
         if len(matches) > 1:
             ids = ", ".join(str(m.job_id) for m in matches)
             raise UsageError(f"Multiple running jobs found with name {name!r}: {ids}. Give the job id instead.")
@@ -289,7 +291,7 @@ async def _resolve_job(client: object, job_id: int | None, name: str | None, *, 
     if job_id is None:
         rows = await api.list_jobs(client, user=current_user())
         if not rows:
-            raise UsageError("No managed jobs yet: launch one with `tsky jobs launch`.")
+            raise NotFound("No managed job found: launch one with `tsky jobs launch`.")
         return rows[0].job_id
     return job_id
 
@@ -329,7 +331,7 @@ def logs(
         if status is None:
             return JobExitCode.NOT_FOUND
         if status.is_terminal() and do_follow and not controller:
-            console.print(f"[green]✓ Managed job finished: {resolved} (status: {status.value}).[/]")
+            console.print(finished_line(resolved, status))
         return status.exit_code() if status.is_terminal() else JobExitCode.NOT_FINISHED
 
     raise typer.Exit(run(body()))
@@ -409,14 +411,16 @@ def cancel(
         from tsky.cli import api  # the Temporal client: imported only by commands that talk to it
 
         client = await client_for(s)
+        missing: list[int] = []  # never allocated: a typo, so not found (102); an ended job is a no-op
         if job_ids:
             targets: list[int] = []
             for job_id in job_ids:
                 row = await api.get_job(client, job_id)
                 if row is None:
                     err_console.print(f"Job {job_id} not found.")
+                    missing.append(job_id)
                 elif row.status.is_terminal() or row.closed:
-                    err_console.print(f"Job {job_id} is already in terminal state {row.status.value}; skipped.")
+                    console.print(f"Job {job_id} is already in terminal state {row.status.value}. Skipped.")
                 else:
                     targets.append(job_id)
             what = f"managed job(s) with ID(s) {','.join(map(str, job_ids))}"
@@ -442,7 +446,7 @@ def cancel(
             what = "all managed jobs FOR ALL USERS" if all_users else "all managed jobs"
         if not targets:
             console.print("No job to cancel.")
-            return 0 if not job_ids or len(targets) == len(job_ids) else 1
+            return JobExitCode.NOT_FOUND if missing else 0
         if not yes:
             typer.confirm(f"Cancelling {what}. Proceed?", default=True, abort=True)
         await api.cancel(client, targets)
@@ -450,7 +454,7 @@ def cancel(
             console.print(f"Job with ID {targets[0]} is scheduled to be cancelled.")
         else:
             console.print(f"Jobs with IDs {', '.join(map(str, targets))} are scheduled to be cancelled.")
-        return 0
+        return JobExitCode.NOT_FOUND if missing else 0
 
     raise typer.Exit(run(body()))
 
@@ -481,9 +485,15 @@ def print_submitted(ids: list[int], detach: bool, pool: str | None = None) -> No
             console.print(f"└── To cancel all these jobs:     tsky jobs cancel {' '.join(map(str, ids))}")
 
 
+def finished_line(job_id: int, status: ManagedJobStatus) -> str:
+    """Green ✓ only for SUCCEEDED; SkyPilot's yellow for CANCELLED, red ✗ for the failures."""
+    if status is ManagedJobStatus.SUCCEEDED:
+        return f"[green]✓ Managed job finished: {job_id} (status: {status.value}).[/]"
+    color = "yellow" if status is ManagedJobStatus.CANCELLED else "red"
+    return f"[{color}]✗ Managed job finished: {job_id} (status: {status.value}).[/]"
+
+
 def print_finished(job_id: int, status: ManagedJobStatus) -> None:
     s = settings()
-    color = "green" if status is ManagedJobStatus.SUCCEEDED else "red"
-    mark = "✓" if status is ManagedJobStatus.SUCCEEDED else "✗"
-    console.print(f"[{color}]{mark} Managed job finished: {job_id} (status: {status.value}).[/]")
+    console.print(finished_line(job_id, status))
     _useful_commands(job_id, workflow_url(s, job_workflow_id(job_id)))

@@ -13,10 +13,9 @@ from pathlib import Path
 import typer
 import yaml
 
+from tsky.activities.catalog import CATALOG_CLOUDS
 from tsky.activities.infra_check import check_infra
 from tsky.activities.planning import plan_for_task
-from tsky.activities.uploads import UploadError
-from tsky.cli import api
 from tsky.cli.common import (
     UsageError,
     client_for,
@@ -28,13 +27,13 @@ from tsky.cli.common import (
     run,
     settings,
 )
-from tsky.cli.follow import follow
 from tsky.cli.jobs import print_finished, print_submitted
 from tsky.cli.plan_table import render_pipeline_plan, render_plan
 from tsky.spec.activity_io import PlanResult
 from tsky.spec.envs import env_overrides, secret_overrides
 from tsky.spec.errors import SpecError
 from tsky.spec.loader import apply_overrides, load_pipeline
+from tsky.spec.requests import Candidate
 from tsky.spec.settings import Settings
 from tsky.spec.status import JobExitCode
 from tsky.spec.task import Pipeline
@@ -130,6 +129,11 @@ def launch_job(opts: LaunchOptions) -> int:
         typer.confirm(f"Launching {what} {pipeline.name!r}. Proceed?", default=True, abort=True)
 
     async def body() -> int:
+        # Temporal and the uploaders only now: a dry run or a refused launch never imports them.
+        from tsky.activities.uploads import UploadError
+        from tsky.cli import api
+        from tsky.cli.follow import follow
+
         client = await client_for(s)
         if opts.num_jobs > 1 and opts.pool is None:
             console.print(f"Submitting {opts.num_jobs} managed jobs. Each job will be launched on its own cluster.")
@@ -165,28 +169,44 @@ def launch_job(opts: LaunchOptions) -> int:
 
 
 def _show_plan(opts: LaunchOptions, s: Settings, pipeline: Pipeline) -> None:
-    """SkyPilot's "Considered resources" table(s) (unless -y); no feasible plan ends the launch here."""
+    """SkyPilot's "Considered resources" table(s) (unless -y), chosen among enabled infra only, as the real
+    launch chooses; no feasible plan ends the launch here, with one short error."""
     statuses = check_infra(s)
-    if opts.dryrun:
-        # A dry run prices the request everywhere the catalog knows, enabled here or not, and says which
-        # infra a real launch would skip.
-        skipped = [st.name for st in statuses if not st.enabled and st.name in ("aws", "gcp")]
-        statuses = [st.model_copy(update={"enabled": True}) if st.name in skipped else st for st in statuses]
-        if skipped:
-            err_console.print(
-                f"[dim]Dry run: priced on every catalog cloud; not enabled here: {', '.join(skipped)} "
-                "(a real launch skips them; see `tsky check`).[/]"
-            )
-    plans: list[PlanResult] = [plan_for_task(task, s, statuses) for task in pipeline.tasks if task.run]
-    infeasible = [p.infeasible_reason for p in plans if p.infeasible_reason or not p.candidates]
-    if not opts.yes or opts.dryrun or infeasible:
-        console.print(f"Managed job {pipeline.name!r} will be launched on (estimated):")
-        runnable = [t for t in pipeline.tasks if t.run]
-        if len(runnable) == 1:
-            render_plan(console, runnable[0].name, runnable[0].num_nodes, plans[0])
-        elif runnable:
-            render_pipeline_plan(
-                console, [(t.name or "", t.num_nodes, p) for t, p in zip(runnable, plans, strict=True)]
-            )
+    runnable = [t for t in pipeline.tasks if t.run]
+    plans: list[PlanResult] = [plan_for_task(task, s, statuses) for task in runnable]
+    infeasible = [(t, p) for t, p in zip(runnable, plans, strict=True) if p.infeasible_reason or not p.candidates]
     if infeasible:
-        fail(f"Nothing was launched: {infeasible[0]}")
+        task, result = infeasible[0]
+        which = f" for task {task.name!r}" if len(runnable) > 1 and task.name else ""
+        lines = [f"Nothing was launched: no resources{which}: {result.infeasible_reason or 'no candidates.'}"]
+        lines += [f"  {st.name}: not enabled: {st.reason}" for st in statuses if not st.enabled]
+        fail("\n".join(lines))
+    if opts.yes and not opts.dryrun:
+        return
+    # A dry run also prices the catalog clouds that are off here, greyed and never chosen.
+    off = [st.name for st in statuses if not st.enabled and st.name in CATALOG_CLOUDS]
+    elsewhere: list[PlanResult] = []
+    if opts.dryrun and off:
+        everywhere = [st.model_copy(update={"enabled": True}) if st.name in off else st for st in statuses]
+        elsewhere = [plan_for_task(task, s, everywhere) for task in runnable]
+    reasons = {st.name: st.reason for st in statuses if st.name in off}
+    console.print(f"Managed job {pipeline.name!r} will be launched on (estimated):")
+    if len(runnable) == 1:
+        render_plan(
+            console,
+            runnable[0].name,
+            runnable[0].num_nodes,
+            plans[0],
+            not_enabled=_not_enabled(elsewhere[0] if elsewhere else None, reasons),
+        )
+    elif runnable:
+        render_pipeline_plan(console, [(t.name or "", t.num_nodes, p) for t, p in zip(runnable, plans, strict=True)])
+
+
+def _not_enabled(result: PlanResult | None, reasons: dict[str, str]) -> list[tuple[Candidate, str]]:
+    """The cheapest offer of each infra that is off here, with why it is off."""
+    cheapest: dict[str, Candidate] = {}
+    for c in result.candidates if result else []:
+        if c.cloud in reasons and (c.cloud not in cheapest or c.hourly_cost < cheapest[c.cloud].hourly_cost):
+            cheapest[c.cloud] = c
+    return [(c, reasons[cloud]) for cloud, c in cheapest.items()]

@@ -2,19 +2,37 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
+
+from tsky import __version__
+from tsky.cli.help_format import JobsFirst, plain_help
 
 app = typer.Typer(
     name="tsky",
+    cls=JobsFirst,
     help="SkyPilot-style managed jobs on Temporal.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
+    # `-h` as in SkyPilot; click hands these names down to every sub-command's context.
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"tsky, version {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Show the version and exit."),
+    ] = False,
+) -> None:
     """tsky: run SkyPilot task YAMLs as durable managed jobs on Temporal."""
 
 
@@ -28,6 +46,7 @@ def _register() -> None:
     clusters.register(app)
     codec.register(app)
     register_infra(app)
+    plain_help(app)
 
 
 _register()

@@ -63,12 +63,18 @@ def _nodes(num_nodes: int) -> str:
 
 
 def render_plan(
-    console: Console, task_name: str | None, num_nodes: int, result: PlanResult, *, in_pipeline: bool = False
+    console: Console,
+    task_name: str | None,
+    num_nodes: int,
+    result: PlanResult,
+    *,
+    in_pipeline: bool = False,
+    not_enabled: Sequence[tuple[Candidate, str]] = (),
 ) -> None:
     """Print one task's "Considered resources" table, or why nothing fits.
 
     `in_pipeline` titles it "Considered resources for task 'x' (…)", as SkyPilot does for each task of
-    a pipeline."""
+    a pipeline. `not_enabled`: offers of infra that is off here (with why), listed greyed, never chosen."""
     if result.infeasible_reason or not result.candidates:
         label = f" for task '{task_name}'" if in_pipeline and task_name else ""
         reason = result.infeasible_reason or "no candidates"
@@ -92,9 +98,19 @@ def render_plan(
         )
         for c, chosen in considered_rows(result)
     ]
+    greyed = [
+        (c.display_infra(), _instance(c), _size(c.vcpus), _size(c.memory_gb), c.accelerators_label(),
+         f"{c.hourly_cost:.2f}", "not enabled")
+        for c, _ in not_enabled
+    ]  # fmt: skip
     console.print(Text(title, style="bold"))
-    for text in _table(headers, rows):
-        console.print(Text(text), soft_wrap=True)
+    lines = _table(headers, rows + greyed)
+    for index, text in enumerate(lines):
+        # The rule, header, rule, the chosen-among rows, then the greyed ones, then the closing rule.
+        grey = 3 + len(rows) <= index < len(lines) - 1
+        console.print(Text(text, style="dim" if grey else ""), soft_wrap=True)
+    for c, reason in not_enabled:
+        console.print(Text(f"{c.cloud}: not enabled: {reason}", style="dim"), soft_wrap=True)
     console.print()
 
 

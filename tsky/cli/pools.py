@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from tsky.cli.common import (
-    UsageError,
+    NotFound,
     ago,
     client_for,
     console,
@@ -40,6 +40,7 @@ from tsky.spec.pool_state import PoolApply, PoolSnapshot, PoolVersion, WorkerSta
 from tsky.spec.requests import requested_label
 from tsky.spec.secrets import load_key, seal
 from tsky.spec.settings import Settings
+from tsky.spec.status import JobExitCode
 from tsky.spec.task import Pipeline, Task
 
 if TYPE_CHECKING:
@@ -220,7 +221,7 @@ async def _current(s: Settings, name: str) -> PoolVersion:
     client = await client_for(s)
     version = await pool_api.current_version(client, name)
     if version is None:
-        raise UsageError(f"Pool {name!r} not found: create it with `tsky jobs pool apply -p {name} pool.yaml`.")
+        raise NotFound(f"Pool {name!r} not found: create it with `tsky jobs pool apply -p {name} pool.yaml`.")
     return version
 
 
@@ -302,8 +303,10 @@ def status(
         if as_json:
             console.out(json.dumps([p.model_dump(mode="json") for p in pools], indent=2))
             return
+        if names and (missing := [n for n in names if n not in {p.name for p in pools}]):
+            raise NotFound(f"Pool(s) {', '.join(repr(n) for n in missing)} not found.")
         if not pools:
-            console.print("No existing pools." if not names else f"Pool(s) {', '.join(names)} not found.")
+            console.print("No existing pools.")
             return
         now = datetime.now(UTC)
         console.print("[bold cyan]Pools[/]")
@@ -338,11 +341,12 @@ def down(
         client = await client_for(s)
         existing = {p.name: p for p in await pool_api.list_pools(client)}
         targets = sorted(existing) if all_pools else list(names or [])
-        missing = [n for n in targets if n not in existing]
-        if missing:
-            raise UsageError(f"Pool(s) {', '.join(repr(n) for n in missing)} not found.")
+        # Idempotent, as SkyPilot's: a pool already down is nothing to do, so scripts can clean up twice.
+        for name in [n for n in targets if n not in existing]:
+            console.print(f"Pool {name!r} not found. Skipped.")
+        targets = [n for n in targets if n in existing]
         if not targets:
-            console.print("No existing pools.")
+            console.print("No pool to terminate.")
             return 0
         listed = ", ".join(repr(n) for n in targets)
         jobs = [j for n in targets for j in await pool_api.pool_jobs(client, n)]
@@ -389,7 +393,7 @@ def logs(
 
     text = asyncio.run(log_store(settings()).read(pool_worker_log_key(pool, worker_id)))
     if not text:
-        fail(f"No setup log for worker {worker_id} of pool {pool!r} (yet).", code=1)
+        fail(f"No setup log for worker {worker_id} of pool {pool!r} (yet).", code=JobExitCode.NOT_FOUND)
     console.out(text.decode(errors="replace"), end="")
 
 
@@ -408,7 +412,8 @@ def prepare_pool_launch(pool: str, num_jobs: int, pipeline: Pipeline, *, yes: bo
         return await pool_api.get_pool(client, pool) is not None
 
     if not run(exists()):
-        fail(f"Pool {pool!r} not found. Create it with `tsky jobs pool apply -p {pool} pool.yaml`.")
+        message = f"Pool {pool!r} not found. Create it with `tsky jobs pool apply -p {pool} pool.yaml`."
+        fail(message, code=JobExitCode.NOT_FOUND)
     console.print(f"Submitting to pool {pool!r} with {num_jobs} job{'s' if num_jobs != 1 else ''}.")
     tasks = pipeline.tasks
     ignored = [

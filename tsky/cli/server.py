@@ -10,7 +10,6 @@ from urllib.parse import quote
 import typer
 
 from tsky.cli.common import console, fail, settings, ui_base
-from tsky.cli.worker_status import print_live_status
 from tsky.spec.settings import Settings
 
 server_app = typer.Typer(help="The embedded Temporal server and worker daemon.", no_args_is_help=True)
@@ -42,6 +41,8 @@ def _print_status(s: Settings) -> bool:
     else:
         console.print(f"Worker:          stopped{' (stale pid file)' if worker is not None else ''}")
     if server_up:
+        from tsky.cli.worker_status import print_live_status
+
         print_live_status(console, s)  # what the running workers use, asked from the server
     else:
         console.print(
@@ -88,6 +89,8 @@ def status() -> None:
     """Show the server's address, the Web UI URL, both pids and the worker's limits."""
     s = settings()
     if not s.embedded:
+        from tsky.cli.worker_status import print_live_status
+
         console.print(_external(s))
         print_live_status(console, s)
         raise typer.Exit(0)

@@ -17,7 +17,7 @@ from tsky.activities import scheduling
 from tsky.activities.cluster import ClusterActivities
 from tsky.activities.controller_log import ControllerLogActivities
 from tsky.activities.job_ids import JobIdActivities
-from tsky.activities.planning import PlanningActivities
+from tsky.activities.plan_activity import PlanningActivities
 from tsky.activities.pool import PoolActivities
 from tsky.activities.sweeper import SweeperActivities
 from tsky.activities.watch import PhaseActivities

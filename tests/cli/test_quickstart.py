@@ -1,0 +1,84 @@
+"""The README's Quickstart, pasted as is: each command, in order, on the embedded default.
+
+The commands are read from README.md, so the test fails when the README drifts from what tsky does. A
+command exits 0 unless its comment says `exits N`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import BIN, ROOT, TSKY
+
+pytestmark = pytest.mark.integration
+
+
+def quickstart_commands() -> list[tuple[str, int]]:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Quickstart", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert block, "README.md: the Quickstart has no ```bash block"
+    commands: list[tuple[str, int]] = []
+    for line in block.group(1).splitlines():
+        command, _, comment = line.partition("#")
+        command = command.strip()
+        if command:
+            code = re.search(r"\bexits (\d+)", comment)
+            commands.append((command, int(code.group(1)) if code else 0))
+    return commands
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Iterator[Path]:
+    home = tmp_path / "tsky-home"
+    yield home
+    # Whatever happened, stop the embedded stack the commands started (by the pids it recorded).
+    subprocess.run([TSKY, "server", "down"], env=_env(home), capture_output=True, timeout=60)
+
+
+def _env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TSKY_")}
+    env.update(
+        TSKY_HOME=str(home),
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        AWS_EC2_METADATA_DISABLED="true",
+        NO_GCE_CHECK="True",
+        GCE_METADATA_HOST="127.0.0.1:9",
+        GCE_METADATA_IP="127.0.0.1:9",
+    )
+    return env
+
+
+def test_the_readme_quickstart_runs_as_written(home: Path) -> None:
+    commands = quickstart_commands()
+    assert commands[0][0] == "source .venv/bin/activate"  # the test puts this venv's bin on PATH instead
+    assert any("debug preempt" in c for c, _ in commands) and commands[-1][0] == "tsky server down"
+    for command, expected in commands[1:]:
+        result = subprocess.run(
+            ["bash", "-c", command], cwd=ROOT, env=_env(home), capture_output=True, text=True, timeout=600
+        )
+        assert result.returncode == expected, f"$ {command}\n{result.stdout}\n{result.stderr}"
+        if "debug preempt" in command:
+            assert "Preempted" in result.stdout
+        if command.startswith("tsky jobs logs -n spot"):
+            assert "✓ Managed job finished" in result.stdout and "SUCCEEDED" in result.stdout
+        if command.startswith("tsky jobs logs -n sleepy"):  # a cancelled job is never shown with a green ✓
+            assert "CANCELLED" in result.stdout and "✓" not in result.stdout
+    queue = subprocess.run([TSKY, "jobs", "queue"], env=_env(home), capture_output=True, text=True, timeout=120)
+    assert re.search(r"spot-job|spot\s.*SUCCEEDED", queue.stdout), queue.stdout
+    assert re.search(r"^\d+\s+-\s+spot\s.*\s1\s+SUCCEEDED", queue.stdout, re.M), queue.stdout  # 1 recovery
+    assert re.search(r"^\d+\s+-\s+sleepy\s.*CANCELLED", queue.stdout, re.M), queue.stdout
+    assert "\x1b[" not in queue.stdout  # piped: plain text for scripts
+
+    # On a terminal (FORCE_COLOR stands in for one), statuses have SkyPilot's colours.
+    colored = subprocess.run(
+        [TSKY, "jobs", "queue"], env={**_env(home), "FORCE_COLOR": "1"}, capture_output=True, text=True, timeout=120
+    )
+    assert "\x1b[32mSUCCEEDED\x1b[0m" in colored.stdout, colored.stdout
+    assert "\x1b[33mCANCELLED\x1b[0m" in colored.stdout, colored.stdout
