@@ -107,7 +107,7 @@ class PhaseActivities:
     async def _watch(self, inp: PhaseInput) -> PhaseResult:
         backend = get_backend(inp.cluster.backend, self.settings)
         agents = [backend.node(inp.cluster, node.rank) for node in inp.cluster.nodes]
-        phase_key = inp.node_key or f"{inp.phase}-a{inp.attempt}"
+        phase_key = inp.key
         path = (
             self.settings.home / inp.log_path
             if inp.log_path
