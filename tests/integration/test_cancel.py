@@ -8,6 +8,7 @@ itself. Each one ends CANCELLED, with no job process and no cluster left, and a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -61,10 +62,8 @@ async def _cancel_and_watch(env: TskyEnv, job_id: int) -> list[str]:
             with_status = await status()
             if with_status != seen[-1]:
                 seen.append(with_status)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(cancel.wait(), 0.05)
-            except TimeoutError:
-                pass
         out, _ = await cancel.communicate()
         if attempt == 0:  # the repeat may find the job cancelled already
             assert cancel.returncode == 0, out
