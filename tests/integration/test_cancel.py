@@ -114,7 +114,9 @@ def test_cancel_during_run_shows_cancelling_then_cancelled(tsky_env: TskyEnv) ->
     tsky_env.configure(SLOW_HEARTBEATS)
     tsky_env.start_worker()
     job_id = launch(
-        tsky_env, "name: longrun\nrun: |\n  trap 'echo got-sigterm; exit 143' TERM\n  echo up; sleep 600 & wait\n"
+        # One process left the job's process group (a daemon): it must die too.
+        tsky_env,
+        "name: longrun\nrun: |\n  setsid sleep 600 >/dev/null 2>&1 &\n  echo up; sleep 600\n",
     )
     wait_until(lambda: "up" in job_log(tsky_env, job_id), 60, what="run running")
     seen = cancel_and_watch(tsky_env, job_id)
