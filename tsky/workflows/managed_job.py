@@ -497,8 +497,9 @@ class ManagedJobWorkflow:
                     status_check_min_retries=policy.status_check_min_retries,
                     node_key=self._node_key(index, attempt.index, phase) if self.req.pool else None,
                 )
+                name = ActivityName.SETUP if phase == "setup" else ActivityName.RUN
                 watcher = start_activity(
-                    ActivityName.SETUP if phase == "setup" else ActivityName.RUN,
+                    name,
                     phase_input,
                     PhaseResult,
                     LAUNCH_QUEUE if phase == "setup" else WATCH_QUEUE,
@@ -506,7 +507,7 @@ class ManagedJobWorkflow:
                     heartbeat=timedelta(seconds=policy.watch_heartbeat_timeout_seconds),
                     retry=_WATCH_RETRY,
                     cancellation=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                    summary=f"{phase} (job {self.req.job_id})",
+                    summary=f"{name} (job {self.req.job_id})",
                 )
                 try:
                     # Shielded: the cancel comes to this code, never to the watcher (see _stop_on_cancel).
