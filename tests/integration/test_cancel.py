@@ -126,6 +126,24 @@ def test_cancel_during_run_shows_cancelling_then_cancelled(tsky_env: TskyEnv) ->
     assert_nothing_left(tsky_env, job_id, "longrun-1")
 
 
+def test_cancel_pipeline_by_name_while_task_0_runs(tsky_env: TskyEnv) -> None:
+    """Issue 20: a pipeline cancelled by name while its first task ran stayed RUNNING."""
+    tsky_env.configure(SLOW_HEARTBEATS)
+    tsky_env.start_worker()
+    job_id = launch(
+        tsky_env,
+        "name: pipe\n---\nname: first\nrun: echo first-up; sleep 600\n---\nname: second\nrun: echo second-up\n",
+    )
+    wait_until(lambda: "first-up" in job_log(tsky_env, job_id), 60, what="task 0 running")
+    result = tsky_env.tsky("jobs", "cancel", "-y", "-n", "pipe")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert wait_status(tsky_env, job_id, "CANCELLED", timeout=END_WITHIN) == "CANCELLED"
+    job: dict[str, Any] = next(j for j in queue_json(tsky_env) if j["job_id"] == job_id)
+    assert [t["status"] for t in job["tasks"]] == ["CANCELLED", "CANCELLED"]
+    assert "second-up" not in job_log(tsky_env, job_id)
+    assert_nothing_left(tsky_env, job_id, "first-1")
+
+
 def _hold_teardown(cluster_dir: Path) -> Path:
     """A busy mount point inside the cluster's directory: the backend cannot remove it, so teardown
     keeps failing and retrying until the test unmounts it."""
@@ -140,6 +158,7 @@ def _hold_teardown(cluster_dir: Path) -> Path:
 @pytest.mark.parametrize("phase", ["planning", "launch", "backoff", "teardown"])
 def test_cancel_in_each_phase_ends_cancelled_and_leaves_nothing(tsky_env: TskyEnv, phase: str) -> None:
     config: dict[str, Any] = dict(SLOW_HEARTBEATS)
+    # "planning": cancelled right after submit, while the plan activity runs.
     if phase == "launch":
         config["local"] = {"regions": [{"name": "local", "provision_seconds": 600}]}
     elif phase == "backoff":
