@@ -60,6 +60,9 @@ class FakeCloud:
     setup_script: list[PhaseScript] = field(default_factory=list)
     run_script: list[PhaseScript] = field(default_factory=list)
     run_blocks: bool = False  # run_and_watch waits until cancelled
+    # When set, setup starts, then waits for it (without heartbeating) and succeeds.
+    setup_gate: asyncio.Event | None = None
+    setup_started: asyncio.Event = field(default_factory=asyncio.Event)
     launches: list[LaunchInput] = field(default_factory=list)
     launched: list[str] = field(default_factory=list)
     torn_down: list[str] = field(default_factory=list)
@@ -69,6 +72,7 @@ class FakeCloud:
     syncs: list[tuple[str, str]] = field(default_factory=list)  # (task name, direction)
     sync_script: list[str] = field(default_factory=list)  # per sync call: "" (fine) or an error type to raise
     cleanups: list[CleanupJobInput] = field(default_factory=list)
+    stopped: set[str] = field(default_factory=set)  # phases stopped through STOP_PHASE
 
     def live_clusters(self) -> set[str]:
         return set(self.launched) - set(self.torn_down)
@@ -127,6 +131,9 @@ class FakeCloud:
 
     @activity.defn(name=ActivityName.SETUP)
     async def setup(self, inp: PhaseInput) -> PhaseResult:
+        self.setup_started.set()
+        if self.setup_gate is not None:
+            await self.setup_gate.wait()
         return await self._phase(inp, self.setup_script)
 
     @activity.defn(name=ActivityName.RUN)
@@ -134,14 +141,15 @@ class FakeCloud:
         if self.run_blocks:
             self.phases.append((inp.phase, inp.cluster.name, inp.attempt))
             self.run_started.set()
-            while True:
+            while inp.key not in self.stopped:  # as a real watcher: the phase ends when it is stopped
                 activity.heartbeat()
                 await asyncio.sleep(0.1)
+            return PhaseResult(exit_codes=[137] * len(inp.cluster.nodes))
         return await self._phase(inp, self.run_script)
 
     @activity.defn(name=ActivityName.STOP_PHASE)
     async def stop(self, inp: StopPhaseInput) -> None:
-        return None
+        self.stopped.add(inp.phase)
 
     @activity.defn(name=ActivityName.TEARDOWN)
     async def teardown(self, inp: TeardownInput) -> None:

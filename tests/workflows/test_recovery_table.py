@@ -220,6 +220,30 @@ async def test_cancel_while_running_tears_down_the_cluster() -> None:
     assert cloud.torn_down == ["train-1"]
 
 
+async def test_cancel_during_setup_that_then_succeeds_is_not_lost() -> None:
+    """Issue 20: the cancel reached a watcher only with its next heartbeat, so a setup that ended first
+    swallowed it and `run` started. The workflow now stops the phase itself and ends CANCELLED."""
+    cloud = FakeCloud(setup_gate=asyncio.Event())
+    async with running(cloud) as env:
+        handle = await env.client.start_workflow(
+            ManagedJobWorkflow.run,
+            request("name: train\nsetup: sleep 20\nrun: sleep 600\n"),
+            id="tsky-job-1",
+            task_queue=CONTROL_QUEUE,
+        )
+        with env.auto_time_skipping_disabled():
+            await asyncio.wait_for(cloud.setup_started.wait(), 30)
+            await handle.cancel()
+            await _wait_state(handle, lambda s: s.tasks[0].status is S.CANCELLING)
+            assert cloud.setup_gate is not None
+            cloud.setup_gate.set()
+        state = await _expect_cancelled(handle)
+    assert state.tasks[0].status is S.CANCELLED
+    assert [p for p, _, _ in cloud.phases] == ["setup"]  # run never started
+    assert cloud.stopped == {"setup-a0"}
+    assert cloud.live_clusters() == set()
+
+
 async def test_pipeline_stops_at_the_failed_task_and_cancels_the_rest() -> None:
     yaml_text = "name: pipe\n---\nname: a\nrun: x\n---\nname: b\nrun: y\n---\nname: c\nrun: z\n"
     cloud = FakeCloud(run_script=[[0], [4]])

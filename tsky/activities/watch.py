@@ -128,7 +128,7 @@ class PhaseActivities:
     async def _watch(self, inp: PhaseInput) -> PhaseResult:
         backend = get_backend(inp.cluster.backend, self.settings)
         agents = [backend.node(inp.cluster, node.rank) for node in inp.cluster.nodes]
-        phase_key = inp.node_key or f"{inp.phase}-a{inp.attempt}"
+        phase_key = inp.key
         key = (
             inp.log_path.removeprefix("logs/")  # a pool worker's log, named relative to $TSKY_HOME
             if inp.log_path

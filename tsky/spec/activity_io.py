@@ -146,6 +146,11 @@ class PhaseInput(_Model):
     # Where the output goes, relative to $TSKY_HOME (default: the job's phase log); a pool worker's setup.
     log_path: str | None = None
 
+    @property
+    def key(self) -> str:
+        """The phase's name on the nodes: what a watcher attaches to and a stop kills."""
+        return self.node_key or f"{self.phase}-a{self.attempt}"
+
 
 class PhaseResult(_Model):
     exit_codes: list[int]  # one per node, rank order

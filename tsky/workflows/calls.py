@@ -16,7 +16,11 @@ from temporalio.workflow import ActivityCancellationType
 T = TypeVar("T")
 
 
-async def call_activity(
+async def call_activity(name: str, arg: Any, result_type: type[T], task_queue: str, **options: Any) -> T:
+    return await start_activity(name, arg, result_type, task_queue, **options)
+
+
+def start_activity(
     name: str,
     arg: Any,
     result_type: type[T],
@@ -28,8 +32,9 @@ async def call_activity(
     heartbeat: timedelta | None = None,
     schedule_to_close: timedelta | None = None,
     cancellation: ActivityCancellationType = ActivityCancellationType.TRY_CANCEL,
-) -> T:
-    return await workflow.execute_activity(
+) -> workflow.ActivityHandle[T]:
+    """The same call, handing back the running activity (for a caller that must act on a cancel itself)."""
+    return workflow.start_activity(
         name,
         arg,
         result_type=result_type,

@@ -14,6 +14,7 @@ commands needs `workflow.patched` (the replay tests catch it).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -61,7 +62,7 @@ with workflow.unsafe.imports_passed_through():
     from tsky.spec.storage import BucketRef, is_url, parse_bucket_url, storage_store, writes_back
     from tsky.spec.task import Storage, Task
     from tsky.workflows import metrics
-    from tsky.workflows.calls import call_activity
+    from tsky.workflows.calls import call_activity, start_activity
     from tsky.workflows.recovery import Action, Outcome, OutcomeKind, decide, launch_backoff, launch_order
     from tsky.workflows.shield import shielded as _shielded
 
@@ -82,6 +83,9 @@ _PATCH_CANCEL_IN_ACTIVITY = "cancel-in-activity-shows-cancelling"
 _PATCH_LIVE_MOUNTS = "live-bucket-mounts-flush-on-node"
 # A recovery whose files cannot be synced (a bucket that cannot be mounted) retries instead of failing.
 _PATCH_SYNC_RETRY_ON_RECOVERY = "sync-precheck-retried-on-recovery"
+# A cancel during setup/run is handled by the workflow (stop the phase, then tear down) instead of being
+# passed to the watcher.
+_PATCH_STOP_PHASE_ON_CANCEL = "cancel-stops-phase-from-workflow"
 
 # Watching a phase is retried without end (a dead worker must never kill a job); only the policy's
 # own error types stop it.
@@ -488,28 +492,42 @@ class ManagedJobWorkflow:
                 if phase == "setup" and not task.setup:
                     continue
                 ts.details = "Setting up" if phase == "setup" else "Running"
-                result = await self._activity(
-                    ActivityName.SETUP if phase == "setup" else ActivityName.RUN,
-                    PhaseInput(
-                        meta=meta,
-                        cluster=cluster,
-                        phase=phase,
-                        attempt=attempt.index,
-                        task=task,
-                        sealed_secrets=sealed,
-                        gpus_per_node=gpus,
-                        poll_seconds=policy.watch_poll_seconds,
-                        status_check_min_elapsed_seconds=policy.status_check_min_elapsed_seconds,
-                        status_check_min_retries=policy.status_check_min_retries,
-                        node_key=self._node_key(index, attempt.index, phase) if self.req.pool else None,
-                    ),
+                phase_input = PhaseInput(
+                    meta=meta,
+                    cluster=cluster,
+                    phase=phase,
+                    attempt=attempt.index,
+                    task=task,
+                    sealed_secrets=sealed,
+                    gpus_per_node=gpus,
+                    poll_seconds=policy.watch_poll_seconds,
+                    status_check_min_elapsed_seconds=policy.status_check_min_elapsed_seconds,
+                    status_check_min_retries=policy.status_check_min_retries,
+                    node_key=self._node_key(index, attempt.index, phase) if self.req.pool else None,
+                )
+                name = ActivityName.SETUP if phase == "setup" else ActivityName.RUN
+                watcher = start_activity(
+                    name,
+                    phase_input,
                     PhaseResult,
                     LAUNCH_QUEUE if phase == "setup" else WATCH_QUEUE,
                     timeout=_SETUP_TIMEOUT if phase == "setup" else _RUN_TIMEOUT,
                     heartbeat=timedelta(seconds=policy.watch_heartbeat_timeout_seconds),
                     retry=_WATCH_RETRY,
                     cancellation=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                    summary=f"{name} (job {self.req.job_id})",
                 )
+                try:
+                    # Shielded: the cancel comes to this code, never to the watcher (see _stop_on_cancel).
+                    result = await asyncio.shield(watcher)
+                except asyncio.CancelledError:
+                    if workflow.patched(_PATCH_STOP_PHASE_ON_CANCEL):
+                        await self._stop_on_cancel(index, ts, phase_input, watcher)
+                        raise
+                    # Histories from before: the cancel went to the watcher, which learnt of it only with its
+                    # next heartbeat, and a phase that ended first swallowed the cancel (issue 20).
+                    watcher.cancel()
+                    result = await watcher
                 if phase == "setup" and any(result.exit_codes):
                     return Outcome(OutcomeKind.EXITED, "setup", tuple(result.exit_codes))
             return Outcome(OutcomeKind.EXITED, "run", tuple(result.exit_codes))
@@ -547,6 +565,36 @@ class ManagedJobWorkflow:
                 await self._publish()
                 await workflow.sleep(timedelta(seconds=delay), summary="sync retry")
                 tries += 1
+
+    async def _stop_on_cancel(
+        self, index: int, ts: TaskState, phase: PhaseInput, watcher: workflow.ActivityHandle[PhaseResult]
+    ) -> None:
+        """A cancel while setup or run goes on: show CANCELLING at once, kill the phase's processes with
+        a short activity, then let the watcher see them end and copy their last lines. The watcher itself
+        is never cancelled: it would learn of it only with its next heartbeat (throttled to most of the
+        heartbeat timeout, so that thousands of watchers stay cheap), and a phase that ended before that
+        would swallow the cancel."""
+        self._record_cancel(index, ts)
+        await self._publish()
+
+        async def stop() -> None:
+            try:
+                await self._activity(
+                    ActivityName.STOP_PHASE,
+                    StopPhaseInput(cluster=phase.cluster, phase=phase.key),
+                    type(None),
+                    WATCH_QUEUE,
+                    timeout=timedelta(minutes=2),
+                    retry=_PLAN_RETRY,
+                )
+            except ActivityError as err:  # e.g. the cluster cannot be reached: teardown kills what is left
+                self._log(f"Could not stop the {phase.phase} of task {index} ({ts.name}): {err.cause or err}")
+                return
+            # The watcher returns at its next poll now that the processes are gone.
+            with contextlib.suppress(ActivityError):
+                await watcher
+
+        await _shielded(stop)
 
     async def _sync(self, meta: JobMeta, cluster: ClusterInfo, task: Task, direction: str) -> SyncResult:
         return await self._activity(
@@ -715,6 +763,8 @@ class ManagedJobWorkflow:
         self._set(ts, Status.RUNNING, "Running")
 
     def _record_cancel(self, index: int, ts: TaskState) -> None:
+        if ts.status is Status.CANCELLING:
+            return  # already recorded where the cancel arrived
         attempt = ts.current_attempt()
         if attempt is not None and attempt.ended_at is None:
             attempt.ended_at = workflow.now()

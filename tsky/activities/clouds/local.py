@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import hashlib
 import os
 import random
@@ -20,7 +21,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -212,8 +213,7 @@ class LocalNodeAgent:
         if pid is not None and pid_alive(pid, start):
             self._path(phase, "stopped").touch()
             await _kill_group(pid, start)
-        # Scanning every process's environment takes tens of ms on a busy host: off the event loop.
-        await asyncio.to_thread(kill_tagged, lambda tag: tag == f"{self.tag}:{phase}")
+        await _strays.kill(self.tag.partition("/")[0], lambda tag: tag == f"{self.tag}:{phase}")
 
     def _live_groups(self) -> list[tuple[int, str | None]]:
         groups = []
@@ -249,6 +249,54 @@ async def _kill_group(pid: int, start: str | None, grace: float = 3.0) -> None:
     _signal_group(pid, signal.SIGKILL)
     if pid in _children:
         _children.pop(pid).wait()
+
+
+# cluster name -> (which of its processes' tags to kill, who waits for it)
+_Requests = dict[str, list[tuple[Callable[[str], bool], asyncio.Future[None]]]]
+
+
+class _StraySweeps:
+    """Kills the processes that left their phase's group (daemonised) for many callers with one scan
+    of /proc: reading every process's environment costs tens of ms on a busy host, and a bulk cancel of
+    a thousand jobs asks for it twice per job. A request is served by the next scan that starts after
+    it arrived, so every process that existed when it asked is seen, as with a scan of its own."""
+
+    def __init__(self) -> None:
+        self._waiting: _Requests = {}
+        self._scanner: asyncio.Task[None] | None = None
+
+    async def kill(self, cluster: str, matches: Callable[[str], bool]) -> None:
+        """SIGKILL the tagged processes of `cluster` (tags `<cluster>/<rank>@<owner>:<phase>`) that match."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._waiting.setdefault(cluster, []).append((matches, done))
+        if self._scanner is None or self._scanner.done() or self._scanner.get_loop() is not loop:
+            self._scanner = loop.create_task(self._scan())
+        await done
+
+    async def _scan(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, {}
+            error: BaseException | None = None
+            try:
+                await asyncio.to_thread(kill_tagged, functools.partial(_wanted, batch))
+            except Exception as err:
+                error = err
+            for waiters in batch.values():
+                for _, done in waiters:
+                    if done.done():
+                        continue  # its caller was cancelled meanwhile
+                    if error is None:
+                        done.set_result(None)
+                    else:
+                        done.set_exception(error)
+
+
+def _wanted(requests: _Requests, tag: str) -> bool:
+    return any(matches(tag) for matches, _ in requests.get(tag.partition("/")[0], ()))
+
+
+_strays = _StraySweeps()
 
 
 class LocalBackend:
@@ -358,9 +406,7 @@ class LocalBackend:
         directory = self.root / cluster_name
         if info is not None:
             await asyncio.gather(*(self.node(info, r).terminate(grace=1.0) for r in range(len(info.nodes))))
-        await asyncio.to_thread(
-            kill_tagged, lambda tag: tag.startswith(f"{cluster_name}/") and f"@{self.owner}:" in tag
-        )
+        await _strays.kill(cluster_name, lambda tag: f"@{self.owner}:" in tag)
         await asyncio.to_thread(shutil.rmtree, directory, ignore_errors=True)
         if directory.exists():
             raise RuntimeError(f"could not remove {directory}")
