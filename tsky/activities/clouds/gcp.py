@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import re
 import time
 from datetime import datetime
@@ -51,6 +52,7 @@ from tsky.activities.clouds.base import (
     CapacityError,
     ClusterRecord,
     PrecheckError,
+    ThrottledError,
     TransientError,
     owner_of,
 )
@@ -64,6 +66,7 @@ from tsky.activities.clouds.ssh_runner import (
     test_endpoints,
     wait_reachable,
 )
+from tsky.activities.clouds.state_checks import SharedStateChecks
 from tsky.spec.activity_io import ClusterInfo, JobMeta, NodeInfo
 from tsky.spec.requests import Candidate
 from tsky.spec.settings import GcpSettings, Settings
@@ -82,6 +85,10 @@ LABEL_TEST_SSH = "tsky-test-ssh"  # the seam's endpoint of an instance (tests on
 LIVE = ("PROVISIONING", "STAGING", "RUNNING")
 PREEMPTED_OPERATION = "compute.instances.preempted"
 CAPACITY_MARKERS = ("RESOURCE_POOL_EXHAUSTED", "QUOTA_EXCEEDED", "QUOTA EXCEEDED", "STOCKOUT", "DOES NOT HAVE ENOUGH")
+# GCE says "403 rateLimitExceeded" (its message reads "Quota exceeded for quota metric 'Queries'"): a rate
+# limit, not a quota of resources nor a permission problem.
+THROTTLE_REASONS = {"rateLimitExceeded", "userRateLimitExceeded", "RATE_LIMIT_EXCEEDED"}
+THROTTLE_ATTEMPTS = 5  # a throttled call is sent again after 1, 2, 4, 8 s (with jitter) before giving up
 PRECHECK_CODES = {"INVALID_FIELD_VALUE", "RESOURCE_NOT_FOUND", "NOT_FOUND", "PERMISSION_DENIED", "FORBIDDEN"}
 # N1 machines take GPUs as guest accelerators; A2/A3/G2 machine types come with theirs.
 GUEST_ACCELERATORS = {
@@ -103,6 +110,9 @@ def _error(err: BaseException, what: str) -> BaseException:
     """The client's exceptions as the backend protocol's typed errors."""
     if isinstance(err, gexc.GoogleAPICallError):
         text = f"{what}: {err.message}"
+        reasons = {e.get("reason") for e in err.errors if isinstance(e, dict)} | {err.reason}
+        if isinstance(err, gexc.TooManyRequests) or reasons & THROTTLE_REASONS:
+            return ThrottledError(text)
         if _capacity(str(err)) or any(isinstance(e, dict) and e.get("reason") == "quotaExceeded" for e in err.errors):
             return CapacityError(text)
         if isinstance(err, gexc.BadRequest | gexc.NotFound | gexc.Forbidden | gexc.Unauthorized):
@@ -118,6 +128,8 @@ def _operation_error(op: compute_v1.Operation, what: str) -> Exception:
     text = f"{what}: " + "; ".join(f"{e.code}: {e.message}" for e in errors)
     if any(_capacity(e.code) or _capacity(e.message) for e in errors):
         return CapacityError(text)
+    if any(e.code in THROTTLE_REASONS for e in errors) or op.http_error_status_code == 429:
+        return ThrottledError(text)
     if any(e.code in PRECHECK_CODES for e in errors) or op.http_error_status_code in (400, 403, 404):
         return PrecheckError(text)
     return TransientError(text)
@@ -174,6 +186,8 @@ class GcpBackend:
         self._operations: compute_v1.ZoneOperationsClient | None = None
         self._project: str | None = self.cfg.project
         self._seam_used: set[str] = set()
+        # project -> every instance of this installation (by `zone/name`), one aggregated list for all watchers
+        self.state_checks: SharedStateChecks[str] = SharedStateChecks(self._owned_instances, self.state_check_seconds)
 
     # -- plumbing ------------------------------------------------------------------------------------
 
@@ -210,10 +224,15 @@ class GcpBackend:
         return self._project
 
     async def _call(self, what: str, fn: Any, /, **kwargs: Any) -> Any:
-        try:
-            return await asyncio.to_thread(fn, **kwargs)
-        except Exception as err:
-            raise _error(err, what) from err
+        for attempt in range(THROTTLE_ATTEMPTS):
+            try:
+                return await asyncio.to_thread(fn, **kwargs)
+            except Exception as err:
+                typed = _error(err, what)
+                if not isinstance(typed, ThrottledError) or attempt == THROTTLE_ATTEMPTS - 1:
+                    raise typed from err
+            await asyncio.sleep(2**attempt * random.uniform(0.5, 1.0))
+        raise AssertionError("unreachable")
 
     async def _wait(self, zone: str, op: compute_v1.Operation, what: str) -> None:
         """Wait for a zone operation to end; its error, typed, if it failed."""
@@ -455,15 +474,26 @@ class GcpBackend:
 
     # -- the protocol ------------------------------------------------------------------------------------
 
-    async def node_states(self, cluster: ClusterInfo) -> list[NodeState]:
+    async def _owned_instances(self, project: str) -> dict[str, Any]:
+        found = await self._list_all(f'labels.{LABEL_OWNER} = "{self.owner}"')
+        return {f"{zone}/{instance.name}": instance for zone, instance in found}
+
+    async def node_states(self, cluster: ClusterInfo, fresh: bool = False) -> list[NodeState]:
         zone = cluster.zone or ""
-        found = {i.name: i for i in await self._list_zone(zone, self._filter(cluster.name))}
-        preempted: set[str] = set()
-        if cluster.use_spot and any(node.host_id not in found for node in cluster.nodes):
-            preempted = await self._preempted(zone)
+        keys = [f"{zone}/{node.host_id}" for node in cluster.nodes]
+        try:
+            snap = await self.state_checks.snapshot(self.project(), fresh)
+            if not fresh and any(k not in snap.items for k in keys):
+                # Missing from a listing older than the question is no evidence (a cluster launched since).
+                snap = await self.state_checks.snapshot(self.project(), fresh=True)
+            preempted: set[str] = set()
+            if cluster.use_spot and any(k not in snap.items for k in keys):
+                preempted = await self._preempted(zone)
+        except ThrottledError:
+            return [NodeState.UNKNOWN] * len(cluster.nodes)
         states = []
-        for node in cluster.nodes:
-            instance = found.get(node.host_id)
+        for node, key in zip(cluster.nodes, keys, strict=True):
+            instance = snap.items.get(key)
             spot = cluster.use_spot if instance is None else _spot(instance)
             states.append(node_state(instance, spot, node.host_id in preempted))
         return states
