@@ -1,0 +1,170 @@
+"""Node state checks at scale: every watcher of a worker is answered from one listing per region, counted
+at the cloud's door (botocore's event hooks against moto; the request logs of the GCE and k8s fakes), and a
+throttled cloud is backed off from and never taken for a lost node. Errors are injected with the clouds'
+real wire shapes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.awsrequest import AWSResponse
+
+from tests.backends.conftest import MotoEC2
+from tsky.activities.clouds.aws import TAG_CLUSTER, TAG_OWNER, AwsBackend
+from tsky.activities.clouds.base import CapacityError, PrecheckError, ThrottledError, TransientError
+from tsky.spec.activity_io import ClusterInfo, JobMeta, NodeInfo
+from tsky.spec.requests import Candidate
+from tsky.spec.settings import Settings
+from tsky.spec.status import NodeState
+
+pytestmark = pytest.mark.asyncio
+
+CLUSTERS = 50
+
+
+class _Body:
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self.data
+
+
+def ec2_error(status: int, code: str, message: str) -> AWSResponse:
+    """An EC2 error response exactly as EC2 sends it (Query protocol XML)."""
+    body = (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>{code}</Code>'
+        f"<Message>{message}</Message></Error></Errors><RequestID>3b7a7c1e-0000</RequestID></Response>"
+    ).encode()
+    return AWSResponse("https://ec2.us-east-1.amazonaws.com/", status, {"Content-Type": "text/xml"}, _Body(body))
+
+
+class EC2Door:
+    """Counts the calls a backend sends to EC2, by operation, and answers some with injected errors."""
+
+    def __init__(self, backend: AwsBackend, region: str = "us-east-1"):
+        self.sent: dict[str, int] = {}
+        self.fail: dict[str, list[AWSResponse]] = {}
+        events = backend._client(region).meta.events
+        events.register("before-send.ec2", self._before_send)
+
+    def _before_send(self, event_name: str, **_: Any) -> AWSResponse | None:
+        operation = event_name.rsplit(".", 1)[-1]  # before-send.ec2.<Operation>
+        self.sent[operation] = self.sent.get(operation, 0) + 1
+        queued = self.fail.get(operation)
+        return queued.pop(0) if queued else None
+
+    def count(self, operation: str) -> int:
+        return self.sent.get(operation, 0)
+
+
+def aws_settings(moto: MotoEC2, tmp_path: Path, **extra: Any) -> Settings:
+    config = {"endpoint_url": moto.url, "regions": ["us-east-1"], "ami": moto.an_ami(), "state_check_seconds": 30}
+    return Settings(home=tmp_path, aws=config | extra)
+
+
+def launch_clusters(moto: MotoEC2, owner: str, names: list[str], image: str) -> list[ClusterInfo]:
+    """Clusters as tsky's provision leaves them (tagged instances), made directly in moto: this test is about
+    watching them, and needs no SSH."""
+    clusters = []
+    for name in names:
+        tags = [{"Key": TAG_CLUSTER, "Value": name}, {"Key": TAG_OWNER, "Value": owner}]
+        [instance] = moto.client().run_instances(
+            ImageId=image,
+            InstanceType="m5.large",
+            MinCount=1,
+            MaxCount=1,
+            TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
+        )["Instances"]
+        node = NodeInfo(rank=0, ip="127.0.0.1", host_id=instance["InstanceId"])
+        clusters.append(
+            ClusterInfo(name=name, backend="aws", region="us-east-1", instance_type="m5.large", nodes=[node])
+        )
+    return clusters
+
+
+async def test_aws_watchers_share_one_describe_per_interval_and_survive_throttling(
+    moto_ec2: MotoEC2, tmp_path: Path
+) -> None:
+    backend = AwsBackend(aws_settings(moto_ec2, tmp_path))
+    image = backend.cfg.ami
+    assert isinstance(image, str)
+    clusters = launch_clusters(moto_ec2, backend.owner, [f"job-{n}" for n in range(CLUSTERS)], image)
+    door = EC2Door(backend)
+
+    # 50 watchers ask at once: one DescribeInstances answers them all.
+    states = await asyncio.gather(*(backend.node_states(c) for c in clusters))
+    assert states == [[NodeState.UP]] * CLUSTERS
+    assert door.count("DescribeInstances") == 1
+    # Within state_check_seconds, routine checks cost nothing more.
+    await asyncio.gather(*(backend.node_states(c) for c in clusters))
+    assert door.count("DescribeInstances") == 1
+
+    # A node lost behind tsky's back: the watchers that saw something ask for a fresh answer, together.
+    moto_ec2.client().terminate_instances(InstanceIds=[clusters[0].nodes[0].host_id])
+    fresh = await asyncio.gather(*(backend.node_states(c, fresh=True) for c in clusters))
+    assert fresh[0] == [NodeState.GONE] and fresh[1:] == [[NodeState.UP]] * (CLUSTERS - 1)
+    assert door.count("DescribeInstances") == 2
+
+    # A cluster launched after the last listing is not taken for gone: its absence makes one fresh listing.
+    [late] = launch_clusters(moto_ec2, backend.owner, ["late-1"], image)
+    assert await backend.node_states(late) == [NodeState.UP]
+    assert door.count("DescribeInstances") == 3
+
+    # EC2 throttles (HTTP 503 RequestLimitExceeded): botocore's retries, then UNKNOWN, which is no loss.
+    throttled = ec2_error(503, "RequestLimitExceeded", "Request limit exceeded.")
+    door.fail["DescribeInstances"] = [throttled] * 20
+    before = door.count("DescribeInstances")
+    states = await asyncio.gather(*(backend.node_states(c, fresh=True) for c in clusters[1:]))
+    assert states == [[NodeState.UNKNOWN]] * (CLUSTERS - 1)
+    assert not any(s.is_lost() for s in NodeState if s is NodeState.UNKNOWN)
+    sent = door.count("DescribeInstances") - before
+    assert 1 <= sent <= 6  # one listing for all: its first try and botocore's 5 retries
+    # Backing off: asking again sends nothing and still says UNKNOWN.
+    assert await backend.node_states(clusters[1], fresh=True) == [NodeState.UNKNOWN]
+    assert door.count("DescribeInstances") - before == sent
+
+    # Once EC2 answers again (after the backoff), the watchers hear the truth again.
+    door.fail["DescribeInstances"] = []
+    deadline = time.monotonic() + 30
+    while (answer := await backend.node_states(clusters[1], fresh=True)) == [NodeState.UNKNOWN]:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.5)
+    assert answer == [NodeState.UP]
+    moto_ec2.client().terminate_instances(InstanceIds=[c.nodes[0].host_id for c in [*clusters, late]])
+
+
+def aws_candidate() -> Candidate:
+    return Candidate(cloud="aws", region="us-east-1", zone="us-east-1a", instance_type="m5.large", vcpus=2, memory_gb=8)
+
+
+def launch_meta() -> JobMeta:
+    return JobMeta(job_id=1, job_name="j", task_index=0, task_name="j", task_id="t", task_ids=["t"], user="u")
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "expected"),
+    [
+        (500, "InsufficientInstanceCapacity", CapacityError),
+        (503, "RequestLimitExceeded", ThrottledError),
+        (400, "Throttling", ThrottledError),
+        (500, "InternalError", TransientError),
+        (401, "AuthFailure", PrecheckError),
+    ],
+)
+async def test_aws_launch_errors_are_typed_from_the_wire(
+    moto_ec2: MotoEC2, tmp_path: Path, status: int, code: str, expected: type[Exception]
+) -> None:
+    backend = AwsBackend(aws_settings(moto_ec2, tmp_path))
+    door = EC2Door(backend)
+    door.fail["RunInstances"] = [ec2_error(status, code, "injected")] * 6  # outlasts botocore's 5 retries
+    with pytest.raises(expected, match=code) as raised:
+        await backend.provision("cap-1", aws_candidate(), 1, launch_meta())
+    # Throttling and 5xx are transient (the launch is retried with backoff), never a precheck failure.
+    assert not isinstance(raised.value, PrecheckError) or expected is PrecheckError
+    assert moto_ec2.instances("cap-1") == []
