@@ -142,7 +142,8 @@ async def test_on_demand_and_spot_clusters_states_and_teardown(
     assert await backend.node_states(spot, fresh=True) == [NodeState.PREEMPTED]
     # An on-demand instance deleted behind tsky's back is gone, not preempted.
     gce.delete("tsky-test", "us-central1-a", names[0])
-    gce.operation("tsky-test", "us-central1-a", gce.operations_for(names[0])[-1])
+    while gce.operation("tsky-test", "us-central1-a", gce.operations_for(names[0])[-1])[1]["status"] != "DONE":
+        pass
     assert await backend.node_states(od, fresh=True) == [NodeState.GONE, NodeState.UP]
 
     await backend.teardown("od-1", od)

@@ -15,8 +15,12 @@ import pytest
 from botocore.awsrequest import AWSResponse
 
 from tests.backends.conftest import MotoEC2
+from tests.backends.fake_gce import FakeCompute
+from tests.backends.sshd import SSHNodes
+from tsky.activities.clouds import ssh_runner
 from tsky.activities.clouds.aws import TAG_CLUSTER, TAG_OWNER, AwsBackend
 from tsky.activities.clouds.base import CapacityError, PrecheckError, ThrottledError, TransientError
+from tsky.activities.clouds.gcp import GcpBackend
 from tsky.spec.activity_io import ClusterInfo, JobMeta, NodeInfo
 from tsky.spec.requests import Candidate
 from tsky.spec.settings import Settings
@@ -168,3 +172,118 @@ async def test_aws_launch_errors_are_typed_from_the_wire(
     # Throttling and 5xx are transient (the launch is retried with backoff), never a precheck failure.
     assert not isinstance(raised.value, PrecheckError) or expected is PrecheckError
     assert moto_ec2.instances("cap-1") == []
+
+
+# -- GCE ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def gce() -> Iterator[FakeCompute]:
+    fake = FakeCompute().start()
+    yield fake
+    fake.stop()
+
+
+def gcp_settings(gce: FakeCompute, tmp_path: Path, **extra: Any) -> Settings:
+    config = {"project": "tsky-test", "api_endpoint": gce.url, "anonymous_credentials": True, "state_check_seconds": 30}
+    return Settings(home=tmp_path, gcp=config | {"provision_timeout": 20} | extra)
+
+
+def gce_clusters(gce: FakeCompute, owner: str, count: int, zone: str = "us-central1-a") -> list[ClusterInfo]:
+    """Running instances labelled as tsky's provision labels them, made directly in the fake."""
+    clusters = []
+    for n in range(count):
+        name = f"job-{n}-{owner[:6]}-0"
+        labels = {"tsky-cluster": f"job-{n}", "tsky-owner": owner}
+        _, op = gce.insert(
+            "tsky-test", zone, {"name": name, "machineType": f"zones/{zone}/machineTypes/n2", "labels": labels}
+        )
+        while gce.operation("tsky-test", zone, op["name"])[1]["status"] != "DONE":
+            pass
+        node = NodeInfo(rank=0, ip="127.0.0.1", host_id=name)
+        clusters.append(
+            ClusterInfo(
+                name=f"job-{n}", backend="gcp", region="us-central1", zone=zone, instance_type="n2", nodes=[node]
+            )
+        )
+    return clusters
+
+
+def listings(gce: FakeCompute) -> int:
+    return sum(1 for method, path in gce.requests if method == "GET" and path.endswith("/aggregated/instances"))
+
+
+async def test_gce_watchers_share_one_aggregated_list_and_survive_rate_limits(gce: FakeCompute, tmp_path: Path) -> None:
+    backend = GcpBackend(gcp_settings(gce, tmp_path))
+    clusters = gce_clusters(gce, backend.owner, CLUSTERS)
+
+    states = await asyncio.gather(*(backend.node_states(c) for c in clusters))
+    assert states == [[NodeState.UP]] * CLUSTERS
+    assert listings(gce) == 1
+    await asyncio.gather(*(backend.node_states(c) for c in clusters))
+    assert listings(gce) == 1
+    assert not any(path.endswith(f"/instances/{c.nodes[0].host_id}") for _, path in gce.requests for c in clusters)
+
+    # GCE's 403 rateLimitExceeded on every try: UNKNOWN (no loss), and no more calls while backing off.
+    gce.faults["aggregated"] = [(403, "rateLimitExceeded")] * 5
+    states = await asyncio.gather(*(backend.node_states(c, fresh=True) for c in clusters))
+    assert states == [[NodeState.UNKNOWN]] * CLUSTERS
+    assert listings(gce) == 6  # the one listing for all, sent five times with backoff
+    assert await backend.node_states(clusters[0], fresh=True) == [NodeState.UNKNOWN]
+    assert listings(gce) == 6
+    # A passing 429 is absorbed by the backoff of the call itself: the watchers never notice.
+    await asyncio.sleep(2.5)  # past the checker's first backoff
+    gce.faults["aggregated"] = [(429, "rateLimitExceeded")]
+    assert await backend.node_states(clusters[0], fresh=True) == [NodeState.UP]
+
+
+def gce_candidate(zone: str = "us-central1-a") -> Candidate:
+    return Candidate(cloud="gcp", region="us-central1", zone=zone, instance_type="n2-standard-4", vcpus=4, memory_gb=16)
+
+
+@pytest.mark.parametrize(
+    ("fault", "expected", "words"),
+    [
+        ((403, "rateLimitExceeded"), ThrottledError, "Quota exceeded for quota metric 'Queries'"),
+        ((403, "userRateLimitExceeded"), ThrottledError, "User Rate Limit Exceeded"),
+        ((429, "rateLimitExceeded"), ThrottledError, "Queries"),
+        ((503, "backendError"), TransientError, "Internal error"),
+        ((403, "forbidden"), PrecheckError, "forbidden"),
+    ],
+)
+async def test_gce_launch_errors_are_typed(
+    gce: FakeCompute, tmp_path: Path, fault: tuple[int, str], expected: type[Exception], words: str
+) -> None:
+    backend = GcpBackend(gcp_settings(gce, tmp_path))
+    gce.faults["insert"] = [fault] * 5
+    with pytest.raises(expected, match=words) as raised:
+        await backend.provision("burst-1", gce_candidate(), 1, launch_meta())
+    # A burst of launches meets rate limits and 5xx: transient (retried with backoff), never FAILED_PRECHECKS.
+    assert not isinstance(raised.value, PrecheckError) or expected is PrecheckError
+    assert gce.names() == []
+
+
+async def test_gce_quota_inside_an_operation_is_capacity(gce: FakeCompute, tmp_path: Path) -> None:
+    backend = GcpBackend(gcp_settings(gce, tmp_path))
+    gce.quota_zones.add("us-central1-b")
+    with pytest.raises(CapacityError, match="QUOTA_EXCEEDED"):
+        await backend.provision("quota-1", gce_candidate("us-central1-b"), 1, launch_meta())
+    assert gce.names() == []
+
+
+async def test_gce_slow_and_throttled_launch_still_succeeds(
+    gce: FakeCompute, ssh_nodes: SSHNodes, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    node = ssh_nodes.start()
+    monkeypatch.setenv(ssh_runner.TEST_HOSTS_VAR, node.endpoint)
+    backend = GcpBackend(gcp_settings(gce, tmp_path, ssh_user="root", ssh_private_key=str(ssh_nodes.client_key)))
+    gce.operation_polls = 4  # the insert stays RUNNING for four looks, then PROVISIONING → STAGING → RUNNING
+    gce.faults["insert"] = [(403, "rateLimitExceeded")]
+    gce.faults["operation"] = [(429, "rateLimitExceeded"), (503, "backendError")]
+    try:
+        cluster = await backend.provision("slow-1", gce_candidate(), 1, launch_meta())
+        assert await backend.node_states(cluster) == [NodeState.UP]
+    finally:
+        await backend.teardown("slow-1", None)
+        await ssh_runner.close_all()
+    assert gce.names() == []

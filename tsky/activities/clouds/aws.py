@@ -8,7 +8,9 @@ derived from the cluster name, the request and the instances already known, so a
 same reservation. The key pair and the security group (SSH open, all traffic within the group) are created
 on first use in each region and reused.
 
-Node state comes from `describe_instances` (and the spot request, where the instance has one):
+Node state comes from `describe_instances`, one paginated listing of the installation's instances per region
+shared by every watcher of the worker (`state_checks.py`), and from the spot request where an ended spot
+instance does not say why itself:
 
 | instance state                 | on-demand | spot, interrupted by AWS | spot, otherwise |
 |--------------------------------|-----------|--------------------------|-----------------|
@@ -17,8 +19,9 @@ Node state comes from `describe_instances` (and the spot request, where the inst
 | shutting-down, terminated, gone| GONE      | PREEMPTED                | GONE            |
 
 Errors: no capacity (InsufficientInstanceCapacity, MaxSpotInstanceCountExceeded, SpotMaxPriceTooLow,
-Unsupported, …) → CapacityError; bad credentials or parameters → PrecheckError; throttling, 5xx and
-timeouts → TransientError. Teardown terminates and waits until EC2 reports every instance terminated.
+Unsupported, …) → CapacityError; bad credentials or parameters → PrecheckError; throttling
+(RequestLimitExceeded, Throttling; after botocore's own retries) → ThrottledError; 5xx and timeouts →
+TransientError. Teardown terminates and waits until EC2 reports every instance terminated.
 
 boto3 blocks, so every call runs in a thread. Credentials come the usual boto3 way (environment, profile,
 SSO, instance role). Test seam: with `TSKY_TEST_SSH_HOSTS` set (never outside tests), each instance is

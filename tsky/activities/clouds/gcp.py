@@ -9,8 +9,9 @@ dying leftovers are deleted first. Spot instances use the SPOT provisioning mode
 `instanceTerminationAction: DELETE`, so GCE deletes what it preempts. tsky's SSH key (created on first use
 unless `gcp.ssh_private_key` is set) goes into each instance's `ssh-keys` metadata.
 
-Node state comes from the instance (and, for a spot instance that is gone, the zone's
-`compute.instances.preempted` operations):
+Node state comes from the instance, as one aggregated list of the installation's instances shared by every
+watcher of the worker (`state_checks.py`), and, for a spot instance that is gone, from the zone's
+`compute.instances.preempted` operations:
 
 | instance                                     | on-demand | spot      |
 |----------------------------------------------|-----------|-----------|
@@ -19,8 +20,9 @@ Node state comes from the instance (and, for a spot instance that is gone, the z
 | gone                                         | GONE      | PREEMPTED (a preempted operation names it), else GONE |
 
 Errors: ZONE_RESOURCE_POOL_EXHAUSTED(_WITH_DETAILS), quota exceeded and other stock-outs → CapacityError;
-invalid requests, missing images/networks/projects, permissions, credentials → PrecheckError; 429s and
-5xx → TransientError. Teardown deletes and waits until no instance of the cluster is left.
+rate limits (429, 403 rateLimitExceeded / userRateLimitExceeded) → ThrottledError, after the call was sent
+again a few times with backoff; invalid requests, missing images/networks/projects, permissions, credentials
+→ PrecheckError; 5xx → TransientError. Teardown deletes and waits until no instance of the cluster is left.
 
 Operations are waited for with `*_unary` calls and `ZoneOperationsClient.wait`: the library's own poller
 (behind `insert().result()`) is built without the client options, so with an `api_endpoint` override it
@@ -88,7 +90,7 @@ CAPACITY_MARKERS = ("RESOURCE_POOL_EXHAUSTED", "QUOTA_EXCEEDED", "QUOTA EXCEEDED
 # GCE says "403 rateLimitExceeded" (its message reads "Quota exceeded for quota metric 'Queries'"): a rate
 # limit, not a quota of resources nor a permission problem.
 THROTTLE_REASONS = {"rateLimitExceeded", "userRateLimitExceeded", "RATE_LIMIT_EXCEEDED"}
-THROTTLE_ATTEMPTS = 5  # a throttled call is sent again after 1, 2, 4, 8 s (with jitter) before giving up
+THROTTLE_ATTEMPTS = 5  # a throttled call is sent again after 0.5, 1, 2, 4 s (with jitter) before giving up
 PRECHECK_CODES = {"INVALID_FIELD_VALUE", "RESOURCE_NOT_FOUND", "NOT_FOUND", "PERMISSION_DENIED", "FORBIDDEN"}
 # N1 machines take GPUs as guest accelerators; A2/A3/G2 machine types come with theirs.
 GUEST_ACCELERATORS = {
@@ -223,16 +225,23 @@ class GcpBackend:
             self._project = project
         return self._project
 
-    async def _call(self, what: str, fn: Any, /, **kwargs: Any) -> Any:
+    async def _send(self, fn: Any, /, **kwargs: Any) -> Any:
+        """`fn(**kwargs)` in a thread; a throttled call is sent again after a backoff (the client's own
+        exceptions otherwise, for callers that handle some of them)."""
         for attempt in range(THROTTLE_ATTEMPTS):
             try:
                 return await asyncio.to_thread(fn, **kwargs)
-            except Exception as err:
-                typed = _error(err, what)
-                if not isinstance(typed, ThrottledError) or attempt == THROTTLE_ATTEMPTS - 1:
-                    raise typed from err
-            await asyncio.sleep(2**attempt * random.uniform(0.5, 1.0))
+            except gexc.GoogleAPICallError as err:
+                if attempt == THROTTLE_ATTEMPTS - 1 or not isinstance(_error(err, ""), ThrottledError):
+                    raise
+            await asyncio.sleep(0.5 * 2**attempt * random.uniform(0.5, 1.0))
         raise AssertionError("unreachable")
+
+    async def _call(self, what: str, fn: Any, /, **kwargs: Any) -> Any:
+        try:
+            return await self._send(fn, **kwargs)
+        except Exception as err:
+            raise _error(err, what) from err
 
     async def _wait(self, zone: str, op: compute_v1.Operation, what: str) -> None:
         """Wait for a zone operation to end; its error, typed, if it failed."""
@@ -241,7 +250,10 @@ class GcpBackend:
         while op.status != DONE:
             if time.monotonic() > deadline:
                 raise TransientError(f"{what}: operation {op.name} not done after {self.cfg.provision_timeout:.0f}s")
-            op = await self._call(what, operations.wait, project=self.project(), zone=zone, operation=op.name)
+            try:
+                op = await self._call(what, operations.wait, project=self.project(), zone=zone, operation=op.name)
+            except TransientError:
+                await asyncio.sleep(1)  # a 5xx while polling says nothing about the operation: poll again
         if op.error and op.error.errors:
             raise _operation_error(op, what)
 
@@ -409,7 +421,7 @@ class GcpBackend:
             seam = await self._seam_endpoint_for_new() if test_endpoints() else None
             resource = self.instance_resource(name, rank, candidate, zone, meta, cluster_name, seam)
             try:
-                op = await asyncio.to_thread(
+                op = await self._send(
                     instances_client.insert_unary, project=project, zone=zone, instance_resource=resource
                 )
             except gexc.Conflict:
@@ -462,9 +474,7 @@ class GcpBackend:
         for name in names:
             try:
                 ops.append(
-                    await asyncio.to_thread(
-                        instances_client.delete_unary, project=self.project(), zone=zone, instance=name
-                    )
+                    await self._send(instances_client.delete_unary, project=self.project(), zone=zone, instance=name)
                 )
             except gexc.NotFound:
                 continue  # already gone

@@ -16,10 +16,11 @@ no restart on the same cluster, and the env and secrets of the run phase fixed b
 Exec is a websocket (`v4`/`v5.channel.k8s.io`); data for a command's stdin goes through `head -c N`, so the
 command sees end-of-input without the v5-only stdin close.
 
-Node states (evidence for recovery): a missing pod, or one being deleted, is GONE; a Failed pod whose
-reason is an eviction, a node shutdown or a preemption (or with a DisruptionTarget condition) is
-PREEMPTED; any other ended pod (its entrypoint died) is GONE; phase Unknown (its node stopped reporting)
-is UNKNOWN, which the watcher turns into "unreachable" only past its window.
+Node states (evidence for recovery) come from one pod list per namespace, shared by every watcher of the
+worker (`state_checks.py`): a missing pod, or one being deleted, is GONE; a Failed pod whose reason is an
+eviction, a node shutdown or a preemption (or with a DisruptionTarget condition) is PREEMPTED; any other
+ended pod (its entrypoint died) is GONE; phase Unknown (its node stopped reporting), or an API server that
+answers 429 (ThrottledError), is UNKNOWN, which the watcher turns into "unreachable" only past its window.
 
 Launch errors: a pod Unschedulable for more than `kubernetes.provision_timeout` seconds, or a quota
 rejection, is a CapacityError (try elsewhere); a missing namespace or context, a forbidden or invalid
