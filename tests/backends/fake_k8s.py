@@ -7,7 +7,7 @@ It serves what the backend uses, with the real wire formats: pods create / get /
 before each frame's data, the exit status as a Status object on channel 3). A built-in "kubelet" makes new
 pods Running and runs exec'd commands as real processes in a per-pod directory that serves as the pod's
 home, so the backend's phase programs really run. Tests play scheduler and node through the knobs:
-`unschedulable`, `bad_images`, `quota_pods`, `evict()`, `delete()`.
+`unschedulable`, `bad_images`, `quota_pods`, `faults` (429 / 5xx answers), `evict()`, `delete()`.
 
 Stdlib only; listens on 127.0.0.1 on a free port; `stop()` kills every process a pod ever started.
 """
@@ -108,6 +108,9 @@ class FakeKube:
         self.unschedulable = False
         self.bad_images: set[str] = set()
         self.quota_pods: int | None = None
+        # "list" / "create" -> HTTP codes to answer the next such requests with (429: API priority and
+        # fairness says slow down; 5xx: an API server in trouble)
+        self.faults: dict[str, list[int]] = {}
         self.server: ThreadingHTTPServer | None = None
 
     # -- life cycle --------------------------------------------------------------------------------
@@ -294,6 +297,16 @@ class FakeKube:
                     except OSError:
                         continue
 
+    def fault(self, kind: str) -> tuple[int, dict[str, Any]] | None:
+        with self.cond:
+            queued = self.faults.get(kind)
+            code = queued.pop(0) if queued else None
+        if code is None:
+            return None
+        if code == 429:
+            return 429, _status(429, "TooManyRequests", "Too many requests, please try again later.")
+        return code, _status(code, "InternalError", "Internal error occurred: etcdserver: request timed out")
+
     def list(self, namespace: str | None, selector: str) -> dict[str, Any]:
         terms = _selector(selector)
         with self.cond:
@@ -352,6 +365,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, pod)
         elif query.get("watch", ["false"])[0] in ("true", "1"):
             self._watch(ns, query)
+        elif injected := self.kube.fault("list"):
+            self._send(*injected)
         else:
             self._send(200, self.kube.list(ns, query.get("labelSelector", [""])[0]))
 
@@ -361,7 +376,7 @@ class _Handler(BaseHTTPRequestHandler):
         if match is None or match["name"] is not None or match["ns"] is None:
             self._send(404, _status(404, "NotFound", f"the server could not find {self.path}"))
             return
-        self._send(*self.kube.create(match["ns"], body))
+        self._send(*(self.kube.fault("create") or self.kube.create(match["ns"], body)))
 
     def do_DELETE(self) -> None:
         match, _ = self._route()

@@ -16,11 +16,13 @@ from botocore.awsrequest import AWSResponse
 
 from tests.backends.conftest import MotoEC2
 from tests.backends.fake_gce import FakeCompute
+from tests.backends.fake_k8s import FakeKube
 from tests.backends.sshd import SSHNodes
 from tsky.activities.clouds import ssh_runner
 from tsky.activities.clouds.aws import TAG_CLUSTER, TAG_OWNER, AwsBackend
 from tsky.activities.clouds.base import CapacityError, PrecheckError, ThrottledError, TransientError
 from tsky.activities.clouds.gcp import GcpBackend
+from tsky.activities.clouds.kubernetes import KubernetesBackend
 from tsky.spec.activity_io import ClusterInfo, JobMeta, NodeInfo
 from tsky.spec.requests import Candidate
 from tsky.spec.settings import Settings
@@ -287,3 +289,73 @@ async def test_gce_slow_and_throttled_launch_still_succeeds(
         await backend.teardown("slow-1", None)
         await ssh_runner.close_all()
     assert gce.names() == []
+
+
+# -- Kubernetes --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKube]:
+    fake = FakeKube(tmp_path / "pods", namespaces=("tsky",)).start()
+    monkeypatch.setenv("KUBECONFIG", str(fake.write_kubeconfig(tmp_path / "kubeconfig", context="fake")))
+    yield fake
+    fake.stop()
+
+
+def k8s_settings(tmp_path: Path) -> Settings:
+    return Settings(
+        home=tmp_path / "home", kubernetes={"namespace": "tsky", "state_check_seconds": 30, "provision_timeout": 5}
+    )
+
+
+def pod_lists(kube: FakeKube) -> int:
+    return sum(1 for method, path in kube.requests if method == "GET" and path == "/api/v1/namespaces/tsky/pods")
+
+
+async def test_k8s_watchers_share_one_pod_list_and_survive_429(kube: FakeKube, tmp_path: Path) -> None:
+    backend = KubernetesBackend(k8s_settings(tmp_path))
+    clusters = []
+    for n in range(CLUSTERS):
+        name = backend.pod_name(f"job-{n}", 0)
+        labels = {"tsky-cluster": f"job-{n}", "tsky-owner": backend.owner}
+        body = {"metadata": {"name": name, "labels": labels}, "spec": {"containers": [{"name": "tsky", "image": "x"}]}}
+        assert kube.create("tsky", body)[0] == 201
+        node = NodeInfo(rank=0, ip="", host_id=name)
+        clusters.append(ClusterInfo(name=f"job-{n}", backend="k8s", region="fake", instance_type="pod", nodes=[node]))
+    deadline = time.monotonic() + 20
+    while any(
+        (kube.pod(c.nodes[0].host_id, "tsky") or {}).get("status", {}).get("phase") != "Running" for c in clusters
+    ):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+
+    states = await asyncio.gather(*(backend.node_states(c) for c in clusters))
+    assert states == [[NodeState.UP]] * CLUSTERS
+    assert pod_lists(kube) == 1
+    kube.evict(clusters[0].nodes[0].host_id, "tsky")
+    states = await asyncio.gather(*(backend.node_states(c, fresh=True) for c in clusters))
+    assert states[0] == [NodeState.PREEMPTED] and states[1:] == [[NodeState.UP]] * (CLUSTERS - 1)
+    assert pod_lists(kube) == 2
+
+    # The API server's priority and fairness answers 429: UNKNOWN for all, one list sent, then backoff.
+    kube.faults["list"] = [429]
+    states = await asyncio.gather(*(backend.node_states(c, fresh=True) for c in clusters))
+    assert states == [[NodeState.UNKNOWN]] * CLUSTERS
+    assert pod_lists(kube) == 3
+    assert await backend.node_states(clusters[1], fresh=True) == [NodeState.UNKNOWN]
+    assert pod_lists(kube) == 3
+    await backend.teardown("job-0", clusters[0])
+
+
+@pytest.mark.parametrize(("code", "expected"), [(429, ThrottledError), (500, TransientError), (503, TransientError)])
+async def test_k8s_launch_errors_are_typed(
+    kube: FakeKube, tmp_path: Path, code: int, expected: type[Exception]
+) -> None:
+    backend = KubernetesBackend(k8s_settings(tmp_path))
+    kube.faults["create"] = [code]
+    candidate = Candidate(cloud="k8s", region="fake", instance_type="pod", vcpus=1, memory_gb=1)
+    with pytest.raises(expected) as raised:
+        await backend.provision("burst-1", candidate, 1, launch_meta())
+    assert not isinstance(raised.value, PrecheckError | CapacityError)
+    await backend.teardown("burst-1", None)
+    assert kube.pod_names() == []

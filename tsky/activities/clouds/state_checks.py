@@ -28,6 +28,8 @@ Scope = TypeVar("Scope", bound=Hashable)
 
 # Refreshes of one scope are never closer than this, however many fresh asks come in.
 MIN_GAP_SECONDS = 1.0
+# A new listing waits this long for other asks of the same moment, so they share it.
+GATHER_SECONDS = 0.05
 # A failed listing is retried after 2 s, 4 s, ... at most this long.
 MAX_BACKOFF_SECONDS = 120.0
 
@@ -65,6 +67,7 @@ class SharedStateChecks(Generic[Scope]):
         state = self._scopes.setdefault(scope, _ScopeState())
         asked = time.monotonic()
         not_before = asked if fresh else asked - self.max_age
+        gathered = False
         while True:
             if state.latest is not None and state.latest.started >= not_before:
                 return state.latest
@@ -79,8 +82,10 @@ class SharedStateChecks(Generic[Scope]):
             if now < state.retry_at and state.error is not None:
                 raise state.error  # backing off: every watcher gets the last failure, no call is made
             wait = state.last_sent + MIN_GAP_SECONDS - now
-            if wait > 0:
-                await asyncio.sleep(wait)
+            if wait > 0 or not gathered:
+                # Let the asks of the same moment gather (and never send closer than the minimum gap).
+                await asyncio.sleep(max(wait, GATHER_SECONDS))
+                gathered = True
                 continue
             state.flight_started = state.last_sent = time.monotonic()
             state.flight = asyncio.create_task(self._refresh(scope, state, state.flight_started))
