@@ -359,3 +359,38 @@ async def test_k8s_launch_errors_are_typed(
     assert not isinstance(raised.value, PrecheckError | CapacityError)
     await backend.teardown("burst-1", None)
     assert kube.pod_names() == []
+
+
+async def test_k8s_launch_survives_watches_ending_in_error(kube: FakeKube, tmp_path: Path) -> None:
+    settings = k8s_settings(tmp_path)
+    backend = KubernetesBackend(settings.model_copy(update={"kubernetes": settings.kubernetes.model_copy(
+        update={"provision_timeout": 30})}))  # fmt: skip
+    kube.unschedulable = True  # the pod waits, so the launch watches
+    kube.watch_errors = [410, 500, 410]
+    candidate = Candidate(cloud="k8s", region="fake", instance_type="pod", vcpus=1, memory_gb=1)
+    launch = asyncio.create_task(backend.provision("slow-1", candidate, 1, launch_meta()))
+    deadline = time.monotonic() + 20
+    while kube.watch_errors:  # each watch ended with an ERROR event; the launch listed again and watched on
+        assert time.monotonic() < deadline and not launch.done()
+        await asyncio.sleep(0.1)
+    kube.unschedulable = False
+    kube.schedule_pending()
+    cluster = await launch
+    assert await backend.node_states(cluster) == [NodeState.UP]
+    await backend.teardown("slow-1", cluster)
+
+
+@pytest.mark.parametrize(
+    ("reason", "disruption"),
+    [("Evicted", None), ("Terminated", "TerminationByKubelet"), (None, "PreemptionByScheduler")],
+)
+async def test_k8s_pods_taken_away_are_preempted(
+    kube: FakeKube, tmp_path: Path, reason: str | None, disruption: str | None
+) -> None:
+    backend = KubernetesBackend(k8s_settings(tmp_path))
+    candidate = Candidate(cloud="k8s", region="fake", instance_type="pod", vcpus=1, memory_gb=1)
+    cluster = await backend.provision("taken-1", candidate, 2, launch_meta())
+    message = "Pod was terminated in response to imminent node shutdown."
+    kube.evict(cluster.nodes[1].host_id, "tsky", reason=reason, message=message, disruption=disruption)
+    assert await backend.node_states(cluster, fresh=True) == [NodeState.UP, NodeState.PREEMPTED]
+    await backend.teardown("taken-1", cluster)

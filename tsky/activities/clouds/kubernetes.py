@@ -411,9 +411,11 @@ class KubernetesBackend:
                 event = json.loads(line)
                 pod = event.get("object") or {}
                 if event.get("type") == "ERROR":
-                    if pod.get("code") == 410:  # the version expired: the caller lists again
-                        return
-                    raise TransientError(f"watching pods in {context}/{namespace}: {pod.get('message')}")
+                    # The watch only wakes the caller, who lists again: an expired version (410) or a failing
+                    # API server says nothing about the pods. A pause, so a failing server is not hammered.
+                    if pod.get("code") != 410:
+                        time.sleep(1)
+                    return
                 if event.get("type") == "DELETED":
                     pods.pop(_name(pod), None)
                 elif event.get("type") in ("ADDED", "MODIFIED"):
