@@ -13,20 +13,23 @@ from typing import Any
 
 import pytest
 from botocore.awsrequest import AWSResponse
+from temporalio.testing import ActivityEnvironment
 
 from tests.backends.conftest import MotoEC2
 from tests.backends.fake_gce import FakeCompute
 from tests.backends.fake_k8s import FakeKube
 from tests.backends.sshd import SSHNodes
+from tsky.activities import watch
 from tsky.activities.clouds import ssh_runner
 from tsky.activities.clouds.aws import TAG_CLUSTER, TAG_OWNER, AwsBackend
-from tsky.activities.clouds.base import CapacityError, PrecheckError, ThrottledError, TransientError
+from tsky.activities.clouds.base import CapacityError, PhaseStatus, PrecheckError, ThrottledError, TransientError
 from tsky.activities.clouds.gcp import GcpBackend
 from tsky.activities.clouds.kubernetes import KubernetesBackend
-from tsky.spec.activity_io import ClusterInfo, JobMeta, NodeInfo
+from tsky.spec.activity_io import ClusterInfo, JobMeta, NodeInfo, PhaseInput, PhaseResult
 from tsky.spec.requests import Candidate
 from tsky.spec.settings import Settings
 from tsky.spec.status import NodeState
+from tsky.spec.task import Task
 
 pytestmark = pytest.mark.asyncio
 
@@ -394,3 +397,57 @@ async def test_k8s_pods_taken_away_are_preempted(
     kube.evict(cluster.nodes[1].host_id, "tsky", reason=reason, message=message, disruption=disruption)
     assert await backend.node_states(cluster, fresh=True) == [NodeState.UP, NodeState.PREEMPTED]
     await backend.teardown("taken-1", cluster)
+
+
+# -- the watcher -------------------------------------------------------------------------------------------
+
+
+class RunningNode:
+    """A node whose phase runs until `ends_at` (monotonic time), then exits 0."""
+
+    def __init__(self, ends_at: float) -> None:
+        self.ends_at = ends_at
+
+    async def start_phase(self, phase: str, script: str, env: dict[str, str]) -> int:
+        return 4242
+
+    async def phase_status(self, phase: str) -> PhaseStatus:
+        if time.monotonic() < self.ends_at:
+            return PhaseStatus(started=True, pid=4242, alive=True)
+        return PhaseStatus(started=True, pid=4242, alive=False, exit_code=0)
+
+    async def read_log(self, phase: str, offset: int, limit: int) -> bytes:
+        return b""
+
+    async def stop_phase(self, phase: str) -> None:
+        return None
+
+
+async def test_a_throttled_cloud_never_ends_a_running_job(
+    moto_ec2: MotoEC2, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EC2 throttles every DescribeInstances for longer than the unreachable window: the watcher keeps
+    watching the healthy node and the job ends as it really does (exit 0), neither lost nor unreachable."""
+    backend = AwsBackend(aws_settings(moto_ec2, tmp_path, state_check_seconds=0.2))
+    image = backend.cfg.ami
+    assert isinstance(image, str)
+    [cluster] = launch_clusters(moto_ec2, backend.owner, ["busy-1"], image)
+    door = EC2Door(backend)
+    door.fail["DescribeInstances"] = [ec2_error(503, "RequestLimitExceeded", "Request limit exceeded.")] * 1000
+    node = RunningNode(ends_at=time.monotonic() + 12)
+    monkeypatch.setattr(backend, "node", lambda cluster, rank: node)
+    monkeypatch.setattr(watch, "get_backend", lambda name, settings: backend)
+    inp = PhaseInput(
+        meta=launch_meta(),
+        cluster=cluster,
+        phase="run",
+        attempt=0,
+        task=Task(name="j", run="python train.py"),
+        poll_seconds=0.2,
+        status_check_min_elapsed_seconds=1,
+        status_check_min_retries=2,
+    )
+    result = await ActivityEnvironment().run(watch.PhaseActivities(Settings(home=tmp_path)).run_and_watch, inp)
+    assert result == PhaseResult(exit_codes=[0])
+    assert door.count("DescribeInstances") >= 2  # it did ask, and was throttled
+    moto_ec2.client().terminate_instances(InstanceIds=[cluster.nodes[0].host_id])

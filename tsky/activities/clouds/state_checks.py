@@ -94,7 +94,7 @@ class SharedStateChecks(Generic[Scope]):
         self.calls += 1
         try:
             items = await self.fetch(scope)
-        except BaseException as err:
+        except Exception as err:  # (a cancelled listing leaves no error behind: the next ask sends another)
             state.failures += 1
             backoff = min(MAX_BACKOFF_SECONDS, 2.0**state.failures)
             state.retry_at = time.monotonic() + backoff * random.uniform(0.5, 1.0)
