@@ -141,7 +141,9 @@ class SSHNodes:
         self.host_key = keygen(self.root / "host_key")
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege separation directory
 
-    def start(self, extra_keys: list[Path] = ()) -> SSHNode:  # type: ignore[assignment]
+    def start(self, extra_keys: list[Path] = (), log_level: str = "ERROR") -> SSHNode:  # type: ignore[assignment]
+        """A new node. `log_level="DEBUG1"` makes its sshd.log name every command run through it (a
+        `req exec` line), which `bench/scale.py --infra ssh` counts."""
         addr, port = _free_address()
         node = SSHNode(name=f"node{len(self.nodes)}", addr=addr, port=port, dir=self.root / f"node{len(self.nodes)}")
         node.home.mkdir(parents=True)
@@ -165,7 +167,7 @@ StrictModes no
 PrintMotd no
 MaxStartups 100
 Subsystem sftp internal-sftp
-LogLevel ERROR
+LogLevel {log_level}
 """
         )
         home = Path.home()
