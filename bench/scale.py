@@ -1,6 +1,12 @@
-"""How many managed jobs one small machine runs: N sleeping jobs through the public API, on the local infra.
+"""How many managed jobs one small machine runs: N sleeping jobs through the public API.
 
-    python bench/scale.py [--jobs 2000] [--workers 1] [--trivial 300]
+    python bench/scale.py [--jobs 2000] [--workers 1] [--trivial 300] [--infra local|ssh]
+
+`--infra local` (the default) runs them on the local simulator. `--infra ssh` runs them on N real sshd
+nodes on 127.x addresses (one per job: an ssh host holds one cluster at a time; needs root, as the backend
+tests do), listed in an ssh node pool file as a user would write it, and counts the SSH commands the nodes
+ran (their sshd logs at DEBUG1 name each one); it measures the local simulator with the same N first, so
+both figures come from the same run.
 
 It starts its own dev server (SQLite file, as the embedded default) and worker process(es) in a temp
 TSKY_HOME, measures the engine's bare throughput with a trivial one-activity workflow, submits N jobs
@@ -14,13 +20,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import fcntl
 import getpass
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -38,7 +49,16 @@ CLOSED = "WorkflowType = 'ManagedJob' AND ExecutionStatus != 'Running'"
 HEARTBEATS = ("temporal_request", {"operation": "RecordActivityTaskHeartbeat"})
 
 
-async def bench(args: argparse.Namespace, stack: Stack) -> dict[str, float]:
+def ssh_commands(node_dirs: list[Path]) -> int:
+    """Commands the sshd nodes have run so far (each is one `req exec` line in its node's log)."""
+    total = 0
+    for directory in node_dirs:
+        with suppress(OSError):
+            total += (directory / "sshd.log").read_bytes().count(b" req exec")
+    return total
+
+
+async def bench(args: argparse.Namespace, stack: Stack, infra: str, node_dirs: list[Path]) -> dict[str, float]:
     f: dict[str, float] = {}
     client = await stack.client()
     if args.trivial:
@@ -54,7 +74,8 @@ async def bench(args: argparse.Namespace, stack: Stack) -> dict[str, float]:
     gate.touch()
     # A name of its own: local clusters are named after their job, and process tags after the cluster.
     name = f"bench-{uuid.uuid4().hex[:6]}"
-    pipeline = load_pipeline(f"name: {name}\nrun: exec flock -s {gate} true\n")
+    resources = "resources: {infra: ssh/bench}\n" if infra == "ssh" else ""
+    pipeline = load_pipeline(f"name: {name}\n{resources}run: exec flock -s {gate} true\n")
     user = getpass.getuser()
     with gate.open() as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # every job blocks on this until we let go
@@ -79,14 +100,16 @@ async def bench(args: argparse.Namespace, stack: Stack) -> dict[str, float]:
             stack.sampler.now("workers"),
             stack.sampler.now("server"),
         )
-        cpu_w, cpu_s, beats, t_rest = (
+        cpu_w, cpu_s, beats, commands, t_rest = (
             stack.sampler.cpu("workers"),
             stack.sampler.cpu("server"),
             metric(scrape(stack.metrics_ports), HEARTBEATS[0], **HEARTBEATS[1]),
+            ssh_commands(node_dirs),
             time.monotonic(),
         )
         await asyncio.sleep(args.rest)
         span = time.monotonic() - t_rest
+        f["ssh_commands_per_s"] = (ssh_commands(node_dirs) - commands) / span
         f["rest_cpu_worker_pct"] = 100 * (stack.sampler.cpu("workers") - cpu_w) / span
         f["rest_cpu_server_pct"] = 100 * (stack.sampler.cpu("server") - cpu_s) / span
         f["heartbeats_per_s"] = (metric(scrape(stack.metrics_ports), HEARTBEATS[0], **HEARTBEATS[1]) - beats) / span
@@ -105,13 +128,13 @@ async def bench(args: argparse.Namespace, stack: Stack) -> dict[str, float]:
     return f
 
 
-def report(args: argparse.Namespace, f: dict[str, float], where: str) -> None:
+def report(args: argparse.Namespace, f: dict[str, float], where: str, infra: str) -> None:
     n = args.jobs
     worker_kib = (f["worker_rss_running_mib"] - f["worker_rss_idle_mib"]) * 1024 / n
     server_kib = (f["server_rss_running_mib"] - f["server_rss_idle_mib"]) * 1024 / n
     rate = n / f["to_running_s"]
     lines = [
-        f"tsky scale benchmark: {n} jobs, {args.workers} worker process(es), local infra, dev server on SQLite"
+        f"tsky scale benchmark: {n} jobs, {args.workers} worker process(es), {infra} infra, dev server on SQLite"
         + (f", config {args.config}" if args.config != "{}" else ""),
         f"machine: {where}",
     ]
@@ -134,6 +157,8 @@ def report(args: argparse.Namespace, f: dict[str, float], where: str) -> None:
         f"of one core; {f['heartbeats_per_s']:.1f} heartbeat RPCs/s; {int(f['job_processes'])} job processes",
         f"workflow tasks over 5 s (the SDK's warning; 10 s is their timeout): {int(f['slow_workflow_tasks'])}",
     ]
+    if infra == "ssh":
+        lines.append(f"SSH commands at rest:     {f['ssh_commands_per_s']:.1f} per second ({n} nodes)")
     print("\n" + "\n".join(lines))
 
 
@@ -147,14 +172,49 @@ def main() -> None:
                         "'{jobs: {sweeper: {enabled: false}}}'")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--keep", action="store_true", help="keep the temp TSKY_HOME (logs) for a look")
+    parser.add_argument("--infra", choices=["local", "ssh"], default="local")
     args = parser.parse_args()
     where = machine()
     print(f"machine at start: {where}", flush=True)
     config = yaml.safe_load(args.config) or {}
-    with Stack(workers=args.workers, config=config, keep=args.keep) as stack:
-        figures = asyncio.run(bench(args, stack))
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    report(args, figures, f"{where}; load average at the end {load}")
+    for infra in ["local", args.infra] if args.infra != "local" else ["local"]:
+        print(f"-- {infra} infra", flush=True)
+        with contextlib.ExitStack() as cleanup:
+            node_dirs = cleanup.enter_context(ssh_pool(args.jobs)) if infra == "ssh" else []
+            with Stack(workers=args.workers, config=config, keep=args.keep) as stack:
+                if infra == "ssh":
+                    write_pool(stack.home, node_dirs)
+                figures = asyncio.run(bench(args, stack, infra, [d for d, _ in node_dirs] if node_dirs else []))
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        report(args, figures, f"{where}; load average at the end {load}", infra)
+
+
+@contextlib.contextmanager
+def ssh_pool(count: int) -> Iterator[list[tuple[Path, str]]]:
+    """`count` sshd nodes (with the client key's path): every one killed afterwards, with its processes."""
+    from tests.backends import sshd
+
+    why = sshd.available()
+    if why:
+        raise SystemExit(f"--infra ssh: {why}")
+    nodes = sshd.SSHNodes(Path(tempfile.mkdtemp(prefix="tsky-bench-nodes-")))
+    try:
+        started = [nodes.start(log_level="DEBUG1") for _ in range(count)]
+        yield [(n.dir, f"{n.addr}:{n.port}|{nodes.client_key}") for n in started]
+    finally:
+        nodes.stop_all()
+        shutil.rmtree(nodes.root, ignore_errors=True)
+
+
+def write_pool(home: Path, nodes: list[tuple[Path, str]]) -> None:
+    """The ssh node pool file a user would write: pool `bench` holds every node."""
+    hosts, key = [], ""
+    for _, spec in nodes:
+        endpoint, _, key = spec.partition("|")
+        addr, _, port = endpoint.rpartition(":")
+        hosts.append({"ip": addr, "port": int(port)})
+    pool = {"bench": {"user": "root", "identity_file": key, "hosts": hosts}}
+    (home / "ssh_node_pools.yaml").write_text(yaml.safe_dump(pool))
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ class FakeBackend:
     def node(self, cluster: ClusterInfo, rank: int) -> SilentNode:
         return self.agent
 
-    async def node_states(self, cluster: ClusterInfo) -> list[NodeState]:
+    async def node_states(self, cluster: ClusterInfo, fresh: bool = False) -> list[NodeState]:
         if time.monotonic() < self.agent.silent_until:
             raise ConnectionError("cloud API unreachable")
         return [NodeState.UP]

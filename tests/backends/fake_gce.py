@@ -4,10 +4,14 @@
 It serves the routes the backend uses, with the wire formats the client parses: instances insert / get /
 list (zone, with `filter`) / aggregated list / delete; zone operations get / wait / list (with `filter`);
 errors as `{"error": {"code", "message", "errors": [{"reason"}]}}`. Operations have numeric-string ids and
-are done at the first poll or wait, which is when their effect lands (an inserted instance RUNNING, a deleted
-one gone). Tests play GCE through the knobs: `exhausted_zones` (inserts end ZONE_RESOURCE_POOL_EXHAUSTED),
-`quota_exceeded` (inserts rejected with 403 quotaExceeded), `preempt()` (a SPOT instance preempted: a
+stay RUNNING for `operation_polls` looks (a `wait` returns them RUNNING, as GCE's does when its deadline
+passes first), then end, which is when their effect lands: an inserted instance goes PROVISIONING → STAGING
+(seen once) → RUNNING, a deleted one is gone. Tests play GCE through the knobs: `exhausted_zones` (inserts
+end ZONE_RESOURCE_POOL_EXHAUSTED), `quota_zones` (insert operations end QUOTA_EXCEEDED), `quota_exceeded`
+(inserts rejected with 403 quotaExceeded), `faults` (the next requests of a kind answered with an HTTP
+error such as 403 rateLimitExceeded, 429 or 503), `preempt()` (a SPOT instance preempted: a
 `compute.instances.preempted` operation, then deleted, as `instanceTerminationAction: DELETE` does).
+`requests` logs every request, so tests can count the calls a backend makes.
 
 Stdlib only; listens on 127.0.0.1 on a free port.
 """
@@ -79,7 +83,13 @@ class FakeCompute:
         self.inserted: list[dict[str, Any]] = []  # every insert body, for assertions
         # knobs
         self.exhausted_zones: set[str] = set()
+        self.quota_zones: set[str] = set()
         self.quota_exceeded = False
+        self.operation_polls = 2
+        # request kind ("insert", "delete", "list", "aggregated", "operation") -> errors to answer with, in order
+        self.faults: dict[str, list[tuple[int, str]]] = {}
+        self._polls: dict[str, int] = {}
+        self._staged: set[str] = set()  # instances already seen STAGING once
         self.server: ThreadingHTTPServer | None = None
 
     def start(self) -> FakeCompute:
@@ -157,17 +167,50 @@ class FakeCompute:
         return op
 
     def _finish(self, op: dict[str, Any]) -> None:
-        """An operation's effect lands when it is first looked at."""
+        """An operation ends after `operation_polls` looks; its effect lands then."""
         if op["status"] == "DONE":
+            return
+        polls = self._polls[op["name"]] = self._polls.get(op["name"], 0) + 1
+        if polls <= self.operation_polls:
+            op["progress"] = 50
             return
         op.update(status="DONE", progress=100, endTime=_now())
         project = op["targetLink"].split("/projects/", 1)[1].split("/", 1)[0]
         zone, name = _last(op["zone"]), _last(op["targetLink"])
         instance = self.instances.get((project, zone, name))
         if op["operationType"] == "insert" and instance is not None:
-            instance["status"] = "RUNNING"
+            if zone in self.quota_zones:
+                message = f"Quota 'CPUS' exceeded.  Limit: 24.0 in region {zone.rsplit('-', 1)[0]}."
+                op.update(httpErrorStatusCode=403, httpErrorMessage="FORBIDDEN")
+                op["error"] = {"errors": [{"code": "QUOTA_EXCEEDED", "message": message}]}
+                del self.instances[(project, zone, name)]
+            else:
+                instance["status"] = "STAGING"
         elif op["operationType"] == "delete":
             self.instances.pop((project, zone, name), None)
+
+    def _seen(self, instance: dict[str, Any]) -> dict[str, Any]:
+        """An instance as a read shows it: STAGING is seen once, then it runs."""
+        if instance["status"] == "STAGING":
+            if instance["selfLink"] in self._staged:
+                instance["status"] = "RUNNING"
+            self._staged.add(instance["selfLink"])
+        return copy.deepcopy(instance)
+
+    def fault(self, kind: str) -> tuple[int, dict[str, Any]] | None:
+        """The next injected error for a request of `kind`, as GCE words it."""
+        with self.lock:
+            queued = self.faults.get(kind)
+            if not queued:
+                return None
+            code, reason = queued.pop(0)
+        messages = {
+            "rateLimitExceeded": "Quota exceeded for quota metric 'Queries' and limit 'Queries per minute' of "
+            "service 'compute.googleapis.com' for consumer 'project_number:1'.",
+            "userRateLimitExceeded": "User Rate Limit Exceeded",
+            "backendError": "Internal error. Please try again or contact Google Support.",
+        }
+        return code, _error(code, messages.get(reason, reason), reason)
 
     def insert(self, project: str, zone: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         name = body["name"]
@@ -259,14 +302,22 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.compute
         fake.requests.append((self.command, url.path))
         filter_ = unquote(query.get("filter", ""))
+        zone_match = _ZONE_PATH.match(url.path)
+        if _AGGREGATED.match(url.path):
+            kind = "aggregated"
+        elif zone_match is not None and zone_match["kind"] == "operations":
+            kind = "operation"
+        else:
+            kind = {"POST": "insert", "DELETE": "delete"}.get(self.command, "list")
+        if injected := fake.fault(kind):
+            self._send(*injected)
+            return
         if match := _AGGREGATED.match(url.path):
             with fake.lock:
                 items: dict[str, Any] = {}
                 for (project, zone, _), instance in sorted(fake.instances.items()):
                     if project == match["project"] and _matches(instance, filter_):
-                        items.setdefault(f"zones/{zone}", {"instances": []})["instances"].append(
-                            copy.deepcopy(instance)
-                        )
+                        items.setdefault(f"zones/{zone}", {"instances": []})["instances"].append(fake._seen(instance))
             self._send(200, {"kind": "compute#instanceAggregatedList", "id": "agg", "items": items})
             return
         match = _ZONE_PATH.match(url.path)
@@ -294,6 +345,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif self.command == "GET" and name is not None:
             with fake.lock:
                 instance = fake.instances.get((project, zone, name))
+                instance = fake._seen(instance) if instance is not None else None
             if instance is None:
                 message = f"The resource 'projects/{project}/zones/{zone}/instances/{name}' was not found"
                 self._send(404, _error(404, message, "notFound"))
@@ -302,7 +354,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif self.command == "GET":
             with fake.lock:
                 found = [
-                    copy.deepcopy(i)
+                    fake._seen(i)
                     for (p, z, _), i in sorted(fake.instances.items())
                     if (p, z) == (project, zone) and _matches(i, filter_)
                 ]

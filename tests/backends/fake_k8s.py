@@ -7,7 +7,8 @@ It serves what the backend uses, with the real wire formats: pods create / get /
 before each frame's data, the exit status as a Status object on channel 3). A built-in "kubelet" makes new
 pods Running and runs exec'd commands as real processes in a per-pod directory that serves as the pod's
 home, so the backend's phase programs really run. Tests play scheduler and node through the knobs:
-`unschedulable`, `bad_images`, `quota_pods`, `evict()`, `delete()`.
+`unschedulable`, `bad_images`, `quota_pods`, `faults` (429 / 5xx answers), `watch_errors` (watches that end
+with an ERROR event, e.g. 410 Gone), `evict()` (evictions, node shutdowns, preemptions), `delete()`.
 
 Stdlib only; listens on 127.0.0.1 on a free port; `stop()` kills every process a pod ever started.
 """
@@ -108,6 +109,11 @@ class FakeKube:
         self.unschedulable = False
         self.bad_images: set[str] = set()
         self.quota_pods: int | None = None
+        # "list" / "create" -> HTTP codes to answer the next such requests with (429: API priority and
+        # fairness says slow down; 5xx: an API server in trouble)
+        self.faults: dict[str, list[int]] = {}
+        # HTTP codes the next watches end with, as an ERROR event (410: the resourceVersion is too old)
+        self.watch_errors: list[int] = []
         self.server: ThreadingHTTPServer | None = None
 
     # -- life cycle --------------------------------------------------------------------------------
@@ -167,14 +173,28 @@ class FakeKube:
         assert pod is not None, f"no pod {namespace}/{name}"
         return self._home(pod)
 
-    def evict(self, name: str, namespace: str = "default") -> None:
-        """What a kubelet under node pressure does: the pod's processes die, it stays Failed/Evicted."""
+    def evict(
+        self,
+        name: str,
+        namespace: str = "default",
+        reason: str | None = "Evicted",
+        message: str = "The node was low on resource: memory.",
+        disruption: str | None = None,
+    ) -> None:
+        """What a kubelet under node pressure does: the pod's processes die, it stays Failed/Evicted. Other
+        takers: a graceful node shutdown (`reason="Terminated"`, `disruption="TerminationByKubelet"`), the
+        scheduler preempting it (`reason=None`, `disruption="PreemptionByScheduler"`); `disruption` adds the
+        DisruptionTarget condition Kubernetes sets on pods it is about to take away."""
         with self.cond:
             pod = self.pods[(namespace, name)]
             self._kill(pod)
-            pod["status"].update(
-                phase="Failed", reason="Evicted", message="The node was low on resource: memory.", podIP=None
-            )
+            pod["status"].update(phase="Failed", message=message, podIP=None)
+            if reason is not None:
+                pod["status"]["reason"] = reason
+            if disruption is not None:
+                pod["status"]["conditions"].append(
+                    {"type": "DisruptionTarget", "status": "True", "reason": disruption, "message": message}
+                )
             pod["status"]["containerStatuses"][0]["state"] = {"terminated": {"exitCode": 137, "reason": "Error"}}
             self._event("MODIFIED", pod)
 
@@ -294,6 +314,16 @@ class FakeKube:
                     except OSError:
                         continue
 
+    def fault(self, kind: str) -> tuple[int, dict[str, Any]] | None:
+        with self.cond:
+            queued = self.faults.get(kind)
+            code = queued.pop(0) if queued else None
+        if code is None:
+            return None
+        if code == 429:
+            return 429, _status(429, "TooManyRequests", "Too many requests, please try again later.")
+        return code, _status(code, "InternalError", "Internal error occurred: etcdserver: request timed out")
+
     def list(self, namespace: str | None, selector: str) -> dict[str, Any]:
         terms = _selector(selector)
         with self.cond:
@@ -352,6 +382,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, pod)
         elif query.get("watch", ["false"])[0] in ("true", "1"):
             self._watch(ns, query)
+        elif injected := self.kube.fault("list"):
+            self._send(*injected)
         else:
             self._send(200, self.kube.list(ns, query.get("labelSelector", [""])[0]))
 
@@ -361,7 +393,7 @@ class _Handler(BaseHTTPRequestHandler):
         if match is None or match["name"] is not None or match["ns"] is None:
             self._send(404, _status(404, "NotFound", f"the server could not find {self.path}"))
             return
-        self._send(*self.kube.create(match["ns"], body))
+        self._send(*(self.kube.fault("create") or self.kube.create(match["ns"], body)))
 
     def do_DELETE(self) -> None:
         match, _ = self._route()
@@ -409,6 +441,13 @@ class _Handler(BaseHTTPRequestHandler):
                     since, initial = int(since_text), []
             for pod in initial:
                 emit("ADDED", pod)
+            with kube.cond:
+                error = kube.watch_errors.pop(0) if kube.watch_errors else None
+            if error is not None:
+                words = {410: ("Expired", "too old resource version: 1 (2)")}
+                reason, message = words.get(error, ("InternalError", "etcdserver: leader changed"))
+                emit("ERROR", _status(error, reason, message))
+                deadline = 0.0
             while True:
                 with kube.cond:
                     fresh = [(rv, kind, pod) for rv, kind, pod in kube.events if rv > since and wanted(pod)]

@@ -142,8 +142,15 @@ class SSHNodes:
         self.host_key = keygen(self.root / "host_key")
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege separation directory
 
-    def start(self, extra_keys: list[Path] = (), share_home_of: SSHNode | None = None) -> SSHNode:  # type: ignore[assignment]
-        """A new node; with `share_home_of`, its login home is that node's (as an NFS-mounted /home)."""
+    def start(
+        self,
+        extra_keys: list[Path] = (),  # type: ignore[assignment]
+        share_home_of: SSHNode | None = None,
+        log_level: str = "ERROR",
+    ) -> SSHNode:
+        """A new node; with `share_home_of`, its login home is that node's (as an NFS-mounted /home).
+        `log_level="DEBUG1"` makes its sshd.log name every command run through it (a `req exec` line),
+        which `bench/scale.py --infra ssh` counts."""
         addr, port = _free_address()
         node = SSHNode(name=f"node{len(self.nodes)}", addr=addr, port=port, dir=self.root / f"node{len(self.nodes)}")
         node.dir.mkdir(parents=True)
@@ -171,7 +178,7 @@ StrictModes no
 PrintMotd no
 MaxStartups 100
 Subsystem sftp internal-sftp
-LogLevel ERROR
+LogLevel {log_level}
 """
         )
         home = Path.home()

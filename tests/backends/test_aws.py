@@ -98,9 +98,10 @@ async def test_on_demand_and_spot_clusters_states_and_teardown(
 
     # AWS takes the spot instance back; an on-demand one is stopped by someone.
     moto_ec2.interrupt_spot(spot.nodes[0].host_id)
-    assert await backend.node_states(spot) == [NodeState.PREEMPTED]
+    # The watcher asks for a fresh answer once it sees something happen (a process ended, a node silent).
+    assert await backend.node_states(spot, fresh=True) == [NodeState.PREEMPTED]
     moto_ec2.client().stop_instances(InstanceIds=[ids[1]])
-    assert await backend.node_states(od) == [NodeState.UP, NodeState.STOPPED]
+    assert await backend.node_states(od, fresh=True) == [NodeState.UP, NodeState.STOPPED]
 
     worker = await backend.provision("w-1", candidate(), 1, meta(0).model_copy(update={"pool": "workers"}))
     record = next(r for r in await backend.list_clusters() if r.name == "w-1")
@@ -111,7 +112,7 @@ async def test_on_demand_and_spot_clusters_states_and_teardown(
     await backend.teardown("od-1", None)  # by name only: every configured region is searched
     assert all(i["State"]["Name"] == "terminated" for i in moto_ec2.instances())
     assert await backend.list_clusters() == []
-    assert await backend.node_states(od) == [NodeState.GONE, NodeState.GONE]
+    assert await backend.node_states(od, fresh=True) == [NodeState.GONE, NodeState.GONE]
     await backend.teardown("od-1", od)  # idempotent
     # The seam cleaned the loopback nodes as EC2 would have: no process of either cluster is left.
     for node in ssh_nodes.nodes:

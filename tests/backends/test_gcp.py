@@ -138,11 +138,13 @@ async def test_on_demand_and_spot_clusters_states_and_teardown(
     assert records["spot-2-r1"].extra == {"zone": "us-central1-b", "instance_type": "n1-highmem-8", "spot": "True"}
 
     gce.preempt(spot.nodes[0].host_id)  # GCE takes the SPOT VM back and deletes it
-    assert await backend.node_states(spot) == [NodeState.PREEMPTED]
+    # The watcher asks for a fresh answer once it sees something happen (a process ended, a node silent).
+    assert await backend.node_states(spot, fresh=True) == [NodeState.PREEMPTED]
     # An on-demand instance deleted behind tsky's back is gone, not preempted.
     gce.delete("tsky-test", "us-central1-a", names[0])
-    gce.operation("tsky-test", "us-central1-a", gce.operations_for(names[0])[-1])
-    assert await backend.node_states(od) == [NodeState.GONE, NodeState.UP]
+    while gce.operation("tsky-test", "us-central1-a", gce.operations_for(names[0])[-1])[1]["status"] != "DONE":
+        pass
+    assert await backend.node_states(od, fresh=True) == [NodeState.GONE, NodeState.UP]
 
     await backend.teardown("od-1", od)
     await backend.teardown("spot-2-r1", None)  # by name only, as after a failed launch or from the sweeper
@@ -159,7 +161,7 @@ async def test_a_terminated_spot_vm_is_preempted(
     backend = GcpBackend(Settings(home=tmp_path, gcp=gcp_config(gce, ssh_nodes.client_key)))
     spot = await backend.provision("stop-3", candidate(use_spot=True), 1, meta(3))
     gce.preempt(spot.nodes[0].host_id, delete=False)  # a STOP termination action keeps it TERMINATED
-    assert await backend.node_states(spot) == [NodeState.PREEMPTED]
+    assert await backend.node_states(spot, fresh=True) == [NodeState.PREEMPTED]
     [record] = await backend.list_clusters()
     assert record.state == "PREEMPTED"
     await backend.teardown("stop-3", spot)

@@ -152,7 +152,7 @@ async def test_eviction_is_preemption_and_a_deleted_pod_is_gone(kube: FakeKube, 
         await backend.node(info, rank).start_phase("run-a0", "sleep 300", {})
     kube.evict(info.nodes[0].host_id, "tsky")
     kube.delete(info.nodes[1].host_id, "tsky")
-    states = await backend.node_states(info)
+    states = await backend.node_states(info, fresh=True)
     assert states[0] is NodeState.PREEMPTED and states[1] is NodeState.GONE and states[2] is NodeState.UP
     assert all(s.is_lost() for s in states[:2])
     # The evicted pod's phase is gone with it; the others' nodes are not.

@@ -68,7 +68,7 @@ async def _lost_nodes(backend: Backend, cluster: ClusterInfo) -> list[str]:
     """A node that cannot be asked may be one its backend knows is gone (an evicted pod, a preempted VM
     that no longer answers SSH): that is positive evidence, no need to wait out the window."""
     try:
-        states = await backend.node_states(cluster)
+        states = await backend.node_states(cluster, fresh=True)
     except Exception:
         return []
     return [f"node {rank} is {state.value}" for rank, state in enumerate(states) if state.is_lost()]
@@ -200,7 +200,7 @@ class PhaseActivities:
                 # A finished job is never relaunched: success needs no word from the backend.
                 if not succeeded and (exited or vanished or due):
                     last_state_check = time.monotonic()
-                    states = await backend.node_states(inp.cluster)
+                    states = await backend.node_states(inp.cluster, fresh=exited or vanished)
                     lost = [f"node {rank} is {st.value}" for rank, st in enumerate(states) if st.is_lost()]
                     if lost:
                         raise ApplicationError(

@@ -124,6 +124,8 @@ class KubernetesSettings(_Section):
     image: str = "python:3.11-slim"
     # Seconds a pod may stay unschedulable before the launch counts as "no capacity" and tries elsewhere.
     provision_timeout: float = Field(default=10, gt=0)
+    # How often watchers ask the API server about their pods: one pod list per namespace for all of them.
+    state_check_seconds: float = Field(default=10, gt=0)
     # How spot pods reach spot nodes; k8s offers spot only when one of these is set.
     spot_node_selector: dict[str, str] = {}
     spot_tolerations: list[dict[str, Any]] = []
@@ -145,7 +147,8 @@ class GcpSettings(_Section):
     ssh_private_key: str | None = None
     # Seconds for new instances to run and answer SSH (and for deletions to be confirmed).
     provision_timeout: float = Field(default=600, gt=0)
-    state_check_seconds: float = Field(default=15, gt=0)  # how often a watcher asks GCE about the nodes
+    # How often watchers ask GCE about their nodes: one aggregated list per project for all of them.
+    state_check_seconds: float = Field(default=15, gt=0)
     # A local fake of the Compute API (tests). Never set for Google itself.
     api_endpoint: str | None = None
     anonymous_credentials: bool = False  # only with api_endpoint
@@ -164,7 +167,8 @@ class AwsSettings(_Section):
     regions: list[str] | None = None  # where listing and teardown-by-name look; None: every EC2 region
     # Seconds for new instances to run and answer SSH (and for terminations to be confirmed).
     provision_timeout: float = Field(default=600, gt=0)
-    state_check_seconds: float = Field(default=15, gt=0)  # how often a watcher asks EC2 about the nodes
+    # How often watchers ask EC2 about their nodes: one DescribeInstances (paginated) per region for all of them.
+    state_check_seconds: float = Field(default=15, gt=0)
     endpoint_url: str | None = None  # an EC2 endpoint override (tests: moto). Never set for AWS itself.
 
 

@@ -8,7 +8,9 @@ derived from the cluster name, the request and the instances already known, so a
 same reservation. The key pair and the security group (SSH open, all traffic within the group) are created
 on first use in each region and reused.
 
-Node state comes from `describe_instances` (and the spot request, where the instance has one):
+Node state comes from `describe_instances`, one paginated listing of the installation's instances per region
+shared by every watcher of the worker (`state_checks.py`), and from the spot request where an ended spot
+instance does not say why itself:
 
 | instance state                 | on-demand | spot, interrupted by AWS | spot, otherwise |
 |--------------------------------|-----------|--------------------------|-----------------|
@@ -17,8 +19,9 @@ Node state comes from `describe_instances` (and the spot request, where the inst
 | shutting-down, terminated, gone| GONE      | PREEMPTED                | GONE            |
 
 Errors: no capacity (InsufficientInstanceCapacity, MaxSpotInstanceCountExceeded, SpotMaxPriceTooLow,
-Unsupported, …) → CapacityError; bad credentials or parameters → PrecheckError; throttling, 5xx and
-timeouts → TransientError. Teardown terminates and waits until EC2 reports every instance terminated.
+Unsupported, …) → CapacityError; bad credentials or parameters → PrecheckError; throttling
+(RequestLimitExceeded, Throttling; after botocore's own retries) → ThrottledError; 5xx and timeouts →
+TransientError. Teardown terminates and waits until EC2 reports every instance terminated.
 
 boto3 blocks, so every call runs in a thread. Credentials come the usual boto3 way (environment, profile,
 SSO, instance role). Test seam: with `TSKY_TEST_SSH_HOSTS` set (never outside tests), each instance is
@@ -43,6 +46,7 @@ from tsky.activities.clouds.base import (
     CapacityError,
     ClusterRecord,
     PrecheckError,
+    ThrottledError,
     TransientError,
     owner_of,
 )
@@ -56,6 +60,7 @@ from tsky.activities.clouds.ssh_runner import (
     test_endpoints,
     wait_reachable,
 )
+from tsky.activities.clouds.state_checks import SharedStateChecks
 from tsky.spec.activity_io import ClusterInfo, JobMeta, NodeInfo
 from tsky.spec.requests import Candidate
 from tsky.spec.settings import AwsSettings, Settings
@@ -101,6 +106,7 @@ PRECHECK_CODES = {
     "MissingParameter",
     "InvalidInstanceType",
 }
+THROTTLE_CODES = {"RequestLimitExceeded", "Throttling", "ThrottlingException", "RequestThrottled", "SlowDown"}
 PRECHECK_PREFIXES = ("InvalidParameter", "InvalidAMIID", "InvalidKeyPair", "InvalidGroup", "InvalidSubnet")
 # A spot request's status when AWS took the instance away (not when the user did).
 _INTERRUPTED = re.compile(r"^(instance-(terminated|stopped)-(?!by-user)|marked-for-(termination|stop))")
@@ -114,6 +120,8 @@ def _error(err: BaseException, what: str) -> BaseException:
         text = f"{what}: {code}: {info.get('Message', '')}"
         if code in CAPACITY_CODES:
             return CapacityError(text)
+        if code in THROTTLE_CODES:
+            return ThrottledError(text)
         if code in PRECHECK_CODES or code.startswith(PRECHECK_PREFIXES):
             return PrecheckError(text)
         return TransientError(text)
@@ -162,6 +170,8 @@ class AwsBackend:
         self._ready: dict[str, tuple[str, str]] = {}  # region -> (key pair name, security group id)
         self._amis: dict[tuple[str, str], str] = {}
         self._root_devices: dict[tuple[str, str], str] = {}
+        # region -> every instance of this installation (by id), one paginated describe for all watchers
+        self.state_checks: SharedStateChecks[str] = SharedStateChecks(self._owned_instances, self.state_check_seconds)
 
     # -- plumbing ------------------------------------------------------------------------------------
 
@@ -500,28 +510,42 @@ class AwsBackend:
                 raise TransientError(f"instances in {region} not running after {self.cfg.provision_timeout:.0f}s")
             await asyncio.sleep(2)
 
-    async def node_states(self, cluster: ClusterInfo) -> list[NodeState]:
-        found = {
-            i["InstanceId"]: i
-            for i in await self._cluster_instances(cluster.region, cluster.name, (*NOT_TERMINATED, "terminated"))
-        }
-        requests = [i["SpotInstanceRequestId"] for i in found.values() if i.get("SpotInstanceRequestId")]
+    async def _owned_instances(self, region: str) -> dict[str, Any]:
+        """Every instance this installation has in `region` (terminated ones too, while EC2 still shows
+        them: they say why they ended), by id."""
+        found = await self._instances(
+            region, Filters=[{"Name": f"tag:{TAG_OWNER}", "Values": [self.owner]}], MaxResults=1000
+        )
+        return {i["InstanceId"]: i for i in found}
+
+    async def node_states(self, cluster: ClusterInfo, fresh: bool = False) -> list[NodeState]:
+        try:
+            snap = await self.state_checks.snapshot(cluster.region, fresh)
+            if not fresh and any(n.host_id not in snap.items for n in cluster.nodes):
+                # Missing from a listing older than the question is no evidence (a cluster launched since).
+                snap = await self.state_checks.snapshot(cluster.region, fresh=True)
+        except ThrottledError:
+            return [NodeState.UNKNOWN] * len(cluster.nodes)
+        found = [snap.items.get(n.host_id) for n in cluster.nodes]
+        # Only a spot instance that ended without a spot reason of its own needs its request's word.
+        unsure = [
+            i["SpotInstanceRequestId"]
+            for i in found
+            if i is not None
+            and i.get("SpotInstanceRequestId")
+            and i["State"]["Name"] not in LIVE
+            and not str(i.get("StateReason", {}).get("Code", "")).startswith("Server.Spot")
+        ]
         spot_status: dict[str, str] = {}
-        if requests:
-            answer = await self._call(
-                cluster.region, "describe_spot_instance_requests", SpotInstanceRequestIds=requests
-            )
+        if unsure:
+            answer = await self._call(cluster.region, "describe_spot_instance_requests", SpotInstanceRequestIds=unsure)
             spot_status = {
                 r["SpotInstanceRequestId"]: r.get("Status", {}).get("Code", "") for r in answer["SpotInstanceRequests"]
             }
-        states = []
-        for node in cluster.nodes:
-            instance = found.get(node.host_id)
-            if instance is None:
-                states.append(NodeState.GONE)
-            else:
-                states.append(node_state(instance, spot_status.get(instance.get("SpotInstanceRequestId", ""))))
-        return states
+        return [
+            NodeState.GONE if i is None else node_state(i, spot_status.get(i.get("SpotInstanceRequestId", "")))
+            for i in found
+        ]
 
     async def teardown(self, cluster_name: str, cluster: ClusterInfo | None) -> None:
         regions = [cluster.region] if cluster is not None else self._regions()

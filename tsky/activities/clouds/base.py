@@ -34,6 +34,11 @@ class TransientError(BackendError):
     """A passing fault (throttling, a 5xx, a dropped connection): retry."""
 
 
+class ThrottledError(TransientError):
+    """The cloud refused the call for its rate limit (EC2 RequestLimitExceeded, GCE rateLimitExceeded, a 429):
+    back off; never evidence about a node."""
+
+
 @dataclass
 class PhaseStatus:
     """What a node says about one phase (setup or run) it was asked to run."""
@@ -96,13 +101,16 @@ class Backend(Protocol):
     name: str
     # How often a watcher asks the backend about node health while the job runs. Cheap for `local`;
     # a cloud API is asked less often (SkyPilot: 15 s), and at once whenever a process looks gone.
+    # Cloud backends answer every watcher from one shared listing per region (`state_checks.py`).
     state_check_seconds: float
 
     async def provision(self, cluster_name: str, candidate: Candidate, num_nodes: int, meta: JobMeta) -> ClusterInfo:
         """Create (or adopt) the cluster and return once every node is UP and reachable."""
 
-    async def node_states(self, cluster: ClusterInfo) -> list[NodeState]:
-        """One state per node, rank order. Raise (any error) when the backend cannot be asked."""
+    async def node_states(self, cluster: ClusterInfo, fresh: bool = False) -> list[NodeState]:
+        """One state per node, rank order. Raise (any error) when the backend cannot be asked; UNKNOWN where
+        it can say nothing (throttled). The answer may be up to `state_check_seconds` old unless `fresh`:
+        then it was observed after the call (the watcher saw a process end or a node stop answering)."""
 
     def node(self, cluster: ClusterInfo, rank: int) -> NodeAgent: ...
 

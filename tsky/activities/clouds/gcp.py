@@ -9,8 +9,9 @@ dying leftovers are deleted first. Spot instances use the SPOT provisioning mode
 `instanceTerminationAction: DELETE`, so GCE deletes what it preempts. tsky's SSH key (created on first use
 unless `gcp.ssh_private_key` is set) goes into each instance's `ssh-keys` metadata.
 
-Node state comes from the instance (and, for a spot instance that is gone, the zone's
-`compute.instances.preempted` operations):
+Node state comes from the instance, as one aggregated list of the installation's instances shared by every
+watcher of the worker (`state_checks.py`), and, for a spot instance that is gone, from the zone's
+`compute.instances.preempted` operations:
 
 | instance                                     | on-demand | spot      |
 |----------------------------------------------|-----------|-----------|
@@ -19,8 +20,9 @@ Node state comes from the instance (and, for a spot instance that is gone, the z
 | gone                                         | GONE      | PREEMPTED (a preempted operation names it), else GONE |
 
 Errors: ZONE_RESOURCE_POOL_EXHAUSTED(_WITH_DETAILS), quota exceeded and other stock-outs → CapacityError;
-invalid requests, missing images/networks/projects, permissions, credentials → PrecheckError; 429s and
-5xx → TransientError. Teardown deletes and waits until no instance of the cluster is left.
+rate limits (429, 403 rateLimitExceeded / userRateLimitExceeded) → ThrottledError, after the call was sent
+again a few times with backoff; invalid requests, missing images/networks/projects, permissions, credentials
+→ PrecheckError; 5xx → TransientError. Teardown deletes and waits until no instance of the cluster is left.
 
 Operations are waited for with `*_unary` calls and `ZoneOperationsClient.wait`: the library's own poller
 (behind `insert().result()`) is built without the client options, so with an `api_endpoint` override it
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import re
 import time
 from datetime import datetime
@@ -51,6 +54,7 @@ from tsky.activities.clouds.base import (
     CapacityError,
     ClusterRecord,
     PrecheckError,
+    ThrottledError,
     TransientError,
     owner_of,
 )
@@ -64,6 +68,7 @@ from tsky.activities.clouds.ssh_runner import (
     test_endpoints,
     wait_reachable,
 )
+from tsky.activities.clouds.state_checks import SharedStateChecks
 from tsky.spec.activity_io import ClusterInfo, JobMeta, NodeInfo
 from tsky.spec.requests import Candidate
 from tsky.spec.settings import GcpSettings, Settings
@@ -82,6 +87,10 @@ LABEL_TEST_SSH = "tsky-test-ssh"  # the seam's endpoint of an instance (tests on
 LIVE = ("PROVISIONING", "STAGING", "RUNNING")
 PREEMPTED_OPERATION = "compute.instances.preempted"
 CAPACITY_MARKERS = ("RESOURCE_POOL_EXHAUSTED", "QUOTA_EXCEEDED", "QUOTA EXCEEDED", "STOCKOUT", "DOES NOT HAVE ENOUGH")
+# GCE says "403 rateLimitExceeded" (its message reads "Quota exceeded for quota metric 'Queries'"): a rate
+# limit, not a quota of resources nor a permission problem.
+THROTTLE_REASONS = {"rateLimitExceeded", "userRateLimitExceeded", "RATE_LIMIT_EXCEEDED"}
+THROTTLE_ATTEMPTS = 5  # a throttled call is sent again after 0.5, 1, 2, 4 s (with jitter) before giving up
 PRECHECK_CODES = {"INVALID_FIELD_VALUE", "RESOURCE_NOT_FOUND", "NOT_FOUND", "PERMISSION_DENIED", "FORBIDDEN"}
 # N1 machines take GPUs as guest accelerators; A2/A3/G2 machine types come with theirs.
 GUEST_ACCELERATORS = {
@@ -103,6 +112,9 @@ def _error(err: BaseException, what: str) -> BaseException:
     """The client's exceptions as the backend protocol's typed errors."""
     if isinstance(err, gexc.GoogleAPICallError):
         text = f"{what}: {err.message}"
+        reasons = {e.get("reason") for e in err.errors if isinstance(e, dict)} | {err.reason}
+        if isinstance(err, gexc.TooManyRequests) or reasons & THROTTLE_REASONS:
+            return ThrottledError(text)
         if _capacity(str(err)) or any(isinstance(e, dict) and e.get("reason") == "quotaExceeded" for e in err.errors):
             return CapacityError(text)
         if isinstance(err, gexc.BadRequest | gexc.NotFound | gexc.Forbidden | gexc.Unauthorized):
@@ -118,6 +130,8 @@ def _operation_error(op: compute_v1.Operation, what: str) -> Exception:
     text = f"{what}: " + "; ".join(f"{e.code}: {e.message}" for e in errors)
     if any(_capacity(e.code) or _capacity(e.message) for e in errors):
         return CapacityError(text)
+    if any(e.code in THROTTLE_REASONS for e in errors) or op.http_error_status_code == 429:
+        return ThrottledError(text)
     if any(e.code in PRECHECK_CODES for e in errors) or op.http_error_status_code in (400, 403, 404):
         return PrecheckError(text)
     return TransientError(text)
@@ -174,6 +188,8 @@ class GcpBackend:
         self._operations: compute_v1.ZoneOperationsClient | None = None
         self._project: str | None = self.cfg.project
         self._seam_used: set[str] = set()
+        # project -> every instance of this installation (by `zone/name`), one aggregated list for all watchers
+        self.state_checks: SharedStateChecks[str] = SharedStateChecks(self._owned_instances, self.state_check_seconds)
 
     # -- plumbing ------------------------------------------------------------------------------------
 
@@ -209,9 +225,21 @@ class GcpBackend:
             self._project = project
         return self._project
 
+    async def _send(self, fn: Any, /, **kwargs: Any) -> Any:
+        """`fn(**kwargs)` in a thread; a throttled call is sent again after a backoff (the client's own
+        exceptions otherwise, for callers that handle some of them)."""
+        for attempt in range(THROTTLE_ATTEMPTS):
+            try:
+                return await asyncio.to_thread(fn, **kwargs)
+            except gexc.GoogleAPICallError as err:
+                if attempt == THROTTLE_ATTEMPTS - 1 or not isinstance(_error(err, ""), ThrottledError):
+                    raise
+            await asyncio.sleep(0.5 * 2**attempt * random.uniform(0.5, 1.0))
+        raise AssertionError("unreachable")
+
     async def _call(self, what: str, fn: Any, /, **kwargs: Any) -> Any:
         try:
-            return await asyncio.to_thread(fn, **kwargs)
+            return await self._send(fn, **kwargs)
         except Exception as err:
             raise _error(err, what) from err
 
@@ -222,7 +250,10 @@ class GcpBackend:
         while op.status != DONE:
             if time.monotonic() > deadline:
                 raise TransientError(f"{what}: operation {op.name} not done after {self.cfg.provision_timeout:.0f}s")
-            op = await self._call(what, operations.wait, project=self.project(), zone=zone, operation=op.name)
+            try:
+                op = await self._call(what, operations.wait, project=self.project(), zone=zone, operation=op.name)
+            except TransientError:
+                await asyncio.sleep(1)  # a 5xx while polling says nothing about the operation: poll again
         if op.error and op.error.errors:
             raise _operation_error(op, what)
 
@@ -390,7 +421,7 @@ class GcpBackend:
             seam = await self._seam_endpoint_for_new() if test_endpoints() else None
             resource = self.instance_resource(name, rank, candidate, zone, meta, cluster_name, seam)
             try:
-                op = await asyncio.to_thread(
+                op = await self._send(
                     instances_client.insert_unary, project=project, zone=zone, instance_resource=resource
                 )
             except gexc.Conflict:
@@ -443,9 +474,7 @@ class GcpBackend:
         for name in names:
             try:
                 ops.append(
-                    await asyncio.to_thread(
-                        instances_client.delete_unary, project=self.project(), zone=zone, instance=name
-                    )
+                    await self._send(instances_client.delete_unary, project=self.project(), zone=zone, instance=name)
                 )
             except gexc.NotFound:
                 continue  # already gone
@@ -455,15 +484,26 @@ class GcpBackend:
 
     # -- the protocol ------------------------------------------------------------------------------------
 
-    async def node_states(self, cluster: ClusterInfo) -> list[NodeState]:
+    async def _owned_instances(self, project: str) -> dict[str, Any]:
+        found = await self._list_all(f'labels.{LABEL_OWNER} = "{self.owner}"')
+        return {f"{zone}/{instance.name}": instance for zone, instance in found}
+
+    async def node_states(self, cluster: ClusterInfo, fresh: bool = False) -> list[NodeState]:
         zone = cluster.zone or ""
-        found = {i.name: i for i in await self._list_zone(zone, self._filter(cluster.name))}
-        preempted: set[str] = set()
-        if cluster.use_spot and any(node.host_id not in found for node in cluster.nodes):
-            preempted = await self._preempted(zone)
+        keys = [f"{zone}/{node.host_id}" for node in cluster.nodes]
+        try:
+            snap = await self.state_checks.snapshot(self.project(), fresh)
+            if not fresh and any(k not in snap.items for k in keys):
+                # Missing from a listing older than the question is no evidence (a cluster launched since).
+                snap = await self.state_checks.snapshot(self.project(), fresh=True)
+            preempted: set[str] = set()
+            if cluster.use_spot and any(k not in snap.items for k in keys):
+                preempted = await self._preempted(zone)
+        except ThrottledError:
+            return [NodeState.UNKNOWN] * len(cluster.nodes)
         states = []
-        for node in cluster.nodes:
-            instance = found.get(node.host_id)
+        for node, key in zip(cluster.nodes, keys, strict=True):
+            instance = snap.items.get(key)
             spot = cluster.use_spot if instance is None else _spot(instance)
             states.append(node_state(instance, spot, node.host_id in preempted))
         return states

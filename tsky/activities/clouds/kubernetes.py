@@ -16,10 +16,11 @@ no restart on the same cluster, and the env and secrets of the run phase fixed b
 Exec is a websocket (`v4`/`v5.channel.k8s.io`); data for a command's stdin goes through `head -c N`, so the
 command sees end-of-input without the v5-only stdin close.
 
-Node states (evidence for recovery): a missing pod, or one being deleted, is GONE; a Failed pod whose
-reason is an eviction, a node shutdown or a preemption (or with a DisruptionTarget condition) is
-PREEMPTED; any other ended pod (its entrypoint died) is GONE; phase Unknown (its node stopped reporting)
-is UNKNOWN, which the watcher turns into "unreachable" only past its window.
+Node states (evidence for recovery) come from one pod list per namespace, shared by every watcher of the
+worker (`state_checks.py`): a missing pod, or one being deleted, is GONE; a Failed pod whose reason is an
+eviction, a node shutdown or a preemption (or with a DisruptionTarget condition) is PREEMPTED; any other
+ended pod (its entrypoint died) is GONE; phase Unknown (its node stopped reporting), or an API server that
+answers 429 (ThrottledError), is UNKNOWN, which the watcher turns into "unreachable" only past its window.
 
 Launch errors: a pod Unschedulable for more than `kubernetes.provision_timeout` seconds, or a quota
 rejection, is a CapacityError (try elsewhere); a missing namespace or context, a forbidden or invalid
@@ -56,6 +57,7 @@ from tsky.activities.clouds.base import (
     ClusterRecord,
     PhaseStatus,
     PrecheckError,
+    ThrottledError,
     TransientError,
     owner_of,
 )
@@ -75,6 +77,7 @@ from tsky.activities.clouds.node_programs import (
 )
 from tsky.activities.clouds.phases import PROCESS_TAG_VAR, WRAPPER, env_file_text
 from tsky.activities.clouds.ssh_runner import DEFAULT_WORKDIR, CommandResult, NodeUnreachable
+from tsky.activities.clouds.state_checks import SharedStateChecks
 from tsky.spec.activity_io import ClusterInfo, JobMeta, NodeInfo
 from tsky.spec.requests import Candidate
 from tsky.spec.settings import Settings
@@ -136,6 +139,8 @@ def _api_error(err: ApiException, what: str) -> BackendError:
     message = _message(err)
     if err.status == 403 and "exceeded quota" in message:
         return CapacityError(f"{what}: {message}")
+    if err.status == 429:  # the API server's priority and fairness (or a proxy) says: slow down
+        return ThrottledError(f"{what}: {message}")
     if err.status in (401, 403):
         return PrecheckError(f"{what}: not allowed ({message}); check the kubeconfig user's permissions")
     if err.status in (400, 404, 422):
@@ -309,12 +314,16 @@ class PodAgent:
 
 class KubernetesBackend:
     name = NAME
-    state_check_seconds = 10.0  # one pod list per check
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self.config = settings.kubernetes
+        self.state_check_seconds = self.config.state_check_seconds
         self.owner = owner_of(settings)
+        # (context, namespace) -> every pod of this installation there (by name), one list for all watchers
+        self.state_checks: SharedStateChecks[tuple[str, str]] = SharedStateChecks(
+            self._owned_pods, self.state_check_seconds
+        )
         self._configurations: dict[str, client.Configuration] = {}
         self._apis: dict[str, client.CoreV1Api] = {}
 
@@ -402,9 +411,11 @@ class KubernetesBackend:
                 event = json.loads(line)
                 pod = event.get("object") or {}
                 if event.get("type") == "ERROR":
-                    if pod.get("code") == 410:  # the version expired: the caller lists again
-                        return
-                    raise TransientError(f"watching pods in {context}/{namespace}: {pod.get('message')}")
+                    # The watch only wakes the caller, who lists again: an expired version (410) or a failing
+                    # API server says nothing about the pods. A pause, so a failing server is not hammered.
+                    if pod.get("code") != 410:
+                        time.sleep(1)
+                    return
                 if event.get("type") == "DELETED":
                     pods.pop(_name(pod), None)
                 elif event.get("type") in ("ADDED", "MODIFIED"):
@@ -578,11 +589,20 @@ class KubernetesBackend:
         namespace = cluster.extra.get("namespace", self.config.namespace)
         return PodAgent(self, cluster.region, namespace, cluster.nodes[rank].host_id, tag=f"{cluster.name}/{rank}")
 
-    async def node_states(self, cluster: ClusterInfo) -> list[NodeState]:
-        namespace = cluster.extra.get("namespace", self.config.namespace)
-        items, _ = await self._list(cluster.region, namespace, self._selector(cluster.name))
-        pods = {_name(p): p for p in items}
-        return [node_state(pods.get(node.host_id)) for node in cluster.nodes]
+    async def _owned_pods(self, place: tuple[str, str]) -> dict[str, Any]:
+        items, _ = await self._list(*place, f"{LABEL_OWNER}={self.owner}")
+        return {_name(p): p for p in items}
+
+    async def node_states(self, cluster: ClusterInfo, fresh: bool = False) -> list[NodeState]:
+        place = (cluster.region, cluster.extra.get("namespace", self.config.namespace))
+        try:
+            snap = await self.state_checks.snapshot(place, fresh)
+            if not fresh and any(n.host_id not in snap.items for n in cluster.nodes):
+                # Missing from a listing older than the question is no evidence (a cluster launched since).
+                snap = await self.state_checks.snapshot(place, fresh=True)
+        except ThrottledError:
+            return [NodeState.UNKNOWN] * len(cluster.nodes)
+        return [node_state(snap.items.get(node.host_id)) for node in cluster.nodes]
 
     async def teardown(self, cluster_name: str, cluster: ClusterInfo | None) -> None:
         if cluster is not None:

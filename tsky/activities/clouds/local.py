@@ -386,7 +386,7 @@ class LocalBackend:
             await asyncio.sleep(region.provision_seconds)  # the simulated VMs boot
         return info
 
-    async def node_states(self, cluster: ClusterInfo) -> list[NodeState]:
+    async def node_states(self, cluster: ClusterInfo, fresh: bool = False) -> list[NodeState]:
         chance = self.settings.local.spot_preemption_probability
         if cluster.use_spot and chance and random.random() < chance:
             preempt_cluster(self, cluster)

@@ -231,7 +231,7 @@ class SSHBackend:
             | ({"pool": meta.pool} if meta.pool else {"job_id": str(meta.job_id), "task_index": str(meta.task_index)}),
         )
 
-    async def node_states(self, cluster: ClusterInfo) -> list[NodeState]:
+    async def node_states(self, cluster: ClusterInfo, fresh: bool = False) -> list[NodeState]:
         holder = self._holder(cluster.name)
         probes = await asyncio.gather(*(self._probe(self._host_of(cluster, n)) for n in cluster.nodes))
         states = [
