@@ -89,7 +89,7 @@ run: |
     assert row["recoveries"] == 1
     controller = tsky_env.tsky("jobs", "logs", "--controller", "1").stdout
     assert "node 0 is PREEMPTED" in controller or "Cluster preempted or failed, recovering" in controller, controller
-    assert "Launched spotty-1-r1" in controller, controller
+    assert "Cluster launched: spotty-1-r1." in controller, controller
     first = tsky_env.tsky("jobs", "logs", "1", "--attempt", "0").stdout
     assert "working" in first and "finished after recovery" not in first
     last = tsky_env.tsky("jobs", "logs", "1", "--no-follow").stdout
