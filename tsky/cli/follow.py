@@ -22,6 +22,20 @@ _POLL_SECONDS = 0.5
 class _Cursor:
     offsets: dict[Path, int] = field(default_factory=dict)
 
+    def skip_to_tail(self, paths: list[Path], lines: int, out: Console) -> None:
+        """Print only the last `lines` complete lines of these files (in order) and mark all as read."""
+        chunks: list[bytes] = []
+        for path in paths:
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                continue
+            end = data.rfind(b"\n") + 1
+            chunks += data[:end].splitlines(keepends=True)
+            self.offsets[path] = end
+        shown = chunks[len(chunks) - lines :] if lines else []
+        out.out(b"".join(shown).decode(errors="replace"), end="", highlight=False)
+
     def drain(self, path: Path, out: Console) -> None:
         """Print what `path` gained since the last call (whole lines only while it may still grow)."""
         offset = self.offsets.get(path, 0)
@@ -73,15 +87,20 @@ async def follow(
     task: int | None = None,
     controller: bool = False,
     follow: bool = True,
+    tail: int | None = None,
 ) -> ManagedJobStatus | None:
     """Print the job's logs; with `follow`, keep going until the job ends. Returns its last status
-    (None if the job does not exist)."""
+    (None if the job does not exist). `tail`: start with only the last N lines of what exists."""
     cursor = _Cursor()
     seen: dict[int, tuple[ManagedJobStatus, int]] = {}
     while True:
         row = await get_job(client, job_id)
         if row is None:
             return None
+        if tail is not None:
+            paths = [controller_log(settings.home, job_id)] if controller else _attempt_logs(settings.home, row, task)
+            cursor.skip_to_tail(paths, tail, out)
+            tail = None
         if controller:
             cursor.drain(controller_log(settings.home, job_id), out)
         else:

@@ -452,8 +452,17 @@ def logs(
     do_follow: Annotated[bool, typer.Option("--follow/--no-follow", help="Keep streaming until the job ends.")] = True,
     controller: Annotated[bool, typer.Option("--controller", help="The job's controller log (its decisions).")] = False,
     attempt: Annotated[int | None, typer.Option("--attempt", help="Only this attempt's output (0 = first).")] = None,
+    tail: Annotated[int | None, typer.Option("--tail", help="Start with only the last N lines.")] = None,
+    sync_down: Annotated[
+        bool, typer.Option("--sync-down", "-s", help="Copy all the job's logs into ~/tsky_logs/managed_jobs/.")
+    ] = False,
+    refresh: Annotated[
+        bool, typer.Option("--refresh", "-r", help="Start the embedded stack if stopped (tsky always does).")
+    ] = False,
 ) -> None:
     """Stream a managed job's output (or its controller log) until it ends."""
+    if tail is not None and tail < 0:
+        fail(f"--tail must be at least 0 (got {tail}).")
     s = settings()
 
     async def body() -> int:
@@ -466,11 +475,15 @@ def logs(
             err_console.print(f"Job {resolved} not found.")
             return JobExitCode.NOT_FOUND
         task_index = _task_index(row, task)
+        if sync_down:
+            return _sync_down(s.home, resolved)
         if attempt is not None:
             return _print_attempt(s.home, row, task_index, attempt)
         from tsky.cli.follow import follow
 
-        status = await follow(client, s, resolved, console, task=task_index, controller=controller, follow=do_follow)
+        status = await follow(
+            client, s, resolved, console, task=task_index, controller=controller, follow=do_follow, tail=tail
+        )
         if status is None:
             return JobExitCode.NOT_FOUND
         if status.is_terminal() and do_follow and not controller:
@@ -488,6 +501,23 @@ def _task_index(row: api.JobRow, task: str | None) -> int | None:
             return t.index
     names = ", ".join(f"{t.index} ({t.name})" for t in row.tasks)
     raise UsageError(f"Job {row.job_id} has no task {task!r}; its tasks are: {names}.")
+
+
+def _sync_down(home: Path, job_id: int) -> int:
+    """SkyPilot's --sync-down: every log of the job (controller log, each task's attempts' setup and run
+    output) copied into a local folder."""
+    import shutil
+
+    from tsky.spec.logs import job_log_dir
+
+    source = job_log_dir(home, job_id)
+    if not source.is_dir():
+        err_console.print(f"Job {job_id} has no logs yet.")
+        return JobExitCode.NOT_FOUND
+    target = Path.home() / "tsky_logs" / "managed_jobs" / f"job-{job_id}"
+    shutil.copytree(source, target, dirs_exist_ok=True)
+    console.print(f"Managed job {job_id}'s logs downloaded to: {target}")
+    return 0
 
 
 def _print_attempt(home: Path, row: api.JobRow, task_index: int | None, attempt: int) -> int:
@@ -591,8 +621,10 @@ def cancel(
 
 def register(root: typer.Typer) -> None:
     from tsky.cli.pools import app as pool_app
+    from tsky.cli.server import dashboard
 
     app.add_typer(pool_app, name="pool")
+    app.command("dashboard")(dashboard)
     root.add_typer(app, name="jobs")
 
 
