@@ -1,0 +1,114 @@
+"""Scripts written for `sky jobs` keep working: SkyPilot 0.14.1's smoke-test style shell lines (grep, awk
+by column position, wc -l) run against tsky's output on the real stack (dev server, worker, local backend)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.harness import TSKY, TskyEnv, WorkerProc, wait_until
+
+pytestmark = pytest.mark.integration
+
+# Fails on each attempt; one restart on errors, so two attempts (SkyPilot's test_managed_jobs_failed_setup-ish).
+FLAKY = """\
+name: flaky
+resources:
+  job_recovery:
+    max_restarts_on_errors: 1
+run: |
+  echo "attempt output"
+  exit 1
+"""
+
+OK = """\
+name: fine
+setup: echo "setting up"
+run: echo "all good"
+"""
+
+
+def sh(env: TskyEnv, script: str, extra_env: dict[str, str] | None = None) -> str:
+    """Run a shell line as a user's script would (`tsky` is SkyPilot's `sky`); its stdout, stripped."""
+    done = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", script.replace("sky ", f"{TSKY} ")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**env.environ, **(extra_env or {})},
+        cwd=env.home,
+    )
+    assert done.returncode == 0, f"{script}\n{done.stdout}\n{done.stderr}"
+    return done.stdout.strip()
+
+
+def queue_json(env: TskyEnv) -> dict[int, dict[str, object]]:
+    result = env.tsky("jobs", "queue", "-o", "json", "-a")
+    assert result.returncode == 0, result.stderr
+    return {int(str(j["job_id"])): j for j in json.loads(result.stdout)}
+
+
+def wait_ended(env: TskyEnv, job_id: int, timeout: float = 120) -> str:
+    def ended() -> str | None:
+        job = queue_json(env).get(job_id)
+        return str(job["status"]) if job and job["ended_at"] else None
+
+    return str(wait_until(ended, timeout, 1, what=f"job {job_id} to end"))
+
+
+def test_job_logs_controller_log_and_queue_read_as_skypilot_s(
+    tsky_env: TskyEnv, worker: WorkerProc, tmp_path: Path
+) -> None:
+    flaky, ok = tsky_env.write("flaky.yaml", FLAKY), tsky_env.write("ok.yaml", OK)
+    assert "Managed job ID: 1" in sh(tsky_env, f"sky jobs launch -y -d {flaky}")
+    assert wait_ended(tsky_env, 1) == "FAILED"
+    assert "Managed job ID: 2" in sh(tsky_env, f"sky jobs launch -y -d {ok}")
+    assert wait_ended(tsky_env, 2) == "SUCCEEDED"
+
+    # The job log, per attempt: SkyPilot's start line, and its failure line with the return codes.
+    log = tmp_path / "flaky.log"
+    sh(tsky_env, f"sky jobs logs -n flaky | tee {log} || true")
+    assert sh(tsky_env, f'cat {log} | grep "Job started. Streaming logs..." | wc -l') == "2"
+    assert sh(tsky_env, f'cat {log} | grep "Job 1 failed" | wc -l') == "2"
+    assert sh(tsky_env, f'grep -c "ERROR: Job 1 failed with return code list: \\[1\\]" {log}') == "2"
+
+    # The controller log: cluster up, and the job's status on its cluster.
+    controller = sh(tsky_env, "sky jobs logs --controller 2 --no-follow")
+    assert "✓ Cluster launched: fine-2" in controller, controller
+    assert sh(tsky_env, 'sky jobs logs --controller 2 | grep "Job status: JobStatus.SUCCEEDED" | wc -l') == "1"
+    assert "Job status: JobStatus.SETTING_UP" in controller
+    assert "Job status: JobStatus.FAILED" in sh(tsky_env, "sky jobs logs --controller 1 --no-follow || true")
+
+    # The queue, by column position: $1 is the id, $(NF-3) the #RECOVERIES, then STATUS, PROGRESS, POOL.
+    header = sh(tsky_env, "sky jobs queue | grep '^ID'").split()
+    assert header[-4:] == ["#RECOVERIES", "STATUS", "PROGRESS", "POOL"], header
+    recoveries = queue_json(tsky_env)[1]["recoveries"]
+    assert sh(tsky_env, "sky jobs queue | grep flaky | awk '{print $1}'") == "1"
+    assert sh(tsky_env, "sky jobs queue | grep flaky | awk '{print $(NF-3)}'") == str(recoveries)
+    assert sh(tsky_env, "sky jobs queue | grep fine | awk '{print $(NF-2), $(NF-1), $NF}'") == "SUCCEEDED - -"
+    verbose = sh(tsky_env, "sky jobs queue -v")
+    assert "SCHED. STATE" in verbose and "GIT_COMMIT" in verbose
+    assert sh(tsky_env, "sky jobs queue -v | grep fine | grep -c DONE") == "1"
+
+    # Queue filters: output format, submission window, infra.
+    assert {j["job_id"] for j in json.loads(sh(tsky_env, "sky jobs queue -o json"))} == {1, 2}
+    assert sh(tsky_env, "sky jobs queue --since 1h | grep -c -E 'flaky|fine'") == "2"
+    assert "No in-progress" in sh(tsky_env, "sky jobs queue --before 2000-01-01")
+    assert sh(tsky_env, "sky jobs queue --before 2000-01-01 | grep -c -E 'flaky|fine' || true") == "0"
+    assert sh(tsky_env, "sky jobs queue --infra local | grep -c -E 'flaky|fine'") == "2"
+    assert sh(tsky_env, "sky jobs queue --infra aws/us-east-1 | grep -c -E 'flaky|fine' || true") == "0"
+
+    # logs --tail N, and --sync-down: every attempt's logs and the controller log in a local folder.
+    assert sh(tsky_env, "sky jobs logs 2 --tail 1").splitlines()[0].endswith("all good")
+    home = tmp_path / "user-home"
+    out = sh(tsky_env, "sky jobs logs 1 --sync-down || true", {"HOME": str(home)})
+    folder = home / "tsky_logs" / "managed_jobs" / "job-1"
+    assert str(folder) in out
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.log")) == [
+        "controller.log",
+        "task-0/attempt-0/run.log",
+        "task-0/attempt-1/run.log",
+    ]
