@@ -112,3 +112,45 @@ def test_job_logs_controller_log_and_queue_read_as_skypilot_s(
         "task-0/attempt-0/run.log",
         "task-0/attempt-1/run.log",
     ]
+
+
+POOL = """\
+pool:
+  workers: 1
+resources:
+  cpus: 1+
+setup: echo "Worker ready."
+"""
+
+HOLD = """\
+name: hold
+resources:
+  cpus: 1+
+run: |
+  echo "holding"
+  sleep 600
+"""
+
+
+def test_pool_lines_and_cancel_by_pool_read_as_skypilot_s(tsky_env: TskyEnv, worker: WorkerProc) -> None:
+    pool, hold = tsky_env.write("pool.yaml", POOL), tsky_env.write("hold.yaml", HOLD)
+    # SkyPilot's smoke test: resizing without a name names what is missing.
+    out = sh(tsky_env, 'sky jobs pool apply --workers 2 -y 2>&1 | grep "A pool name must be provided" || true')
+    assert "A pool name must be provided to update the number of workers." in out
+    sh(tsky_env, f"sky jobs pool apply -p P {pool} -y")
+    wait_until(lambda: "READY" in sh(tsky_env, "sky jobs pool status P"), 120, 1, what="the pool's worker to be READY")
+    assert "Worker ready." in sh(tsky_env, "sky jobs pool logs P 1 --no-follow --tail 1")
+    assert "Worker 1 (" in sh(tsky_env, "sky jobs pool logs P --no-follow --controller")
+
+    assert "Jobs submitted with IDs: 1,2." in sh(tsky_env, f"sky jobs launch -p P --num-jobs 2 -y {hold}")
+    wait_until(lambda: queue_json(tsky_env)[1]["status"] == "RUNNING", 120, 1, what="job 1 running on the worker")
+    # The job on the worker: `P (worker=1)` in POOL, ALIVE in SCHED. STATE; the other one WAITING.
+    assert sh(tsky_env, "sky jobs queue | awk '$1 == 1' | grep -o 'P (worker=1)'") == "P (worker=1)"
+    assert sh(tsky_env, "sky jobs queue -v | awk '$1 == 1' | grep -c ALIVE") == "1"
+    assert sh(tsky_env, "sky jobs queue -v | awk '$1 == 2' | grep -c WAITING") == "1"
+
+    assert "are scheduled to be cancelled" in sh(tsky_env, "sky jobs cancel --pool P -y")
+    wait_until(lambda: not sh(tsky_env, "sky jobs queue --skip-finished | awk '$1 ~ /^[0-9]+$/'"), 60, 1)
+    assert sh(tsky_env, "sky jobs cancel --pool P -y") == "No running job found in pool 'P'."
+    assert {j["status"] for j in queue_json(tsky_env).values()} == {"CANCELLED"}
+    sh(tsky_env, "sky jobs pool down P -y")
