@@ -45,6 +45,7 @@ def settings_with(configs: list[str]) -> Settings:
     """Settings with `--config` overrides for one command, as SkyPilot's flag: each item is a YAML file
     of settings (the shape of config.yaml) or `key.path=value`; later items win."""
     import yaml
+    from rich.markup import escape
 
     overrides: dict[str, Any] = {}
     for item in configs:
@@ -58,14 +59,14 @@ def settings_with(configs: list[str]) -> Settings:
             try:
                 layer = yaml.safe_load(Path(item).read_text())
             except (OSError, yaml.YAMLError) as err:
-                fail(f"--config {item}: not a readable YAML file nor key.path=value ({err}).")
+                fail(escape(f"--config {item}: not a readable YAML file nor key.path=value ({err})."))
             if not isinstance(layer, dict):
                 fail(f"--config {item}: expected a mapping of settings sections (jobs:, local:, temporal:).")
         overrides = merge_settings(overrides, layer)
     try:
         return load_settings(overrides=overrides)
     except SettingsError as err:
-        fail(f"--config: {err}")
+        fail(escape(f"--config: {err}"))
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

@@ -26,7 +26,7 @@ from tsky.cli.common import (
     table,
     workflow_url,
 )
-from tsky.spec.errors import SpecError
+from tsky.spec.errors import FieldError
 from tsky.spec.ids import job_workflow_id
 from tsky.spec.job import TaskState
 from tsky.spec.status import JobExitCode, ManagedJobStatus
@@ -369,8 +369,10 @@ def _parse_infra_filter(text: str | None) -> Infra | None:
 
     try:
         return parse_infra(text)
-    except SpecError as err:
-        fail(f"--infra: {err}")
+    except FieldError as err:
+        from rich.markup import escape
+
+        fail(escape(f"--infra: {err.message}"))  # the hint shows `cloud[/region[/zone]]`
 
 
 def _on_infra(where: Infra, shown: str) -> bool:
