@@ -154,3 +154,31 @@ def test_pool_lines_and_cancel_by_pool_read_as_skypilot_s(tsky_env: TskyEnv, wor
     assert sh(tsky_env, "sky jobs cancel --pool P -y") == "No running job found in pool 'P'."
     assert {j["status"] for j in queue_json(tsky_env).values()} == {"CANCELLED"}
     sh(tsky_env, "sky jobs pool down P -y")
+
+
+def test_priority_orders_jobs_waiting_for_a_running_slot(tsky_env: TskyEnv) -> None:
+    tsky_env.configure({"jobs": {"controller": {"max_running_jobs": 1}}})
+    tsky_env.start_worker()
+    order, gate = tsky_env.home / "order.txt", tsky_env.home / "gate"
+
+    def job(name: str, priority: int | None = None) -> str:
+        path = tsky_env.write(f"{name}.yaml", f"name: {name}\nrun: |\n  echo {name} >> {order}\n")
+        if priority is not None:
+            path.write_text(path.read_text().replace("run:", f"resources:\n  priority: {priority}\nrun:"))
+        return str(path)
+
+    holder = tsky_env.write("holder.yaml", f"name: holder\nrun: |\n  while [ ! -e {gate} ]; do sleep 0.2; done\n")
+    sh(tsky_env, f"sky jobs launch -y -d {holder}")
+    wait_until(lambda: queue_json(tsky_env)[1]["status"] == "RUNNING", 120, 1, what="the holder to run")
+    # FIFO within a priority, higher first: submitted low, mid, high, mid2 -> granted high, mid, mid2, low.
+    sh(tsky_env, f"sky jobs launch -y -d {job('low')}")
+    sh(tsky_env, f"sky jobs launch -y -d {job('mid', 5)}")
+    sh(tsky_env, f"sky jobs launch -y -d --priority 10 {job('high')}")
+    sh(tsky_env, f"sky jobs launch -y -d {job('mid2', 5)}")
+    wait_until(
+        lambda: sh(tsky_env, "sky jobs queue -v | grep -c WAITING || true") == "4", 60, 1, what="four jobs waiting"
+    )
+    gate.touch()
+    wait_until(lambda: len(queue_json(tsky_env)) == 5 and all(j["ended_at"] for j in queue_json(tsky_env).values()),
+               180, 1, what="every job to end")  # fmt: skip
+    assert order.read_text().split() == ["high", "mid", "mid2", "low"]
