@@ -4,7 +4,9 @@ by column position, wc -l) run against tsky's output on the real stack (dev serv
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -101,6 +103,15 @@ def test_job_logs_controller_log_and_queue_read_as_skypilot_s(
     assert sh(tsky_env, "sky jobs queue --infra local | grep -c -E 'flaky|fine'") == "2"
     assert sh(tsky_env, "sky jobs queue --infra aws/us-east-1 | grep -c -E 'flaky|fine' || true") == "0"
 
+    # queue -r: the table again and again until Ctrl-C.
+    screen = tmp_path / "screen.txt"
+    with screen.open("w") as out:
+        live = subprocess.Popen([TSKY, "jobs", "queue", "-r"], stdout=out, env=tsky_env.environ, cwd=tsky_env.home)
+        wait_until(lambda: screen.read_text().count("Managed jobs") >= 2, 60, 0.5, what="two redraws")
+        live.send_signal(signal.SIGINT)
+        assert live.wait(30) == 130
+    assert screen.read_text().count("#RECOVERIES") >= 2
+
     # logs --tail N, and --sync-down: every attempt's logs and the controller log in a local folder.
     assert sh(tsky_env, "sky jobs logs 2 --tail 1").splitlines()[0].endswith("all good")
     home = tmp_path / "user-home"
@@ -150,6 +161,12 @@ def test_pool_lines_and_cancel_by_pool_read_as_skypilot_s(tsky_env: TskyEnv, wor
     assert sh(tsky_env, "sky jobs queue -v | awk '$1 == 2' | grep -c WAITING") == "1"
 
     assert "are scheduled to be cancelled" in sh(tsky_env, "sky jobs cancel --pool P -y")
+    # A pool job cancelled right after launch ends too (SkyPilot's smoke test allows it 15 s).
+    assert "Managed job ID: 3" in sh(tsky_env, f"sky jobs launch -p P -d -y {hold}")
+    started = time.monotonic()
+    sh(tsky_env, "sky jobs cancel -y 3")
+    wait_until(lambda: queue_json(tsky_env)[3]["status"] == "CANCELLED", 60, 0.5, what="job 3 cancelled")
+    print(f"pool job cancelled right after launch: CANCELLED in {time.monotonic() - started:.1f}s")
     wait_until(lambda: not sh(tsky_env, "sky jobs queue --skip-finished | awk '$1 ~ /^[0-9]+$/'"), 60, 1)
     assert sh(tsky_env, "sky jobs cancel --pool P -y") == "No running job found in pool 'P'."
     assert {j["status"] for j in queue_json(tsky_env).values()} == {"CANCELLED"}
