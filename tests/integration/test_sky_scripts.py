@@ -154,11 +154,16 @@ def test_pool_lines_and_cancel_by_pool_read_as_skypilot_s(tsky_env: TskyEnv, wor
     assert "Worker 1 (" in sh(tsky_env, "sky jobs pool logs P --no-follow --controller")
 
     assert "Jobs submitted with IDs: 1,2." in sh(tsky_env, f"sky jobs launch -p P --num-jobs 2 -y {hold}")
-    wait_until(lambda: queue_json(tsky_env)[1]["status"] == "RUNNING", 120, 1, what="job 1 running on the worker")
+
+    def running() -> int | None:  # both ask the pool at once: either may get the worker first
+        return next((i for i, j in queue_json(tsky_env).items() if j["status"] == "RUNNING"), None)
+
+    on_worker = wait_until(running, 120, 1, what="a job running on the worker")
+    waiting = 3 - on_worker
     # The job on the worker: `P (worker=1)` in POOL, ALIVE in SCHED. STATE; the other one WAITING.
-    assert sh(tsky_env, "sky jobs queue | awk '$1 == 1' | grep -o 'P (worker=1)'") == "P (worker=1)"
-    assert sh(tsky_env, "sky jobs queue -v | awk '$1 == 1' | grep -c ALIVE") == "1"
-    assert sh(tsky_env, "sky jobs queue -v | awk '$1 == 2' | grep -c WAITING") == "1"
+    assert sh(tsky_env, f"sky jobs queue | awk '$1 == {on_worker}' | grep -o 'P (worker=1)'") == "P (worker=1)"
+    assert sh(tsky_env, f"sky jobs queue -v | awk '$1 == {on_worker}' | grep -c ALIVE") == "1"
+    assert sh(tsky_env, f"sky jobs queue -v | awk '$1 == {waiting}' | grep -c WAITING") == "1"
 
     assert "are scheduled to be cancelled" in sh(tsky_env, "sky jobs cancel --pool P -y")
     # A pool job cancelled right after launch ends too (SkyPilot's smoke test allows it 15 s).
