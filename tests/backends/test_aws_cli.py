@@ -89,7 +89,7 @@ run: |
     assert row["recoveries"] == 1
     controller = tsky_env.tsky("jobs", "logs", "--controller", "1").stdout
     assert "node 0 is PREEMPTED" in controller or "Cluster preempted or failed, recovering" in controller, controller
-    assert "Launched spotty-1-r1" in controller, controller
+    assert "Cluster launched: spotty-1-r1." in controller, controller
     first = tsky_env.tsky("jobs", "logs", "1", "--attempt", "0").stdout
     assert "working" in first and "finished after recovery" not in first
     last = tsky_env.tsky("jobs", "logs", "1", "--no-follow").stdout
@@ -100,3 +100,19 @@ run: |
     assert len(states) == 2 and set(states.values()) == {"terminated"}, states
     assert moto_ec2.client().describe_volumes()["Volumes"] == []  # the 100 GB disks went with them
     assert wait_until(lambda: no_tagged_processes("spotty-1"), 10, what="the job's processes to be gone")
+
+
+def test_resource_labels_become_instance_tags(tsky_env: TskyEnv, moto_ec2: MotoEC2, ssh_nodes: SSHNodes) -> None:
+    aws_world(tsky_env, moto_ec2, ssh_nodes, 1)
+    job = tsky_env.write(
+        "labelled.yaml",
+        "name: labelled\nresources:\n  infra: aws/us-east-1\n  cpus: 2\n"
+        "  labels: {team: ml, project: tsky, tsky-cluster: mine}\nrun: echo hi\n",
+    )
+    result = tsky_env.tsky("jobs", "launch", "-y", str(job))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "labels" not in result.stderr  # acted on, so not in the "not acted on" note
+    [instance] = moto_ec2.instances("labelled-1")
+    tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
+    assert tags["team"] == "ml" and tags["project"] == "tsky"
+    assert tags["tsky-cluster"] == "labelled-1"  # tsky's own tag (the sweeper's) wins a clash

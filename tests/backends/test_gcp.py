@@ -192,3 +192,16 @@ async def test_capacity_and_precheck_errors_leave_nothing(gce: FakeCompute, tmp_
     # tsky's own key was made on first use (0600), and no instance exists anywhere.
     assert (tmp_path / "ssh" / "tsky-gcp").stat().st_mode & 0o777 == 0o600
     assert gce.names() == []
+
+
+async def test_resource_labels_become_instance_labels(
+    gce: FakeCompute, ssh_nodes: SSHNodes, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pool: None
+) -> None:
+    seam(monkeypatch, ssh_nodes, 1)
+    backend = GcpBackend(Settings(home=tmp_path, gcp=gcp_config(gce, ssh_nodes.client_key)))
+    info = await backend.provision("lab-1", candidate(labels=(("team", "ml"), ("tsky-cluster", "mine"))), 1, meta(1))
+    instance = gce.instance(info.nodes[0].host_id)
+    assert instance is not None
+    assert instance["labels"]["team"] == "ml"
+    assert instance["labels"]["tsky-cluster"] == "lab-1"  # tsky's own label (the sweeper's) wins a clash
+    await backend.teardown("lab-1", info)

@@ -116,7 +116,7 @@ run: |
     assert row["recoveries"] == 1
     controller = tsky_env.tsky("jobs", "logs", "--controller", "1").stdout
     assert "Cluster preempted or failed, recovering" in controller, controller
-    assert "Launched spotty-1-r1" in controller, controller
+    assert "Cluster launched: spotty-1-r1." in controller, controller
     last = tsky_env.tsky("jobs", "logs", "1", "--no-follow").stdout
     assert "finished after recovery" in last, last
     assert len(gce.inserted) == 2 and gce.names() == []

@@ -226,3 +226,15 @@ async def test_planner_offers_declared_gpus_and_spot_on_allowed_contexts(kube: F
     plain = settings(tmp_path, spot_node_selector={}, spot_tolerations=[])
     result = plan_for_task(task, plain)
     assert not result.candidates and result.infeasible_reason
+
+
+async def test_resource_labels_become_pod_labels(kube: FakeKube, tmp_path: Path) -> None:
+    backend = KubernetesBackend(settings(tmp_path))
+    labelled = candidate(labels=(("team", "ml"), ("tsky-cluster", "mine")))
+    info = await backend.provision("lab-7", labelled, 1, meta())
+    pod = kube.pod(info.nodes[0].host_id, "tsky")
+    assert pod is not None
+    labels = pod["metadata"]["labels"]
+    assert labels["team"] == "ml"
+    assert labels["tsky-cluster"] == "lab-7"  # tsky's own label (the sweeper's) wins a clash
+    await backend.teardown("lab-7", info)

@@ -102,7 +102,7 @@ run: |
     assert row["recoveries"] == 1
     controller = tsky_env.tsky("jobs", "logs", "--controller", "1").stdout
     assert "unreachable" in controller, controller
-    assert "Launched kill-1-r1" in controller, controller
+    assert "Cluster launched: kill-1-r1." in controller, controller
     logs = tsky_env.tsky("jobs", "logs", "1", "--no-follow").stdout
     assert "done on rank 0" in logs and "done on rank 1" in logs, logs
 

@@ -149,7 +149,7 @@ def test_seed_transcript_three_workers_ten_jobs(tsky_env: TskyEnv, worker: Worke
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Submitting to pool 'gpu-pool' with 10 jobs." in result.stdout
     assert "setup will be ignored when submit jobs to pool" in result.stderr
-    assert "Jobs submitted with IDs: 1-10." in result.stdout
+    assert "Jobs submitted with IDs: 1,2,3,4,5,6,7,8,9,10." in result.stdout
     assert "To cancel all jobs on the pool: tsky jobs cancel --pool gpu-pool" in result.stdout
 
     async def sample() -> tuple[int, int, bool]:
@@ -423,7 +423,7 @@ def test_num_jobs_without_a_pool_gives_each_job_its_own_cluster_and_rank(tsky_en
     result = env.tsky("jobs", "launch", "--num-jobs", "3", "-y", str(job))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Submitting 3 managed jobs. Each job will be launched on its own cluster." in result.stdout
-    assert "Jobs submitted with IDs: 1-3." in result.stdout
+    assert "Jobs submitted with IDs: 1,2,3." in result.stdout
     assert "To cancel all these jobs:     tsky jobs cancel 1 2 3" in result.stdout
     for job_id in (1, 2, 3):
         wait_status(env, job_id, "SUCCEEDED")

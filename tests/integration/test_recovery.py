@@ -102,7 +102,7 @@ def test_spot_job_preempted_twice_recovers_in_other_regions_and_succeeds(tsky_en
 
     # The timeline: cheapest region first, then away from the region just lost.
     controller = tsky_env.tsky("jobs", "logs", "--controller", "1").stdout
-    launched = re.findall(r"Launched spotty-1\S* on 1x Local \((\w+)\)", controller)
+    launched = re.findall(r"Cluster launched: spotty-1\S*\. Resources: 1x Local \((\w+)\)", controller)
     assert launched == ["east", "west", "east"], controller
     assert controller.count("recovering: Cluster preempted or failed") == 2
     assert tsky_env.tsky("status").stdout.strip() == "No live clusters."

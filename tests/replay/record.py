@@ -71,12 +71,13 @@ async def _registry(client: Client) -> Handles:
     return [handle]
 
 
-async def _scheduled(client: Client) -> Handles:
-    """Two jobs under a running limit of one: the second waits for the first's slot."""
+async def _scheduled(client: Client, priorities: tuple[int, ...] = (0, 0)) -> Handles:
+    """Jobs under a running limit of one: the later ones wait for the first's slot (higher priority first)."""
     jobs = []
-    for job_id in (1, 2):
+    for job_id, priority in enumerate(priorities, start=1):
         req = request(SPOT_JOB, job_id=job_id)
-        req = req.model_copy(update={"policy": req.policy.model_copy(update={"max_running_jobs": 1})})
+        policy = req.policy.model_copy(update={"max_running_jobs": 1})
+        req = req.model_copy(update={"policy": policy, "priority": priority})
         jobs.append(
             await client.start_workflow(
                 ManagedJobWorkflow.run, req, id=job_workflow_id(job_id), task_queue=CONTROL_QUEUE
@@ -152,6 +153,12 @@ SCENARIOS: list[tuple[str, dict[str, object], Run, list[str]]] = [
     ("cancelled_while_running", {"run_blocks": True}, lambda c, cloud, env: _cancelled(c, cloud), ["ManagedJob"]),
     ("three_allocations", {}, lambda c, cloud, env: _registry(c), ["TskyIdRegistry"]),
     ("second_job_waits_for_a_slot", {}, lambda c, cloud, env: _scheduled(c), ["TskyScheduler", "ManagedJob"]),
+    (
+        "waiters_granted_by_priority",
+        {},
+        lambda c, cloud, env: _scheduled(c, (0, 0, 5)),
+        ["TskyScheduler", "ManagedJob"],
+    ),
     ("sweeps_fail_then_tear_down", {}, lambda c, cloud, env: _swept(c, env), ["TskySweeper"]),
     (
         "job_restarts_on_a_worker_then_down",

@@ -261,6 +261,7 @@ def _candidate(index: int, req: ResourceRequest, offer: Offer, price: float, num
         num_nodes=num_nodes,
         disk_size_gb=req.disk_size_gb,
         image_id=req.image_id,
+        labels=tuple(sorted(req.labels.items())),
     )
 
 

@@ -37,6 +37,22 @@ _READ_LIMIT = 1 << 20  # bytes per node per poll: bounds memory however chatty a
 _VANISHED_POLLS = 3
 
 
+def _run_started(nodes: int) -> bytes:
+    """SkyPilot's lines before a job's output, once per attempt: scripts count them."""
+    return (
+        f"├── Waiting for task resources on {nodes} node{'s' if nodes > 1 else ''}.\n"
+        "└── Job started. Streaming logs... (Ctrl-C to exit log streaming; job will not be killed)\n"
+    ).encode()
+
+
+def _failed(inp: PhaseInput, exit_codes: list[int]) -> bytes:
+    """SkyPilot's failure line. N is the job's number on its cluster: 1, since tsky runs each attempt as
+    the only job of its own cluster; a pool job, which shares its worker, is named by its managed job id."""
+    number = inp.meta.job_id if inp.node_key else 1
+    what = f"Job {number}'s setup" if inp.phase == "setup" else f"Job {number}"
+    return f"ERROR: {what} failed with return code list: {list(exit_codes)}\n".encode()
+
+
 class ReachabilityWindow:
     """SkyPilot's transient window: a cluster that cannot be asked is declared unreachable only once
     at least `min_elapsed` seconds have passed since the first failure AND `min_retries` retries failed.
@@ -146,8 +162,21 @@ class PhaseActivities:
             _prefix(inp.meta.task_name, inp.phase, node.rank, pids[node.rank], node.ip, len(agents))
             for node in inp.cluster.nodes
         ]
+        job_log = inp.log_path is None  # a managed job's output, not a pool worker's own setup
+
+        async def store(data: bytes) -> None:
+            # SkyPilot's lines around the output wait for a store that is down, heartbeating meanwhile.
+            while not await log.ship(data):
+                activity.heartbeat([log.size, *offsets])
+                await asyncio.sleep(1.0)
+
+        if job_log and inp.phase == "run" and store_size == 0:
+            await store(_run_started(len(agents)))
         try:
-            return await self._watch_loop(inp, backend, agents, phase_key, log, offsets, prefixes)
+            result = await self._watch_loop(inp, backend, agents, phase_key, log, offsets, prefixes)
+            if job_log and any(result.exit_codes):
+                await store(_failed(inp, result.exit_codes))
+            return result
         except asyncio.CancelledError:
             # Only a cancel the workflow asked for kills the job's processes (they must be dead before
             # teardown). A heartbeat timeout or a worker shutdown also cancels this coroutine, and

@@ -7,6 +7,7 @@ import getpass
 import socket
 from collections.abc import Coroutine
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
@@ -14,7 +15,7 @@ from rich.console import Console
 from rich.text import Text
 
 from tsky.spec.ids import user_hash
-from tsky.spec.settings import Settings, SettingsError, load_settings
+from tsky.spec.settings import Settings, SettingsError, load_settings, merge_settings
 from tsky.spec.status import JobExitCode
 
 if TYPE_CHECKING:
@@ -44,6 +45,34 @@ def settings() -> Settings:
         return load_settings()
     except SettingsError as err:
         fail(str(err))
+
+
+def settings_with(configs: list[str]) -> Settings:
+    """Settings with `--config` overrides for one command, as SkyPilot's flag: each item is a YAML file
+    of settings (the shape of config.yaml) or `key.path=value`; later items win."""
+    import yaml
+    from rich.markup import escape
+
+    overrides: dict[str, Any] = {}
+    for item in configs:
+        if "=" in item and not Path(item).is_file():
+            key, _, raw = item.partition("=")
+            value: Any = yaml.safe_load(raw) if raw else None
+            for part in reversed(key.strip().split(".")):
+                value = {part: value}
+            layer = value
+        else:
+            try:
+                layer = yaml.safe_load(Path(item).read_text())
+            except (OSError, yaml.YAMLError) as err:
+                fail(escape(f"--config {item}: not a readable YAML file nor key.path=value ({err})."))
+            if not isinstance(layer, dict):
+                fail(f"--config {item}: expected a mapping of settings sections (jobs:, local:, temporal:).")
+        overrides = merge_settings(overrides, layer)
+    try:
+        return load_settings(overrides=overrides)
+    except SettingsError as err:
+        fail(escape(f"--config: {err}"))
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

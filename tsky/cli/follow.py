@@ -17,13 +17,25 @@ from tsky.spec.settings import Settings
 from tsky.spec.status import ManagedJobStatus
 
 _POLL_SECONDS = 0.5
+_Reader = Callable[[str, int], Awaitable[bytes]]
 
 
 @dataclass
 class _Cursor:
     offsets: dict[str, int] = field(default_factory=dict)
 
-    async def drain(self, read: Callable[[str, int], Awaitable[bytes]], key: str, out: Console) -> None:
+    async def skip_to_tail(self, read: _Reader, keys: list[str], lines: int, out: Console) -> None:
+        """Print only the last `lines` complete lines of these logs (in order) and mark all as read."""
+        chunks: list[bytes] = []
+        for key in keys:
+            data = await read(key, 0)
+            end = data.rfind(b"\n") + 1
+            chunks += data[:end].splitlines(keepends=True)
+            self.offsets[key] = end
+        shown = chunks[len(chunks) - lines :] if lines else []
+        out.out(b"".join(shown).decode(errors="replace"), end="", highlight=False)
+
+    async def drain(self, read: _Reader, key: str, out: Console) -> None:
         """Print what the log `key` gained since the last call (whole lines only while it may still grow)."""
         offset = self.offsets.get(key, 0)
         data = await read(key, offset)
@@ -69,9 +81,10 @@ async def follow(
     task: int | None = None,
     controller: bool = False,
     follow: bool = True,
+    tail: int | None = None,
 ) -> ManagedJobStatus | None:
     """Print the job's logs; with `follow`, keep going until the job ends. Returns its last status
-    (None if the job does not exist)."""
+    (None if the job does not exist). `tail`: start with only the last N lines of what exists."""
     cursor = _Cursor()
     logs: LogStore = log_store(settings)
     seen: dict[int, tuple[ManagedJobStatus, int]] = {}
@@ -79,6 +92,12 @@ async def follow(
         row = await get_job(client, job_id)
         if row is None:
             return None
+        if tail is not None:
+            if controller:
+                await cursor.skip_to_tail(logs.read_lines, [controller_log_key(job_id)], tail, out)
+            else:
+                await cursor.skip_to_tail(logs.read, _attempt_logs(row, task), tail, out)
+            tail = None
         if controller:
             await cursor.drain(logs.read_lines, controller_log_key(job_id), out)
         else:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -27,17 +28,22 @@ from tsky.cli.common import (
     with_status_colors,
     workflow_url,
 )
+from tsky.spec.errors import FieldError
 from tsky.spec.ids import job_workflow_id
 from tsky.spec.job import TaskState
 from tsky.spec.settings import Settings
 from tsky.spec.status import JobExitCode, ManagedJobStatus
 
 if TYPE_CHECKING:
+    from temporalio.client import Client
+
     from tsky.cli import api
+    from tsky.spec.requests import Infra
 
 app = typer.Typer(help="Managed jobs: launch, queue, logs, cancel.", no_args_is_help=True)
 
 _DEFAULT_QUEUE_LIMIT = 50
+_REFRESH_SECONDS = 5
 
 
 def _useful_commands(job_id: int, url: str | None) -> None:
@@ -49,20 +55,6 @@ def _useful_commands(job_id: int, url: str | None) -> None:
     console.print(f"├── To stream job logs:           tsky jobs logs {job_id}")
     console.print(f"├── To stream controller logs:    tsky jobs logs --controller {job_id}")
     console.print("└── To view all managed jobs:     tsky jobs queue")
-
-
-def _id_ranges(ids: list[int]) -> str:
-    """`1-3,5-6`: SkyPilot's way of printing the ids of a multi-job launch."""
-    parts: list[str] = []
-    start = prev = ids[0]
-    for job_id in [*ids[1:], None]:
-        if job_id is not None and job_id == prev + 1:
-            prev = job_id
-            continue
-        parts.append(str(start) if start == prev else f"{start}-{prev}")
-        if job_id is not None:
-            start = prev = job_id
-    return ",".join(parts)
 
 
 @app.command()
@@ -87,7 +79,30 @@ def launch(
     gpus: Annotated[str | None, typer.Option("--gpus", help="Accelerators per node, e.g. A100:8.")] = None,
     instance_type: Annotated[str | None, typer.Option("--instance-type", "-t", help="Instance type.")] = None,
     num_nodes: Annotated[int | None, typer.Option("--num-nodes", help="Number of nodes.")] = None,
-    disk_size: Annotated[str | None, typer.Option("--disk-size", help="Boot disk size in GB.")] = None,
+    disk_size: Annotated[int | None, typer.Option("--disk-size", help="Boot disk size in GB.")] = None,
+    disk_tier: Annotated[
+        str | None, typer.Option("--disk-tier", help="low, medium, high, ultra, best or none.")
+    ] = None,
+    network_tier: Annotated[str | None, typer.Option("--network-tier", help="standard, best or none.")] = None,
+    ports: Annotated[
+        list[str] | None, typer.Option("--ports", help="Ports to open: 8080, 8000-8010 or 80,443 (repeatable).")
+    ] = None,
+    priority: Annotated[
+        str | None, typer.Option("--priority", help="-1000..1000: higher runs first when jobs wait for a slot.")
+    ] = None,
+    git_url: Annotated[str | None, typer.Option("--git-url", help="Make the workdir a checkout of this repo.")] = None,
+    git_ref: Annotated[str | None, typer.Option("--git-ref", help="Branch, tag or commit of the git workdir.")] = None,
+    config: Annotated[
+        list[str] | None,
+        typer.Option("--config", help="Settings for this job: a YAML file, or key.path=value (repeatable)."),
+    ] = None,
+    async_call: Annotated[
+        bool, typer.Option("--async/--no-async", help="Return once submitted, as -d (tsky has no API server).")
+    ] = False,
+    job_group: Annotated[str | None, typer.Option("--job-group", help="Job groups: not supported yet.")] = None,
+    no_job_group: Annotated[
+        bool, typer.Option("--no-job-group", help="Do not attach to a job group (default).")
+    ] = False,
     image_id: Annotated[str | None, typer.Option("--image-id", help="ami-..., a GCE image, docker:IMAGE.")] = None,
     job_recovery: Annotated[
         str | None, typer.Option("--job-recovery", help="Recovery strategy (replaces the YAML's job_recovery).")
@@ -98,11 +113,17 @@ def launch(
     """Launch a managed job from a SkyPilot task YAML (or a pipeline); stream its logs until it ends."""
     from tsky.cli.launching import LaunchOptions, launch_job
 
+    if job_group is not None:
+        fail(
+            f"--job-group {job_group}: job groups (SkyPilot 0.14's dynamic job trees) are not supported yet in "
+            "tsky. Launch the task as a job of its own (drop --job-group), or as a task of a pipeline YAML."
+        )
+
     options = LaunchOptions(
         entrypoint=entrypoint,
         name=name,
         yes=yes,
-        detach_run=detach_run,
+        detach_run=detach_run or async_call,
         dryrun=dryrun,
         env=env or [],
         env_file=env_file,
@@ -117,6 +138,13 @@ def launch(
         instance_type=instance_type,
         num_nodes=num_nodes,
         disk_size=disk_size,
+        disk_tier=disk_tier,
+        network_tier=network_tier,
+        ports=ports,
+        priority=priority,
+        git_url=git_url,
+        git_ref=git_ref,
+        config=config or [],
         image_id=image_id,
         job_recovery=job_recovery,
         pool=pool,
@@ -143,6 +171,9 @@ class _QueueLine:
     started: datetime | None
     infra: str
     details: str
+    sched_state: str = "-"
+    worker_id: int | None = None  # the pool worker it runs on: `P (worker=1)` in POOL
+    worker_cluster: str = ""
 
     def cells(self, show_user: bool, verbose: bool, now: datetime) -> list[str]:
         total = ((self.end or now) - self.submitted).total_seconds() if self.submitted else None
@@ -154,27 +185,48 @@ class _QueueLine:
             duration(self.job_duration),
             str(self.recoveries),
             self.status,
-            self.pool or "-",
+            "-",  # PROGRESS: SkyPilot's batch-coordinator progress; tsky has no batch jobs
+            f"{self.pool} (worker={self.worker_id})" if self.pool and self.worker_id is not None else self.pool or "-",
         ]
         if verbose:
-            row += [ago(self.started, now), self.infra or "-", self.details or "-"]
+            row += [self.worker_cluster or "-", "-", ago(self.started, now), self.infra or "-", "-"]
+            row += [self.sched_state, self.details or "-", "-"]  # WORKER_JOB_ID, RESOURCES, GIT_COMMIT: "-"
         return row
+
+
+def sched_state(job: api.JobRow) -> str:
+    """SkyPilot's SCHED. STATE (the controller's schedule state) from what tsky knows of the job:
+    WAITING for a running slot or a pool worker (or not started yet), ALIVE_BACKOFF between launch
+    rounds, LAUNCHING while a cluster is planned/provisioned/recovered, ALIVE once it runs (or is being
+    cancelled), DONE once the job's workflow has ended."""
+    if job.closed or job.status.is_terminal():
+        return "DONE"
+    current = next((t for t in job.tasks if not t.status.is_terminal()), None)
+    details = (current.details if current else None) or ""
+    if job.status is ManagedJobStatus.PENDING:
+        return "ALIVE_BACKOFF" if details.startswith("In backoff") else "WAITING"
+    if job.status in (ManagedJobStatus.STARTING, ManagedJobStatus.RECOVERING):
+        return "LAUNCHING"
+    return "ALIVE"
 
 
 def _details(task: TaskState) -> str:
     return f"Failure: {task.failure_reason}" if task.failure_reason else task.details or ""
 
 
-def _queue_lines(job: api.JobRow, now: datetime) -> list[_QueueLine]:
+def _queue_lines(job: api.JobRow, now: datetime, workers: dict[int, tuple[int, str]]) -> list[_QueueLine]:
     """SkyPilot's rows: one per single-task job; for a pipeline an aggregate row (the status of the first
-    task not SUCCEEDED, with "(task: k)" while in progress) followed by one ` ↳` row per task."""
+    task not SUCCEEDED, with "(task: k)" while in progress) followed by one ` ↳` row per task.
+    `workers`: job id -> (worker id, worker cluster) of the pool jobs on a worker now."""
     tasks = job.tasks
+    worker_id, worker_cluster = workers.get(job.job_id, (None, ""))
     if len(tasks) <= 1:
         task = tasks[0] if tasks else None
         return [
             _QueueLine(str(job.job_id), "-", job.name, job.user, job.resources, job.submitted_at, job.ended_at,
                        task.job_duration(now) if task else None, job.recoveries, job.status.value, job.pool,
-                       job.started_at, job.infra, _details(task) if task else "")
+                       job.started_at, job.infra, _details(task) if task else "", sched_state(job), worker_id,
+                       worker_cluster)
         ]  # fmt: skip
     current = next((t for t in tasks if t.status is not ManagedJobStatus.SUCCEEDED), tasks[-1])
     status = current.status.value + ("" if current.status.is_terminal() else f" (task: {current.index})")
@@ -182,26 +234,33 @@ def _queue_lines(job: api.JobRow, now: datetime) -> list[_QueueLine]:
     lines = [
         _QueueLine(str(job.job_id), "", job.name, job.user, "-", job.submitted_at, job.ended_at,
                    sum(t.job_duration(now) for t in tasks), job.recoveries, status, job.pool, job.started_at,
-                   job.infra, failure)
+                   job.infra, failure, sched_state(job), worker_id, worker_cluster)
     ]  # fmt: skip
     for t in tasks:
         lines.append(
             _QueueLine(" ↳", str(t.index), t.name, job.user, t.resources, t.submitted_at,
                        t.end_at if t.status.is_terminal() else None, t.job_duration(now) if t.submitted_at else None,
-                       t.recovery_count, t.status.value, job.pool, t.start_at, t.infra or "", _details(t))
+                       t.recovery_count, t.status.value, job.pool, t.start_at, t.infra or "", _details(t), "-",
+                       worker_id if not t.status.is_terminal() else None, "")
         )  # fmt: skip
     return lines
 
 
-def _queue_table(jobs: list[api.JobRow], show_user: bool, verbose: bool) -> str:
+def _queue_table(
+    jobs: list[api.JobRow], show_user: bool, verbose: bool, workers: dict[int, tuple[int, str]] | None = None
+) -> str:
+    """SkyPilot 0.14.1's columns, in its order, with `-` in empty cells: scripts read them by position
+    (`awk '{print $1}'` is the ID, `$(NF-3)` the #RECOVERIES)."""
     headers = ["ID", "TASK", "NAME"] + (["USER"] if show_user else [])
-    headers += ["REQUESTED", "SUBMITTED", "TOT. DURATION", "JOB DURATION", "#RECOVERIES", "STATUS", "POOL"]
+    headers += ["REQUESTED", "SUBMITTED", "TOT. DURATION", "JOB DURATION", "#RECOVERIES", "STATUS", "PROGRESS"]
+    headers += ["POOL"]
     if verbose:
-        headers += ["STARTED", "INFRA", "DETAILS"]
+        headers += ["WORKER_CLUSTER", "WORKER_JOB_ID", "STARTED", "INFRA", "RESOURCES", "SCHED. STATE", "DETAILS"]
+        headers += ["GIT_COMMIT"]
     now = datetime.now(UTC)
     rows: list[list[str]] = []
     for job in jobs:
-        lines = _queue_lines(job, now)
+        lines = _queue_lines(job, now, workers or {})
         if len(lines) > 1 and rows:
             rows.append([""] * len(headers))  # a blank line sets a pipeline apart
         rows += [line.cells(show_user, verbose, now) for line in lines]
@@ -221,9 +280,20 @@ def queue(
     limit: Annotated[int, typer.Option("--limit", "-l", help="Show the latest N jobs.")] = _DEFAULT_QUEUE_LIMIT,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More columns.")] = False,
     status: Annotated[list[str] | None, typer.Option("--status", "-s", help="Only these statuses.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON records.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON records (same as -o json).")] = False,
+    output: Annotated[str, typer.Option("--output", "-o", help="table or json.")] = "table",
+    refresh: Annotated[bool, typer.Option("--refresh", "-r", help="Redraw the table every few seconds.")] = False,
+    infra: Annotated[str | None, typer.Option("--infra", help="Only jobs on this infra: aws/us-east-1, k8s...")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="Submitted in the last 30m, 48h, 7d, 2w.")] = None,
+    after: Annotated[str | None, typer.Option("--after", help="Submitted after this date: YYYY-MM-DD.")] = None,
+    before: Annotated[str | None, typer.Option("--before", help="Submitted before this date.")] = None,
 ) -> None:
     """Show managed jobs (yours, newest first) from one visibility query."""
+    if output not in ("table", "json"):
+        fail(f"--output {output!r} is not a format; use table or json.")
+    as_json = as_json or output == "json"
+    window = submitted_window(since, after, before)
+    where = _parse_infra_filter(infra)
     wanted: set[str] = set()
     for item in status or []:
         for value in item.split(","):
@@ -234,16 +304,29 @@ def queue(
     s = settings()
 
     async def body() -> None:
+        client = await client_for(s)
+        while True:
+            await show(client)
+            if not refresh:
+                return
+            await asyncio.sleep(_REFRESH_SECONDS)
+            console.clear()
+
+    async def show(client: Client) -> None:
         from tsky.cli import api  # the Temporal client: imported only by commands that talk to it
 
-        client = await client_for(s)
         user = None if all_users else current_user()
-        if show_all or job_ids or skip_finished:
+        filtered = window is not None or where is not None
+        if show_all or job_ids or skip_finished or filtered:
             rows = await api.list_jobs(client, user=user, skip_finished=skip_finished)
             if job_ids:
                 rows = [r for r in rows if r.job_id in set(job_ids)]
             if wanted:
                 rows = [r for r in rows if r.status.value in wanted]
+            if window is not None:
+                rows = [r for r in rows if r.submitted_at and window[0] <= r.submitted_at < window[1]]
+            if where is not None:
+                rows = [r for r in rows if _on_infra(where, r.infra)]
             truncated = not show_all and not job_ids and len(rows) > limit
             shown, in_progress = rows if show_all or job_ids else rows[:limit], rows
         else:  # the latest `limit` jobs: no need to list every job ever run
@@ -259,7 +342,9 @@ def queue(
         else:
             console.print("No in-progress managed jobs.")
         if shown:
-            console.print(with_status_colors(_queue_table(shown, all_users, verbose)))
+            console.print(
+                with_status_colors(_queue_table(shown, all_users, verbose, await _pool_workers(client, shown)))
+            )
         if truncated:
             console.print(
                 f"Only showing the latest {limit} managed jobs "
@@ -267,6 +352,76 @@ def queue(
             )
 
     run(body())
+
+
+async def _pool_workers(client: Client, rows: list[api.JobRow]) -> dict[int, tuple[int, str]]:
+    """Job id -> (worker id, worker cluster) for the shown pool jobs now on a worker (one query per pool)."""
+    from tsky.cli import pool_api
+
+    workers: dict[int, tuple[int, str]] = {}
+    for pool in sorted({r.pool for r in rows if r.pool and not r.closed}):
+        snapshot = await pool_api.get_pool(client, pool)
+        for worker in snapshot.workers if snapshot else []:
+            if worker.job_id is not None and worker.lease is not None:
+                workers[worker.job_id] = (worker.worker_id, worker.cluster_name)
+    return workers
+
+
+def _parse_infra_filter(text: str | None) -> Infra | None:
+    if text is None:
+        return None
+    from tsky.spec.resources import parse_infra
+
+    try:
+        return parse_infra(text)
+    except FieldError as err:
+        from rich.markup import escape
+
+        fail(escape(f"--infra: {err.message}"))  # the hint shows `cloud[/region[/zone]]`
+
+
+def _on_infra(where: Infra, shown: str) -> bool:
+    """Whether a job's INFRA cell (`AWS (us-east-1, us-east-1a)`) lies in the --infra filter."""
+    from tsky.spec.requests import CLOUD_DISPLAY
+
+    cloud_label, _, rest = shown.partition(" (")
+    cloud = next((k for k, v in CLOUD_DISPLAY.items() if v == cloud_label), cloud_label.lower())
+    parts = [p.strip() for p in rest.rstrip(")").split(",")] if rest else []
+    return where.contains(cloud, parts[0] if parts else None, parts[1] if len(parts) > 1 else None)
+
+
+_SINCE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DATE_FORMATS = ("%Y-%m-%d", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%m-%d-%Y")
+
+
+def submitted_window(since: str | None, after: str | None, before: str | None) -> tuple[datetime, datetime] | None:
+    """SkyPilot's submission-time filter: `--since 30m|48h|7d|2w|<secs>` or `--after DATE`, and `--before
+    DATE` (dates in local time). None when no filter is given."""
+    if since is not None and after is not None:
+        fail("--since and --after cannot be used together: give one start of the window.")
+    if since is None and after is None and before is None:
+        return None
+    now = datetime.now(UTC)
+    start = datetime.min.replace(tzinfo=UTC)
+    if since is not None:
+        text = since.strip().lower()
+        number, unit = (text[:-1], text[-1]) if text[-1:] in _SINCE_UNITS else (text, "s")
+        if not number.isdigit():
+            fail(f"--since {since!r} is not a duration; use e.g. 30m, 48h, 7d, 2w or a number of seconds.")
+        start = now - timedelta(seconds=int(number) * _SINCE_UNITS[unit])
+    if after is not None:
+        start = _local_date("--after", after)
+    end = _local_date("--before", before) if before is not None else datetime.max.replace(tzinfo=UTC)
+    return start, end
+
+
+def _local_date(flag: str, text: str) -> datetime:
+    for fmt in _DATE_FORMATS:
+        try:
+            return datetime.strptime(text.strip(), fmt).astimezone(UTC)
+        except ValueError:
+            continue
+    fail(f"{flag} {text!r} is not a date; use YYYY-MM-DD, 'YYYY-MM-DD HH:MM[:SS]' or MM-DD-YYYY.")
 
 
 async def _resolve_job(client: object, job_id: int | None, name: str | None, *, running_only: bool) -> int:
@@ -304,11 +459,17 @@ def logs(
     do_follow: Annotated[bool, typer.Option("--follow/--no-follow", help="Keep streaming until the job ends.")] = True,
     controller: Annotated[bool, typer.Option("--controller", help="The job's controller log (its decisions).")] = False,
     attempt: Annotated[int | None, typer.Option("--attempt", help="Only this attempt's output (0 = first).")] = None,
+    tail: Annotated[int | None, typer.Option("--tail", help="Start with only the last N lines.")] = None,
     sync_down: Annotated[
-        bool, typer.Option("--sync-down", help="Download every log of the job to ~/sky_logs/managed_jobs/.")
+        bool, typer.Option("--sync-down", "-s", help="Download every log of the job to ~/sky_logs/managed_jobs/.")
+    ] = False,
+    refresh: Annotated[
+        bool, typer.Option("--refresh", "-r", help="Start the embedded stack if stopped (tsky always does).")
     ] = False,
 ) -> None:
     """Stream a managed job's output (or its controller log) until it ends."""
+    if tail is not None and tail < 0:
+        fail(f"--tail must be at least 0 (got {tail}).")
     s = settings()
 
     async def body() -> int:
@@ -327,7 +488,9 @@ def logs(
             return await _print_attempt(s, row, task_index, attempt)
         from tsky.cli.follow import follow
 
-        status = await follow(client, s, resolved, console, task=task_index, controller=controller, follow=do_follow)
+        status = await follow(
+            client, s, resolved, console, task=task_index, controller=controller, follow=do_follow, tail=tail
+        )
         if status is None:
             return JobExitCode.NOT_FOUND
         if status.is_terminal() and do_follow and not controller:
@@ -395,8 +558,18 @@ def cancel(
     all_users: Annotated[bool, typer.Option("--all-users", "-u", help="Everyone's running jobs.")] = False,
     pool: Annotated[str | None, typer.Option("--pool", "-p", help="All jobs of this pool.")] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Skip the confirmation prompt.")] = False,
+    task: Annotated[str | None, typer.Option("--task", help="One member of a job group (not supported yet).")] = None,
 ) -> None:
     """Cancel managed jobs: their processes are killed and their clusters torn down."""
+    if task is not None:
+        # SkyPilot's --task cancels one member of a job group (one job id, no other selector); a pipeline's
+        # task cannot be cancelled alone there either.
+        if len(job_ids or []) != 1 or name is not None or pool is not None or all_jobs or all_users:
+            fail("--task needs exactly one job id and no other selector: tsky jobs cancel JOB_ID --task TASK.")
+        fail(
+            "--task cancels one member of a job group, and job groups are not supported yet in tsky. "
+            f"Cancel the whole job instead: tsky jobs cancel {job_ids[0] if job_ids else 'JOB_ID'}."
+        )
     given = [label for label, on in (("JOB_IDS", bool(job_ids)), ("--name", name is not None),
                                      ("--pool", pool is not None),
                                      ("--all/--all-users", all_jobs or all_users)) if on]  # fmt: skip
@@ -444,6 +617,9 @@ def cancel(
             rows = await api.list_jobs(client, user=user, skip_finished=True)
             targets = [r.job_id for r in rows if not r.status.is_terminal()]
             what = "all managed jobs FOR ALL USERS" if all_users else "all managed jobs"
+        if not targets and pool is not None:
+            console.print(f"No running job found in pool {pool!r}.")
+            return 0
         if not targets:
             console.print("No job to cancel.")
             return JobExitCode.NOT_FOUND if missing else 0
@@ -461,8 +637,10 @@ def cancel(
 
 def register(root: typer.Typer) -> None:
     from tsky.cli.pools import app as pool_app
+    from tsky.cli.server import dashboard
 
     app.add_typer(pool_app, name="pool")
+    app.command("dashboard")(dashboard)
     root.add_typer(app, name="jobs")
 
 
@@ -475,7 +653,7 @@ def print_submitted(ids: list[int], detach: bool, pool: str | None = None) -> No
         if detach:
             _useful_commands(ids[0], workflow_url(s, job_workflow_id(ids[0])))
     else:
-        console.print(f"Jobs submitted with IDs: {_id_ranges(ids)}.")
+        console.print(f"Jobs submitted with IDs: {','.join(map(str, ids))}.")
         console.print("📋 Useful Commands", style="bold cyan")
         console.print("├── To stream job logs:           tsky jobs logs <job-id>")
         console.print("├── To stream controller logs:    tsky jobs logs --controller <job-id>")

@@ -26,6 +26,7 @@ from tsky.cli.common import (
     fail,
     run,
     settings,
+    settings_with,
 )
 from tsky.cli.jobs import print_finished, print_submitted
 from tsky.cli.plan_table import render_pipeline_plan, render_plan
@@ -58,7 +59,14 @@ class LaunchOptions:
     gpus: str | None = None
     instance_type: str | None = None
     num_nodes: int | None = None
-    disk_size: str | None = None
+    disk_size: int | None = None
+    disk_tier: str | None = None
+    network_tier: str | None = None
+    ports: list[str] | None = None
+    priority: str | None = None
+    git_url: str | None = None
+    git_ref: str | None = None
+    config: list[str] | None = None
     image_id: str | None = None
     job_recovery: str | None = None
     pool: str | None = None
@@ -95,16 +103,22 @@ def load(opts: LaunchOptions) -> tuple[Pipeline, list[str]]:
         use_spot=opts.use_spot,
         num_nodes=opts.num_nodes,
         disk_size=opts.disk_size,
+        disk_tier=opts.disk_tier,
+        network_tier=opts.network_tier,
+        ports=opts.ports,
+        priority=opts.priority,
         image_id=opts.image_id,
         job_recovery=opts.job_recovery,
         workdir=opts.workdir,
+        git_url=opts.git_url,
+        git_ref=opts.git_ref,
     )
 
 
 def launch_job(opts: LaunchOptions) -> int:
     if opts.num_jobs < 1:
         fail(f"--num-jobs must be at least 1 (got {opts.num_jobs}).")
-    s = settings()
+    s = settings() if not opts.config else settings_with(opts.config)
     try:
         pipeline, warnings = load(opts)
     except SpecError as err:
@@ -146,6 +160,7 @@ def launch_job(opts: LaunchOptions) -> int:
                 user_hash=current_user_hash(),
                 num_jobs=opts.num_jobs,
                 pool=opts.pool,
+                priority=pipeline.tasks[0].priority(),
                 progress=lambda text: console.print(f"[dim]{text}[/]"),
             )
         except UploadError as err:

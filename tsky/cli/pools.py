@@ -112,7 +112,9 @@ def apply(
     workers: Annotated[
         int | None, typer.Option("--workers", help="Resize an existing pool to N workers (needs -p, no YAML).")
     ] = None,
-    mode: Annotated[str, typer.Option("--mode", help="How workers are replaced on update: rolling.")] = "rolling",
+    mode: Annotated[
+        str, typer.Option("--mode", help="How workers are replaced on update: rolling (blue_green: not yet).")
+    ] = "rolling",
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Skip the confirmation prompt.")] = False,
     env: Annotated[list[str] | None, typer.Option("--env", help="KEY=VALUE, or KEY to take it from here.")] = None,
     env_file: Annotated[Path | None, typer.Option("--env-file", help="A dotenv file of envs.")] = None,
@@ -131,12 +133,19 @@ def apply(
     from tsky.activities.planning import plan_for_task
     from tsky.cli.plan_table import render_plan
 
+    if mode == "blue_green":
+        fail(
+            "--mode blue_green is not supported yet: tsky updates pools with --mode rolling (the default). To have "
+            "new workers READY before the old ones go, apply the new YAML as a second pool (tsky jobs pool apply -p "
+            "NEW new.yaml), launch onto it, then take the old one down (tsky jobs pool down OLD)."
+        )
     if mode != "rolling":
-        fail(f"--mode {mode!r} is not supported: tsky updates pools with --mode rolling (the default).")
+        fail(f"--mode {mode!r} is not a mode: use rolling (the default).")
     if workers is not None and pool_yaml is not None:
         fail("Cannot specify both --workers and POOL_YAML: give a YAML to apply, or -p NAME --workers N to resize.")
     if workers is not None and pool is None:
-        fail("--workers needs -p/--pool: the pool to resize.")
+        # SkyPilot's words, which scripts grep.
+        fail("A pool name must be provided to update the number of workers. Use -p/--pool NAME --workers N.")
     if workers is None and pool_yaml is None:
         fail("Give a pool YAML (tsky jobs pool apply -p NAME pool.yaml), or -p NAME --workers N to resize a pool.")
     if workers is not None and workers < 0:
@@ -289,8 +298,10 @@ def status(
     names: Annotated[list[str] | None, typer.Argument(help="Only these pools.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More columns.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON records.")] = False,
+    show_all: Annotated[bool, typer.Option("--all", "-a", help="All information in full (as -v).")] = False,
 ) -> None:
     """Show pools and their workers."""
+    verbose = verbose or show_all
     s = settings()
 
     async def body() -> None:
@@ -329,8 +340,14 @@ def down(
     names: Annotated[list[str] | None, typer.Argument(help="The pools to take down.")] = None,
     all_pools: Annotated[bool, typer.Option("--all", "-a", help="Every pool.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Skip the confirmation prompts.")] = False,
+    purge: Annotated[
+        bool, typer.Option("--purge", "-p", help="Also succeed for pools already gone (failed ones included).")
+    ] = False,
 ) -> None:
-    """Take pools down: cancel their waiting and running jobs, tear every worker down."""
+    """Take pools down: cancel their waiting and running jobs, tear every worker down.
+
+    A worker whose teardown fails never stops the pool from ending (it is reported FAILED_CLEANUP), so
+    --purge has only to skip the pools that no longer exist."""
     if bool(names) == all_pools:
         fail("Give pool names, or --all (not both).")
     s = settings()
@@ -341,7 +358,8 @@ def down(
         client = await client_for(s)
         existing = {p.name: p for p in await pool_api.list_pools(client)}
         targets = sorted(existing) if all_pools else list(names or [])
-        # Idempotent, as SkyPilot's: a pool already down is nothing to do, so scripts can clean up twice.
+        # Idempotent, as SkyPilot's: a pool already down is nothing to do, so scripts can clean up twice
+        # (--purge only makes that explicit).
         for name in [n for n in targets if n not in existing]:
             console.print(f"Pool {name!r} not found. Skipped.")
         targets = [n for n in targets if n in existing]
@@ -386,15 +404,101 @@ async def _wait_jobs_ended(client: Client, pools: list[str]) -> None:
 @app.command()
 def logs(
     pool: Annotated[str, typer.Argument(help="The pool.")],
-    worker_id: Annotated[int, typer.Argument(help="The worker (its ID in `tsky jobs pool status`).")],
+    worker_ids: Annotated[
+        list[int] | None, typer.Argument(help="Workers (IDs in `tsky jobs pool status`); default: all.")
+    ] = None,
+    do_follow: Annotated[
+        bool, typer.Option("--follow/--no-follow", help="Keep streaming while workers are being set up.")
+    ] = True,
+    controller: Annotated[
+        bool, typer.Option("--controller", help="The pool's view of its workers instead of their setup output.")
+    ] = False,
+    tail: Annotated[int | None, typer.Option("--tail", help="Start with only the last N lines.")] = None,
 ) -> None:
-    """Print a pool worker's setup output."""
+    """Print pool workers' setup output (or, with --controller, the pool's account of its workers)."""
+    s = settings()
+    if tail is not None and tail < 0:
+        fail(f"--tail must be at least 0 (got {tail}).")
+    if controller:
+        raise typer.Exit(run(_follow_pool_controller(s, pool, do_follow)))
+    raise typer.Exit(run(_worker_setup_logs(s, pool, list(worker_ids or []), tail, do_follow)))
+
+
+def _print_lines(data: bytes, tail: int | None) -> int:
+    """Print the complete lines of `data` (its last `tail` only, if given); returns the offset printed up to."""
+    end = data.rfind(b"\n") + 1
+    lines = data[:end].splitlines(keepends=True)
+    shown = lines if tail is None else lines[len(lines) - tail :] if tail else []
+    console.out(b"".join(shown).decode(errors="replace"), end="")
+    return end
+
+
+_SETTING_UP = frozenset({"PENDING", "PROVISIONING", "STARTING"})
+
+
+async def _worker_setup_logs(s: Settings, pool: str, ids: list[int], tail: int | None, follow: bool) -> int:
+    """Print the workers' setup logs from the log store; with `follow`, keep streaming while any of them
+    is still being set up. Without ids: every worker the pool has."""
     from tsky.activities.log_store import log_store
 
-    text = asyncio.run(log_store(settings()).read(pool_worker_log_key(pool, worker_id)))
-    if not text:
-        fail(f"No setup log for worker {worker_id} of pool {pool!r} (yet).", code=JobExitCode.NOT_FOUND)
-    console.out(text.decode(errors="replace"), end="")
+    store = log_store(s)
+    snapshot = None
+    if not ids or follow:
+        from tsky.cli import pool_api  # the Temporal client: only when the pool must be asked
+
+        client = await client_for(s)
+        snapshot = await pool_api.get_pool(client, pool)
+        if snapshot is None and not ids:
+            raise NotFound(f"Pool {pool!r} not found.")
+        if not ids and snapshot is not None:
+            ids = sorted(w.worker_id for w in snapshot.workers)
+    offsets: dict[str, int] = {}
+    for worker_id in ids:
+        key = pool_worker_log_key(pool, worker_id)
+        offsets[key] = _print_lines(await store.read(key), tail)
+    found = any(offsets.values())
+    while follow and snapshot is not None:
+        workers = [w for w in snapshot.workers if w.worker_id in ids]
+        if not any(w.status.value in _SETTING_UP for w in workers):
+            break
+        await asyncio.sleep(1)
+        for key, offset in offsets.items():
+            offsets[key] = offset + _print_lines(await store.read(key, offset), None)
+        found = found or any(offsets.values())
+        snapshot = await pool_api.get_pool(client, pool)
+    if not found:
+        which = f"worker {ids[0]}" if len(ids) == 1 else "any worker"
+        raise NotFound(f"No setup log for {which} of pool {pool!r} (yet).")
+    return 0
+
+
+async def _follow_pool_controller(s: Settings, pool: str, follow: bool) -> int:
+    """One line per worker state the pool reports (and per change, with follow), until Ctrl-C or the
+    pool is gone: tsky's pool keeps its decisions in its workflow, not in a log file."""
+    from tsky.cli import pool_api  # the Temporal client: only for commands that talk to it
+
+    client = await client_for(s)
+    seen: dict[int, str] = {}
+    found = False
+    while True:
+        snapshot = await pool_api.get_pool(client, pool)
+        if snapshot is None:
+            if not found:
+                raise NotFound(f"Pool {pool!r} not found.")
+            console.print(f"Pool {pool!r} is down.")
+            return 0
+        found = True
+        stamp = datetime.now(UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        for w in snapshot.workers:
+            line = f"Worker {w.worker_id} ({w.cluster_name}, version {w.version}): {w.status.value}"
+            line += f", job {w.job_id}" if w.job_id is not None else ""
+            line += f" - {w.reason}" if w.reason else ""
+            if seen.get(w.worker_id) != line:
+                seen[w.worker_id] = line
+                console.print(f"{stamp} | {line}")
+        if not follow:
+            return 0
+        await asyncio.sleep(2)
 
 
 # -- `tsky jobs launch -p` ---------------------------------------------------------------------------

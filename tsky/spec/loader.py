@@ -33,7 +33,7 @@ from tsky.spec.errors import (
 )
 from tsky.spec.pool import PoolSpec, check_pool_task
 from tsky.spec.resources import Resources, ResourcesEntry
-from tsky.spec.storage import Storage, is_url
+from tsky.spec.storage import GitWorkdir, Storage, is_url
 from tsky.spec.task import Pipeline, Task, check_name, fields_at, normalise_secrets
 from tsky.spec.yaml_loader import Document, load_documents
 
@@ -99,14 +99,17 @@ def _kind(value: Any) -> str:
 def _split_header(documents: list[Document], file: str | None) -> tuple[str | None, list[Document]]:
     first = documents[0]
     data = first.data
-    if not (isinstance(data, dict) and data and set(data) <= _HEADER_KEYS):
+    # A job-group header (SkyPilot 0.14) may carry more keys (`primary_tasks`, `termination_delay`).
+    job_group = isinstance(data, dict) and data.get("execution") == "parallel"
+    if not job_group and not (isinstance(data, dict) and data and set(data) <= _HEADER_KEYS):
         return None, documents
+    assert isinstance(data, dict)
     execution = data.get("execution")
-    if execution == "parallel":
+    if job_group:
         raise SpecError(
             "`execution: parallel` makes this file a job group, and job groups are not supported yet: "
             "tsky runs the tasks of a pipeline one after another. Remove `execution` (or set it to "
-            "`serial`) to run them as a pipeline.",
+            "`serial`) and `primary_tasks`/`termination_delay` to run them as a pipeline.",
             file=file,
             path="execution",
             line=first.line_of(("execution",)),
@@ -355,9 +358,15 @@ def apply_overrides(
     use_spot: bool | None = None,
     num_nodes: int | None = None,
     disk_size: int | str | None = None,
+    disk_tier: str | None = None,
+    network_tier: str | None = None,
+    ports: list[str] | None = None,
+    priority: int | str | None = None,
     image_id: str | None = None,
     job_recovery: str | None = None,
     workdir: str | None = None,
+    git_url: str | None = None,
+    git_ref: str | None = None,
 ) -> tuple[Pipeline, list[str]]:
     """The pipeline with `tsky jobs launch` flags applied, and the warnings to print.
 
@@ -373,6 +382,10 @@ def apply_overrides(
         "instance_type": ("--instance-type", instance_type),
         "use_spot": ("--use-spot", use_spot),
         "disk_size": ("--disk-size", disk_size),
+        "disk_tier": ("--disk-tier", disk_tier),
+        "network_tier": ("--network-tier", network_tier),
+        "ports": ("--ports", ",".join(ports) if ports else None),
+        "priority": ("--priority", _int_or_text(priority)),
         "image_id": ("--image-id", image_id),
         "job_recovery": ("--job-recovery", job_recovery),
     }
@@ -392,7 +405,30 @@ def apply_overrides(
                 path="--workdir",
             )
         tasks = [task.model_copy(update={"workdir": str(path)}) for task in tasks]
+    if git_url is not None or git_ref is not None:
+        tasks = [_git_workdir(task, git_url, git_ref, workdir) for task in tasks]
     return Pipeline(name=pipeline.name, tasks=tasks), warnings
+
+
+def _int_or_text(value: int | str | None) -> int | str | None:
+    """`--priority 10` arrives as text; the field takes an integer (anything else gets its message)."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return value
+
+
+def _git_workdir(task: Task, url: str | None, ref: str | None, workdir: str | None) -> Task:
+    """SkyPilot's --git-url/--git-ref: the workdir becomes a checkout (a ref alone changes the YAML's)."""
+    if url is not None and workdir is not None:
+        raise SpecError("--git-url and --workdir cannot be combined: the workdir is either a directory or a checkout.")
+    current = task.workdir if isinstance(task.workdir, GitWorkdir) else None
+    if url is None and current is None:
+        raise SpecError("--git-ref needs a git workdir: give --git-url too, or a YAML `workdir: {url, ref}`.")
+    try:
+        checkout = GitWorkdir(url=url if url is not None else current.url if current else "", ref=ref)
+    except (ValidationError, FieldError) as exc:
+        raise _override_error(exc, "--git-url") from None
+    return task.model_copy(update={"workdir": checkout})
 
 
 def _override_task(task: Task, given: dict[str, Any], flags: dict[str, tuple[str, Any]], num_nodes: int | None) -> Task:

@@ -123,6 +123,8 @@ class Candidate(BaseModel):
     # What the launch puts on each node: the boot disk's size, and the image (None: the backend's default).
     disk_size_gb: int | None = None
     image_id: str | None = None
+    # `resources.labels`: instance tags (AWS), instance labels (GCE), pod labels (Kubernetes).
+    labels: tuple[tuple[str, str], ...] = ()
 
     @property
     def hourly_cost(self) -> float:

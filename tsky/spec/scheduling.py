@@ -20,6 +20,7 @@ WAITING_DETAILS = "Waiting for other jobs to launch"
 class SlotRequest(BaseModel):
     job_id: int
     limit: int
+    priority: int = 0  # `resources.priority` / `--priority`: higher is granted first, FIFO within a priority
 
 
 class SchedulerState(BaseModel):
@@ -28,6 +29,7 @@ class SchedulerState(BaseModel):
     limit: int | None = None
     holders: list[int] = []
     waiters: list[int] = []
+    priorities: dict[int, int] = {}  # waiters' priorities other than 0
     # While jobs wait and every slot is held, how often to look for holders that ended unannounced.
     reconcile_seconds: float = 60
     # Signals handled plus grants sent before continuing as new (a run may send at most 2,000 signals).

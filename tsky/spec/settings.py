@@ -257,7 +257,17 @@ def tsky_home() -> Path:
     return Path(os.environ.get("TSKY_HOME") or Path.home() / ".tsky").expanduser()
 
 
-def load_settings(home: Path | None = None) -> Settings:
+def merge_settings(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`extra` laid over `base`, section by section and key by key."""
+    merged = dict(base)
+    for key, value in extra.items():
+        old = merged.get(key)
+        merged[key] = merge_settings(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
+    return merged
+
+
+def load_settings(home: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """config.yaml, then `TSKY_*` variables, then `overrides` (a command's `--config`), later winning."""
     home = home or tsky_home()
     path = home / "config.yaml"
     data: dict[str, Any] = {}
@@ -276,6 +286,7 @@ def load_settings(home: Path | None = None) -> Settings:
         data.setdefault("jobs", {}).setdefault("logs", {})["store"] = os.environ["TSKY_LOG_STORE"]
     if os.environ.get("TSKY_TEMPORAL_TLS", "").lower() in ("1", "true", "yes"):
         data.setdefault("temporal", {})["tls"] = True
+    data = merge_settings(data, overrides or {})
     try:
         return Settings(home=home, **data)
     except ValidationError as err:

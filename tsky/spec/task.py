@@ -291,7 +291,10 @@ class Task(_Model):
         if self.metadata is not None:
             ignored.append("_metadata")
         for option in [self.resources, *(self.resources.any_of or ()), *(self.resources.ordered or ())]:
-            for key in ("autostop", "accelerator_args", "volumes", "ephemeral_storage", "local_disk"):
+            # `labels` become tags/labels on aws, gcp and k8s, `priority` orders jobs waiting for a running
+            # slot; `ports` (no firewall/Service yet) and the disk/network tiers are not acted on.
+            keys = ("autostop", "accelerator_args", "volumes", "ephemeral_storage", "local_disk", "ports")
+            for key in (*keys, "disk_tier", "network_tier"):
                 name = f"resources.{key}"
                 if getattr(option, key) is not None and name not in ignored:
                     ignored.append(name)

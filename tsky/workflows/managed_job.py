@@ -223,7 +223,7 @@ class ManagedJobWorkflow:
         self._set(self.job.tasks[0], Status.PENDING, scheduling.WAITING_DETAILS)
         self._log(f"Waiting for a running slot (at most {limit} jobs run at once).")
         await self._publish()
-        request = scheduling.SlotRequest(job_id=self.req.job_id, limit=limit)
+        request = scheduling.SlotRequest(job_id=self.req.job_id, limit=limit, priority=self.req.priority)
         await _shielded(
             lambda: workflow.execute_local_activity(
                 ActivityName.REQUEST_SLOT, request, start_to_close_timeout=timedelta(seconds=30)
@@ -335,6 +335,7 @@ class ManagedJobWorkflow:
             ts.attempt_count = len(ts.attempts)
             self._enter_running(ts, recovering)
             self._log(f"Task {index} ({ts.name}) attempt {attempt.index} running on {self._cluster.name}.")
+            self._log(f"Job status: JobStatus.{'SETTING_UP' if task.setup else 'RUNNING'}")
             await self._publish()
 
             cluster = self._cluster
@@ -360,11 +361,13 @@ class ManagedJobWorkflow:
                     await self._publish()
                 await self._release_cluster(ts, lost=lost)
                 self._finish(ts, decision.status, decision.reason or None)
+                self._log_cluster_job_status(outcome)
                 self._log(f"Task {index} ({ts.name}) {decision.status.value}. {decision.reason}".rstrip())
                 return
             restarts += decision.counts_restart
             recovering = True
             self._set(ts, Status.RECOVERING, decision.reason)
+            self._log_cluster_job_status(outcome)
             self._log(f"Task {index} ({ts.name}) recovering: {decision.reason}")
             await self._publish()
             if decision.action is Action.RELAUNCH:
@@ -457,7 +460,7 @@ class ManagedJobWorkflow:
                 self._log(f"Launch of {name} failed unexpectedly: {err.cause or err}")
             if result.cluster is not None and result.chosen is not None:
                 self._launching = None
-                self._log(f"Launched {name} on {result.chosen.resources_label()}.")
+                self._log(f"✓ Cluster launched: {name}. Resources: {result.chosen.resources_label()}.")
                 return result.cluster, result.chosen
             for failure in result.failures:
                 self._log(f"  {failure.candidate.infra} {failure.candidate.instance_type}: {failure.message}")
@@ -787,6 +790,13 @@ class ManagedJobWorkflow:
         ts.end_at = workflow.now()
         if reason and status.is_failed():
             ts.failure_reason = reason
+
+    def _log_cluster_job_status(self, outcome: Outcome) -> None:
+        """SkyPilot's controller-log line for how the job ended on its cluster (scripts grep it). Always
+        logged next to another line, so it never adds a controller-log write of its own."""
+        status = outcome.cluster_job_status()
+        if status is not None:
+            self._log(f"Job status: JobStatus.{status}")
 
     def _log(self, message: str) -> None:
         stamp = workflow.now().strftime("%Y-%m-%d %H:%M:%S")

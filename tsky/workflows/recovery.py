@@ -47,6 +47,15 @@ class Outcome:
     exit_codes: tuple[int, ...] = ()
     reason: str = ""
 
+    def cluster_job_status(self) -> str | None:
+        """The status SkyPilot's controller logs for the job on its cluster (`Job status: JobStatus.X`);
+        None when the cluster was lost before the job ended."""
+        if self.kind is not OutcomeKind.EXITED:
+            return None
+        if not any(self.exit_codes):
+            return "SUCCEEDED"
+        return "FAILED_SETUP" if self.phase == "setup" else "FAILED"
+
 
 class Action(StrEnum):
     FINISH = "finish"  # the task ends with `status`

@@ -3,7 +3,8 @@
 A job whose request carries a limit asks for a slot before its first launch (`acquire`, sent by a local
 activity with signal-with-start, so the first such job creates this workflow) and waits PENDING for the
 `slot_granted` signal; it gives the slot back on every ending (`release`, which also withdraws a job
-cancelled while it waits). Waiting jobs are granted in job-id order as slots free up. The limit is the
+cancelled while it waits). Waiting jobs are granted as slots free up, higher `priority` first and in
+job-id (submission) order within a priority, as SkyPilot's scheduler does. The limit is the
 one of the latest request: a config change applies from the next submission on.
 
 A holder that dies without releasing (a terminated workflow) is found by reconciling against the job
@@ -44,6 +45,7 @@ class SchedulerWorkflow:
         self.limit = state.limit
         self.holders = set(state.holders)
         self.waiters = set(state.waiters)
+        self.priorities = dict(state.priorities)
         self.actions = 0
 
     @workflow.signal(name=ACQUIRE_SIGNAL, description="A job asks for a running slot (answered by `slot_granted`).")
@@ -52,16 +54,23 @@ class SchedulerWorkflow:
         self.limit = req.limit
         if req.job_id not in self.holders:
             self.waiters.add(req.job_id)
+            if req.priority:
+                self.priorities[req.job_id] = req.priority
 
     @workflow.signal(name=RELEASE_SIGNAL, description="A job ended, or was cancelled while waiting: free its slot.")
     def release(self, job_id: int) -> None:
         self.actions += 1
         self.holders.discard(job_id)
         self.waiters.discard(job_id)
+        self.priorities.pop(job_id, None)
 
     @workflow.query(description="The limit, the jobs holding a slot, and the jobs waiting in grant order.")
     def status(self) -> SchedulerStatus:
-        return SchedulerStatus(limit=self.limit, holders=sorted(self.holders), waiters=sorted(self.waiters))
+        return SchedulerStatus(limit=self.limit, holders=sorted(self.holders), waiters=self._grant_order())
+
+    def _grant_order(self) -> list[int]:
+        """Higher priority first; FIFO (job-id order) within a priority."""
+        return sorted(self.waiters, key=lambda job_id: (-self.priorities.get(job_id, 0), job_id))
 
     def _free(self) -> int:
         return len(self.waiters) if self.limit is None else max(0, self.limit - len(self.holders))
@@ -90,14 +99,19 @@ class SchedulerWorkflow:
                 limit=self.limit,
                 holders=sorted(self.holders),
                 waiters=sorted(self.waiters),
+                priorities={j: p for j, p in self.priorities.items() if j in self.waiters},
                 reconcile_seconds=self.reconcile_seconds,
                 actions_per_run=self.actions_per_run,
             )
         )
 
     async def _grant(self) -> None:
-        chosen = sorted(self.waiters)[: self._free()]
+        # Histories from before priorities granted in job-id order (the same order when all are 0).
+        order = self._grant_order() if workflow.patched("scheduler-grants-by-priority") else sorted(self.waiters)
+        chosen = order[: self._free()]
         self.waiters.difference_update(chosen)
+        for job_id in chosen:
+            self.priorities.pop(job_id, None)
         self.holders.update(chosen)
         self.actions += len(chosen)
 
@@ -119,3 +133,5 @@ class SchedulerWorkflow:
         )
         self.holders.difference_update(ended)
         self.waiters.difference_update(ended)
+        for job_id in ended:
+            self.priorities.pop(job_id, None)

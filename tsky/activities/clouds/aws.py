@@ -441,7 +441,8 @@ class AwsBackend:
         group_id: str,
         known: list[dict[str, Any]],
     ) -> list[dict[str, Any]]:
-        tags = {"Name": cluster_name, TAG_CLUSTER: cluster_name, TAG_OWNER: self.owner}
+        # The user's labels first: tsky's own tags (which the sweeper relies on) win a clash.
+        tags = {**dict(candidate.labels), "Name": cluster_name, TAG_CLUSTER: cluster_name, TAG_OWNER: self.owner}
         if meta.pool:  # a tsky pool's worker belongs to its pool, not to the jobs it runs one after another
             tags[TAG_POOL] = meta.pool
         else:

@@ -348,6 +348,7 @@ class GcpBackend:
         self, name: str, rank: int, candidate: Candidate, zone: str, meta: JobMeta, cluster_name: str, seam: str | None
     ) -> compute_v1.Instance:
         labels = {
+            **dict(candidate.labels),  # the user's first: tsky's own labels (the sweeper's) win a clash
             LABEL_CLUSTER: cluster_name,
             LABEL_JOB: str(meta.job_id),
             LABEL_TASK: str(meta.task_index),

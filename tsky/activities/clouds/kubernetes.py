@@ -450,6 +450,7 @@ class KubernetesBackend:
             node_selector.update(self.config.spot_node_selector)
             tolerations.extend(self.config.spot_tolerations)
         labels = {
+            **dict(candidate.labels),  # the user's first: tsky's own labels (the sweeper's) win a clash
             LABEL_CLUSTER: cluster_name,
             LABEL_JOB: str(meta.job_id),
             LABEL_TASK: str(meta.task_index),
