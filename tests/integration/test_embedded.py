@@ -131,3 +131,28 @@ def test_an_upgrade_replaces_the_worker_and_running_jobs_carry_on(home: Path, tm
 
     wait_until(lambda: "SUCCEEDED" in tsky(home, "jobs", "queue").stdout, 120, what="the job to finish")
     assert "finished" in tsky(home, "jobs", "logs", "1").stdout
+
+
+def test_a_killed_server_comes_back_on_its_port_and_jobs_carry_on(home: Path, tmp_path: Path) -> None:
+    spec = tmp_path / "steady.yaml"
+    spec.write_text("name: steady\nrun: sleep 8; echo steady done\n")
+    assert tsky(home, "jobs", "launch", "-y", "-d", str(spec)).returncode == 0
+    wait_until(lambda: "RUNNING" in tsky(home, "jobs", "queue").stdout, 60, what="the job to run")
+    before = json.loads((home / "server.json").read_text())
+
+    os.kill(before["pid"], 9)
+    wait_until(lambda: _pid_gone(before["pid"]), 30, what="the server to die")
+
+    # The next command restarts the server on the same port (its connections linger in TIME_WAIT),
+    # replaces the worker that lost it, and a new job runs to the end.
+    result = tsky(home, "jobs", "launch", "-y", str(EXAMPLES / "hello_sky.yaml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Managed job finished: 2 (status: SUCCEEDED)." in result.stdout
+    after = json.loads((home / "server.json").read_text())
+    assert after["pid"] != before["pid"] and after["port"] == before["port"]
+
+    # The job that ran while the server died ends as it would have.
+    wait_until(lambda: re.search(r"^1\s.*SUCCEEDED", tsky(home, "jobs", "queue").stdout, re.M), 120, what="job 1")
+    assert "steady done" in tsky(home, "jobs", "logs", "1").stdout
+    status = tsky(home, "server", "status")
+    assert status.returncode == 0 and "1 polling" in status.stdout, status.stdout

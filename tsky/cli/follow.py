@@ -11,6 +11,7 @@ from rich.console import Console
 from temporalio.client import Client
 
 from tsky.cli.api import JobRow, get_job
+from tsky.cli.waiting import with_worker
 from tsky.spec.logs import controller_log, phase_log
 from tsky.spec.settings import Settings
 from tsky.spec.status import ManagedJobStatus
@@ -75,7 +76,22 @@ async def follow(
     follow: bool = True,
 ) -> ManagedJobStatus | None:
     """Print the job's logs; with `follow`, keep going until the job ends. Returns its last status
-    (None if the job does not exist)."""
+    (None if the job does not exist). A follow ends with NoWorkerError when no worker is left to move
+    the job on."""
+    stream = _stream(client, settings, job_id, out, task=task, controller=controller, follow=follow)
+    return await with_worker(client, settings, stream) if follow else await stream
+
+
+async def _stream(
+    client: Client,
+    settings: Settings,
+    job_id: int,
+    out: Console,
+    *,
+    task: int | None,
+    controller: bool,
+    follow: bool,
+) -> ManagedJobStatus | None:
     cursor = _Cursor()
     seen: dict[int, tuple[ManagedJobStatus, int]] = {}
     while True:
