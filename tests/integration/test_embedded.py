@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+import yaml
 
 import tsky as tsky_package
 from tests.harness import EXAMPLES, TSKY, wait_until
@@ -156,3 +157,25 @@ def test_a_killed_server_comes_back_on_its_port_and_jobs_carry_on(home: Path, tm
     assert "steady done" in tsky(home, "jobs", "logs", "1").stdout
     status = tsky(home, "server", "status")
     assert status.returncode == 0 and "1 polling" in status.stdout, status.stdout
+
+
+def _regions(*names: str) -> str:
+    return yaml.safe_dump({"local": {"regions": [{"name": n} for n in names]}})
+
+
+def test_a_config_edit_reaches_the_next_launch(home: Path) -> None:
+    home.mkdir(parents=True)
+    config = home / "config.yaml"
+    config.write_text(_regions("east"))
+    up = tsky(home, "server", "up")
+    assert up.returncode == 0, up.stderr
+    assert f"Config:          {config}, loaded" in up.stdout
+
+    config.write_text(_regions("west"))
+    result = tsky(home, "jobs", "launch", "-y", str(EXAMPLES / "hello_sky.yaml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{config} changed since the embedded worker started: replacing it" in result.stderr
+    controller = tsky(home, "jobs", "logs", "--controller", "1").stdout
+    assert re.findall(r"Launched \S+ on 1x Local \((\w+)\)", controller) == ["west"], controller
+    status = tsky(home, "server", "status")
+    assert re.search(rf"Config:\s+{re.escape(str(config))}, loaded .* \(current\)", status.stdout), status.stdout
