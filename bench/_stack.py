@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 from temporalio.client import Client
 
+from tests.harness import NO_CLOUD_METADATA
 from tsky.spec.settings import Settings, load_settings
 from tsky.worker.client import connect
 from tsky.worker.embedded import start_server
@@ -125,6 +126,7 @@ class Stack:
         self.home = Path(tempfile.mkdtemp(prefix="tsky-bench-"))
         (self.home / "config.yaml").write_text(yaml.safe_dump(self.config))
         os.environ["TSKY_HOME"] = str(self.home)
+        os.environ.update(NO_CLOUD_METADATA)  # inherited by the server, the workers and every CLI run
         for var in [v for v in os.environ if v.startswith("TSKY_") and v != "TSKY_HOME"]:
             del os.environ[var]
         self.settings = load_settings(self.home)

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import DevServer, TskyEnv, new_namespace
+from tests.harness import NO_CLOUD_METADATA, DevServer, TskyEnv, new_namespace
+
+os.environ.update(NO_CLOUD_METADATA)  # inherited by every process a test starts
 
 
 @pytest.fixture(scope="session")
