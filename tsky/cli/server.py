@@ -90,7 +90,11 @@ def down() -> None:
     s = settings()
     if not s.embedded:
         fail(_external(s))
-    stopped = stop_all(s)
+    from tsky.cli.waiting import spinner
+
+    grace = s.worker.graceful_shutdown_seconds
+    with spinner(f"Stopping the worker (running activities get up to {grace:.0f}s to hand over) and the server"):
+        stopped = stop_all(s)
     console.print("Stopped " + " and ".join(stopped) + "." if stopped else "Nothing was running.")
 
 
