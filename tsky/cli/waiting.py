@@ -89,16 +89,17 @@ def _no_worker_message(s: Settings, why: str) -> str:
     )
 
 
-async def _revive_embedded_worker(s: Settings) -> None:
-    """The embedded worker daemon died (or lost its server): start its replacement."""
+async def _revive_embedded_stack(s: Settings) -> None:
+    """Restart the embedded server or worker if either died (or the worker lost its server): reading two
+    pid files, cheap enough for every check."""
     from tsky.worker.embedded import ensure_up
 
     await asyncio.to_thread(ensure_up, s)
 
 
 async def with_worker(client: Client, s: Settings, work: Awaitable[T], *, grace: float = NO_WORKER_GRACE_SECONDS) -> T:
-    """Await `work`, which only a worker can complete. While no worker polls the control queue, the
-    embedded worker is restarted; after `grace` seconds without one, NoWorkerError ends the wait."""
+    """Await `work`, which only a worker can complete. A dead embedded server or worker is restarted at
+    once; after `grace` seconds with no worker polling the control queue, NoWorkerError ends the wait."""
     task = asyncio.ensure_future(work)
     missing_since: float | None = None
     try:
@@ -106,6 +107,8 @@ async def with_worker(client: Client, s: Settings, work: Awaitable[T], *, grace:
             done, _ = await asyncio.wait([task], timeout=_CHECK_SECONDS)
             if done:
                 return task.result()
+            if s.embedded:
+                await _revive_embedded_stack(s)
             try:
                 polling = await workers_polling(client)
                 why = "none polled in the last minute"
@@ -114,8 +117,6 @@ async def with_worker(client: Client, s: Settings, work: Awaitable[T], *, grace:
             if polling:
                 missing_since = None
                 continue
-            if s.embedded:
-                await _revive_embedded_worker(s)
             missing_since = missing_since or time.monotonic()
             if time.monotonic() - missing_since > grace:
                 raise NoWorkerError(_no_worker_message(s, why))
