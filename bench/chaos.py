@@ -1,7 +1,7 @@
 """Chaos: every fault at once on the local simulator. Do all jobs finish, how fast do they come back,
 does any `run` execute twice, and does anything leak?
 
-    python -m bench.chaos [--jobs 200] [--job-seconds 40] [--regions 3] [--preemptions 100]
+    python -m bench.chaos [--jobs 200] [--job-seconds 150] [--regions 3] [--preemptions 100]
                           [--worker-kills 5] [--server-kills 1] [--every 0.5] [--deadline-minutes 40]
 
 It starts its own dev server in a temp TSKY_HOME (bench/_stack.py) and the embedded worker daemon with
@@ -119,7 +119,12 @@ async def run(stack: Stack, args: argparse.Namespace) -> None:
         if len(rows) == len(ids) and all(r.status.is_terminal() for r in rows):
             break
         hit = Counter(j for j, _ in preemptions)
-        running = [r.job_id for r in rows if r.status is ManagedJobStatus.RUNNING and hit[r.job_id] < 2]
+        # Preempt a job again only once it recovered from the last preemption (visibility lags a little).
+        running = [
+            r.job_id
+            for r in rows
+            if r.status is ManagedJobStatus.RUNNING and hit[r.job_id] < 2 and r.recoveries == hit[r.job_id]
+        ]
         if running and len(preemptions) < args.preemptions:
             victim = rng.choice(running)
             if preempt_job(stack.settings, victim):
@@ -167,9 +172,8 @@ async def run(stack: Stack, args: argparse.Namespace) -> None:
     print(f"machine:                     {machine()}")
     print(f"jobs by final status:        {dict(statuses)} (of {len(ids)})")
     print(f"preemptions injected:        {len(preemptions)}")
-    print(
-        f"faults:                      {len(faults)} ({args.worker_kills} worker, {args.server_kills} server kill -9)"
-    )
+    servers = sum("Temporal server" in f for f in faults)
+    print(f"faults:                      {len(faults) - servers} worker kill -9, {servers} server kill -9")
     print(f"recoveries (#RECOVERIES):    {sum(r.recoveries for r in rows)}")
     if len(back) >= 2:
         q = statistics.quantiles(back, n=20, method="inclusive")
@@ -185,7 +189,7 @@ async def run(stack: Stack, args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=200)
-    parser.add_argument("--job-seconds", type=int, default=40)
+    parser.add_argument("--job-seconds", type=int, default=150)
     parser.add_argument("--regions", type=int, default=3)
     parser.add_argument("--preemptions", type=int, default=100)
     parser.add_argument("--worker-kills", type=int, default=5)
