@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 from temporalio.client import Client
 
+from tests.harness import NO_CLOUD_METADATA
 from tsky.spec.settings import Settings, load_settings
 from tsky.worker.client import connect
 from tsky.worker.embedded import start_server
@@ -125,6 +126,7 @@ class Stack:
         self.home = Path(tempfile.mkdtemp(prefix="tsky-bench-"))
         (self.home / "config.yaml").write_text(yaml.safe_dump(self.config))
         os.environ["TSKY_HOME"] = str(self.home)
+        os.environ.update(NO_CLOUD_METADATA)  # inherited by the server, the workers and every CLI run
         for var in [v for v in os.environ if v.startswith("TSKY_") and v != "TSKY_HOME"]:
             del os.environ[var]
         self.settings = load_settings(self.home)
@@ -206,17 +208,15 @@ class Stack:
         else:
             shutil.rmtree(self.home, ignore_errors=True)
 
-    def _kill_leftovers(self) -> None:
-        """SIGKILL any process that still carries this stack's TSKY_HOME, or a job process tagged with this
-        installation (local clusters' tags end in `@<owner id>`)."""
+    def job_processes(self, *, with_home: bool = False) -> list[int]:
+        """Pids of the job processes tagged with this installation (local clusters' tags end in
+        `@<owner id>`), and with `with_home` every other process carrying this stack's TSKY_HOME."""
         home = f"TSKY_HOME={self.home}\0".encode()
-        try:
-            from tsky.spec.ids import owner_id
+        from tsky.spec.ids import owner_id
 
-            owner = owner_id(None, "default", socket.gethostname(), str(self.home))
-            tag = re.compile(rb"TSKY_PROCESS_TAG=[^\0]*@" + owner.encode() + rb"\0")
-        except Exception:
-            tag = None
+        owner = owner_id(None, "default", socket.gethostname(), str(self.home))
+        tag = re.compile(rb"TSKY_PROCESS_TAG=[^\0]*@" + owner.encode() + rb"\0")
+        found = []
         for entry in os.scandir("/proc"):
             if not entry.name.isdigit() or int(entry.name) in (os.getpid(), self.server_pid):
                 continue
@@ -224,9 +224,15 @@ class Stack:
                 environ = Path(entry.path, "environ").read_bytes() + b"\0"
             except OSError:
                 continue
-            if home in environ or (tag is not None and tag.search(environ)):
-                with suppress(ProcessLookupError, PermissionError):
-                    os.kill(int(entry.name), signal.SIGKILL)
+            if tag.search(environ) or (with_home and home in environ):
+                found.append(int(entry.name))
+        return found
+
+    def _kill_leftovers(self) -> None:
+        """SIGKILL any process that still carries this stack's TSKY_HOME or its job tag."""
+        for pid in self.job_processes(with_home=True):
+            with suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _stop_pid(pid: int, timeout: float) -> None:

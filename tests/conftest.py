@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import DevServer, TskyEnv, new_namespace
+from tests.harness import NO_CLOUD_METADATA, DevServer, TskyEnv, new_namespace
 from tests.real_parts import pytest_runtest_makereport  # noqa: F401  (the hook that makes skips loud)
+
+os.environ.update(NO_CLOUD_METADATA)  # inherited by every process a test starts
 
 
 @pytest.fixture(scope="session")

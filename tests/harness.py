@@ -34,6 +34,15 @@ TEMPORAL = str(BIN / "temporal")
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
+# No cloud SDK in a test may probe an instance-metadata server (169.254.169.254, metadata.google.internal):
+# set in this process (see conftest) and so in every process a test starts.
+NO_CLOUD_METADATA = {
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "NO_GCE_CHECK": "True",
+    "GCE_METADATA_HOST": "127.0.0.1:9",
+    "GCE_METADATA_IP": "127.0.0.1:9",
+}
+
 # Fast timings so recovery paths run in seconds; the values a test needs are overridden per test.
 FAST_CONFIG: dict[str, Any] = {
     "jobs": {
@@ -173,6 +182,7 @@ class TskyEnv:
     @property
     def environ(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TSKY_")}
+        env.update(NO_CLOUD_METADATA)
         env["TSKY_HOME"] = str(self.home)
         env["COLUMNS"] = "200"  # wide tables: no wrapping in assertions
         return env

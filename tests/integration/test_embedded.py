@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+import yaml
 
 import tsky as tsky_package
 from tests.harness import EXAMPLES, TSKY, wait_until
@@ -131,3 +132,50 @@ def test_an_upgrade_replaces_the_worker_and_running_jobs_carry_on(home: Path, tm
 
     wait_until(lambda: "SUCCEEDED" in tsky(home, "jobs", "queue").stdout, 120, what="the job to finish")
     assert "finished" in tsky(home, "jobs", "logs", "1").stdout
+
+
+def test_a_killed_server_comes_back_on_its_port_and_jobs_carry_on(home: Path, tmp_path: Path) -> None:
+    spec = tmp_path / "steady.yaml"
+    spec.write_text("name: steady\nrun: sleep 8; echo steady done\n")
+    assert tsky(home, "jobs", "launch", "-y", "-d", str(spec)).returncode == 0
+    wait_until(lambda: "RUNNING" in tsky(home, "jobs", "queue").stdout, 60, what="the job to run")
+    before = json.loads((home / "server.json").read_text())
+
+    os.kill(before["pid"], 9)
+    wait_until(lambda: _pid_gone(before["pid"]), 30, what="the server to die")
+
+    # The next command restarts the server on the same port (its connections linger in TIME_WAIT),
+    # replaces the worker that lost it, and a new job runs to the end.
+    result = tsky(home, "jobs", "launch", "-y", str(EXAMPLES / "hello_sky.yaml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Managed job finished: 2 (status: SUCCEEDED)." in result.stdout
+    after = json.loads((home / "server.json").read_text())
+    assert after["pid"] != before["pid"] and after["port"] == before["port"]
+
+    # The job that ran while the server died ends as it would have.
+    wait_until(lambda: re.search(r"^1\s.*SUCCEEDED", tsky(home, "jobs", "queue").stdout, re.M), 120, what="job 1")
+    assert "steady done" in tsky(home, "jobs", "logs", "1").stdout
+    status = tsky(home, "server", "status")
+    assert status.returncode == 0 and "polling tsky-launch (none)" not in status.stdout, status.stdout
+
+
+def _regions(*names: str) -> str:
+    return yaml.safe_dump({"local": {"regions": [{"name": n} for n in names]}})
+
+
+def test_a_config_edit_reaches_the_next_launch(home: Path) -> None:
+    home.mkdir(parents=True)
+    config = home / "config.yaml"
+    config.write_text(_regions("east"))
+    up = tsky(home, "server", "up")
+    assert up.returncode == 0, up.stderr
+    assert f"Config:          {config}, loaded" in up.stdout
+
+    config.write_text(_regions("west"))
+    result = tsky(home, "jobs", "launch", "-y", str(EXAMPLES / "hello_sky.yaml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{config} changed since the embedded worker started: replacing it" in result.stderr
+    controller = tsky(home, "jobs", "logs", "--controller", "1").stdout
+    assert re.findall(r"Launched \S+ on 1x Local \((\w+)\)", controller) == ["west"], controller
+    status = tsky(home, "server", "status")
+    assert re.search(rf"Config:\s+{re.escape(str(config))}, loaded .* \(current\)", status.stdout), status.stdout

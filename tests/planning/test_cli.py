@@ -187,3 +187,25 @@ def test_refresh_uses_price_list_prices_and_zonal_spot_prices(moto_url: str) -> 
     assert price.spot == {"us-east-2a": 0.00001, "us-east-2b": 0.00001, "us-east-2c": 0.00001}
     assert m5.prices["us-east-1"] == {t.name: t for t in current.instance_types}["m5.large"].prices["us-east-1"]
     assert report.on_demand_from_api == len([t for t in part.instance_types if "us-east-2" in t.prices])
+
+
+def test_catalog_refresh_without_credentials_calls_no_one(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Even where the instance-metadata provider is not disabled by the environment, the credential lookup
+    # stays offline: the one check `tsky check` uses. Any connection off loopback is refused and recorded.
+    monkeypatch.delenv("AWS_EC2_METADATA_DISABLED", raising=False)
+    env = {k: v for k, v in env.items() if k != "AWS_EC2_METADATA_DISABLED"}
+    tried: list[object] = []
+    real_connect = socket.socket.connect
+
+    def loopback_only(self: socket.socket, address: Any) -> None:
+        if self.family in (socket.AF_INET, socket.AF_INET6) and not str(address[0]).startswith(("127.", "::1")):
+            tried.append(address)
+            raise OSError(f"test: no connection to {address} allowed")
+        real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", loopback_only)
+    done = in_process(env, "catalog", "refresh", "aws")
+    assert tried == []
+    assert done.exit_code == 2, done.stdout
+    assert "No AWS credentials found" in done.stdout
+    assert not override_path(Path(env["TSKY_HOME"]), "aws").exists()

@@ -18,6 +18,7 @@ from typing import Any
 import boto3
 
 from tsky.activities.catalog import CloudCatalog, InstanceType, RegionPrice
+from tsky.activities.infra_check import check_aws_credentials
 
 PRICING_REGION = "us-east-1"  # the Price List API answers from a few regions only
 # Spot discounts top out near 90%: a price under 5% of on-demand is bad data (an emulator's constant, a
@@ -98,12 +99,13 @@ def refresh_aws(
 ) -> RefreshReport:
     """A new AWS catalog part: `regions` (default: the current ones) rebuilt from the APIs, the other
     regions of `current` kept. Families default to those in `current` (m5, p4d, …)."""
-    session = session or boto3.Session()
-    if session.get_credentials() is None:
-        raise NoAwsCredentials(
-            "No AWS credentials found. Set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE "
-            "(or run `aws configure`), then run `tsky catalog refresh aws` again."
-        )
+    if session is None:
+        # boto3's own lookup would ask the instance-metadata server (off-cloud: a probe to 169.254.169.254).
+        found = check_aws_credentials()
+        if not found.enabled:
+            reason = found.reason[0].upper() + found.reason[1:]
+            raise NoAwsCredentials(f"{reason}, then run `tsky catalog refresh aws` again.")
+        session = boto3.Session()
     wanted = list(regions or current.regions)
     fams = sorted(set(families or {t.name.split(".")[0] for t in current.instance_types}))
     report = RefreshReport(catalog=current, regions=wanted)

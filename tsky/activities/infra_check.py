@@ -155,6 +155,12 @@ def _ssh_shape(pool: dict[str, Any]) -> NodeShape | None:
 
 
 def _check_aws(settings: Settings) -> InfraStatus:
+    return check_aws_credentials()
+
+
+def check_aws_credentials() -> InfraStatus:
+    """Whether AWS credentials are configured here, looked up offline: the one check for `tsky check`,
+    the planner and `tsky catalog refresh aws` alike."""
     import botocore.session
 
     try:

@@ -77,6 +77,7 @@ def settings_with(configs: list[str]) -> Settings:
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a command's async body; the errors a user can cause become clean messages."""
+    from tsky.cli.waiting import NoWorkerError
     from tsky.worker.client import ConnectError
     from tsky.worker.codec import CodecKeyError
     from tsky.worker.embedded import EmbeddedError
@@ -87,7 +88,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         fail(str(err), code=JobExitCode.NOT_FOUND)
     except (UsageError, SettingsError, CodecKeyError) as err:
         fail(str(err))
-    except (ConnectError, EmbeddedError) as err:
+    except (ConnectError, EmbeddedError, NoWorkerError) as err:
         fail(str(err), code=1)
     except KeyboardInterrupt:
         err_console.print("Interrupted.")
@@ -100,12 +101,17 @@ async def client_for(s: Settings, *, start: bool = True) -> Client:
     from tsky.worker.embedded import ensure_up, read_server_state, worker_outdated
 
     if s.embedded and start:
+        from tsky.cli.waiting import spinner
+
         before = read_server_state(s)
+        outdated = worker_outdated(s)
         if before is None or not before.running():
-            err_console.print("Starting tsky's embedded Temporal server and worker (tsky server up)...")
-        elif worker_outdated(s):
-            err_console.print("tsky changed since the embedded worker started: replacing it (jobs carry on)...")
-        await asyncio.to_thread(ensure_up, s)
+            with spinner("Starting tsky's embedded Temporal server and worker (tsky server up)", announce=True):
+                await asyncio.to_thread(ensure_up, s)
+        else:
+            if outdated:
+                err_console.print(f"{outdated}: replacing it (jobs carry on)...")
+            await asyncio.to_thread(ensure_up, s)
     return await connect(s)
 
 

@@ -12,6 +12,7 @@ from temporalio.client import Client
 
 from tsky.activities.log_store import LogStore, log_store
 from tsky.cli.api import JobRow, get_job
+from tsky.cli.waiting import with_worker
 from tsky.spec.logs import controller_log_key, phase_log_key
 from tsky.spec.settings import Settings
 from tsky.spec.status import ManagedJobStatus
@@ -84,7 +85,23 @@ async def follow(
     tail: int | None = None,
 ) -> ManagedJobStatus | None:
     """Print the job's logs; with `follow`, keep going until the job ends. Returns its last status
-    (None if the job does not exist). `tail`: start with only the last N lines of what exists."""
+    (None if the job does not exist). `tail`: start with only the last N lines of what exists. A follow
+    ends with NoWorkerError when no worker is left to move the job on."""
+    stream = _stream(client, settings, job_id, out, task=task, controller=controller, follow=follow, tail=tail)
+    return await with_worker(client, settings, stream) if follow else await stream
+
+
+async def _stream(
+    client: Client,
+    settings: Settings,
+    job_id: int,
+    out: Console,
+    *,
+    task: int | None,
+    controller: bool,
+    follow: bool,
+    tail: int | None,
+) -> ManagedJobStatus | None:
     cursor = _Cursor()
     logs: LogStore = log_store(settings)
     seen: dict[int, tuple[ManagedJobStatus, int]] = {}

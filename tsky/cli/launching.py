@@ -30,6 +30,7 @@ from tsky.cli.common import (
 )
 from tsky.cli.jobs import print_finished, print_submitted
 from tsky.cli.plan_table import render_pipeline_plan, render_plan
+from tsky.cli.waiting import spinner, with_worker
 from tsky.spec.activity_io import PlanResult
 from tsky.spec.envs import env_overrides, secret_overrides
 from tsky.spec.errors import SpecError
@@ -151,18 +152,20 @@ def launch_job(opts: LaunchOptions) -> int:
         client = await client_for(s)
         if opts.num_jobs > 1 and opts.pool is None:
             console.print(f"Submitting {opts.num_jobs} managed jobs. Each job will be launched on its own cluster.")
+        submission = api.submit(
+            client,
+            s,
+            pipeline,
+            user=current_user(),
+            user_hash=current_user_hash(),
+            num_jobs=opts.num_jobs,
+            pool=opts.pool,
+            priority=pipeline.tasks[0].priority(),
+            progress=lambda text: console.print(f"[dim]{text}[/]"),
+        )
         try:
-            ids = await api.submit(
-                client,
-                s,
-                pipeline,
-                user=current_user(),
-                user_hash=current_user_hash(),
-                num_jobs=opts.num_jobs,
-                pool=opts.pool,
-                priority=pipeline.tasks[0].priority(),
-                progress=lambda text: console.print(f"[dim]{text}[/]"),
-            )
+            with spinner("Submitting: waiting for a tsky worker to take the job"):
+                ids = await with_worker(client, s, submission)
         except UploadError as err:
             raise UsageError(str(err)) from None
         detach = opts.detach_run or len(ids) > 1

@@ -376,7 +376,10 @@ def down(
             if not yes and not typer.confirm("Cancel these jobs?", default=False):
                 raise typer.Abort()
             await api.cancel(client, [j.job_id for j in jobs])
-            await _wait_jobs_ended(client, targets)
+            from tsky.cli.waiting import spinner, with_worker
+
+            with spinner(f"Waiting for the {len(jobs)} cancelled jobs to end"):
+                await with_worker(client, s, _wait_jobs_ended(client, targets))
         if not yes:
             typer.confirm(f"Terminating pool(s) {listed}. Proceed?", default=True, abort=True)
         for name in targets:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import webbrowser
+from datetime import UTC, datetime
 from typing import Annotated
 from urllib.parse import quote
 
@@ -23,7 +24,7 @@ def _external(s: Settings) -> str:
 
 
 def _print_status(s: Settings) -> bool:
-    from tsky.worker.embedded import read_server_state, read_worker_state
+    from tsky.worker.embedded import read_server_state, read_worker_state, worker_outdated
 
     server = read_server_state(s)
     worker = read_worker_state(s)
@@ -38,6 +39,16 @@ def _print_status(s: Settings) -> bool:
         console.print(f"Temporal server: stopped{stale}")
     if worker is not None and worker_up:
         console.print(f"Worker:          running (pid {worker.pid}), log {s.home / 'logs' / 'worker.log'}")
+        outdated = worker_outdated(s)
+        loaded = (
+            datetime.fromtimestamp(worker.started_at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+            if worker.started_at
+            else "?"
+        )
+        console.print(
+            f"Config:          {worker.config_file or s.config_file}, loaded {loaded} "
+            + (f"({outdated}: the next tsky command replaces it)" if outdated else "(current)")
+        )
     else:
         console.print(f"Worker:          stopped{' (stale pid file)' if worker is not None else ''}")
     if server_up:
@@ -80,7 +91,11 @@ def down() -> None:
     s = settings()
     if not s.embedded:
         fail(_external(s))
-    stopped = stop_all(s)
+    from tsky.cli.waiting import spinner
+
+    grace = s.worker.graceful_shutdown_seconds
+    with spinner(f"Stopping the worker (running activities get up to {grace:.0f}s to hand over) and the server"):
+        stopped = stop_all(s)
     console.print("Stopped " + " and ".join(stopped) + "." if stopped else "Nothing was running.")
 
 

