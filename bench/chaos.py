@@ -41,7 +41,7 @@ from tsky.cli.api import JobRow
 from tsky.spec.ids import job_workflow_id
 from tsky.spec.job import JobState
 from tsky.spec.loader import load_pipeline
-from tsky.spec.logs import phase_log
+from tsky.spec.logs import phase_log_key
 from tsky.spec.status import ManagedJobStatus
 from tsky.workflows.managed_job import ManagedJobWorkflow
 
@@ -163,7 +163,7 @@ async def run(stack: Stack, args: argparse.Namespace) -> None:
         for job_id, state in states.items()
         for a in state.tasks[0].attempts
         if (a.started_at or (a.cluster_name and (markers / a.cluster_name).exists()))
-        and not phase_log(stack.home, job_id, 0, a.index, "run").exists()
+        and not (stack.home / "logs" / phase_log_key(job_id, 0, a.index, "run")).exists()
     ]
     await asyncio.sleep(5)  # teardowns just requested finish
     leaked = await LocalBackend(stack.settings).list_clusters()
