@@ -111,3 +111,9 @@ def test_validate_names_the_resource_keys_tsky_does_not_act_on(home: Path) -> No
     assert result.returncode == 0, result.stdout + result.stderr
     assert "accepted but not acted on by tsky yet: resources.ports" in result.stdout
     assert "labels" not in result.stdout and "priority" not in result.stdout  # both are acted on
+
+
+def test_cancel_graceful_timeout_needs_graceful_and_a_non_negative_value(home: Path) -> None:
+    refused(tsky(home, "jobs", "cancel", "-y", "1", "--graceful-timeout", "30"), "only with --graceful")
+    negative = tsky(home, "jobs", "cancel", "-y", "1", "--graceful", "--graceful-timeout", "-1")
+    refused(negative, "--graceful-timeout", "0 or more")

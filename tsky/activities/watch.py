@@ -139,7 +139,8 @@ class PhaseActivities:
     async def stop_phase(self, inp: StopPhaseInput) -> None:
         backend = get_backend(inp.cluster.backend, self.settings)
         nodes = inp.cluster.nodes
-        await asyncio.gather(*(backend.node(inp.cluster, n.rank).stop_phase(inp.phase) for n in nodes))
+        stops = (backend.node(inp.cluster, n.rank).stop_phase(inp.phase, inp.grace_seconds) for n in nodes)
+        await asyncio.gather(*stops)
 
     async def _watch(self, inp: PhaseInput) -> PhaseResult:
         backend = get_backend(inp.cluster.backend, self.settings)

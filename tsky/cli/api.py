@@ -30,7 +30,7 @@ from tsky.activities.uploads import Uploader
 from tsky.spec import job_start
 from tsky.spec import search_attributes as sa
 from tsky.spec.ids import CONTROL_QUEUE, ID_REGISTRY_WORKFLOW_ID, job_workflow_id
-from tsky.spec.job import JobPolicy, JobRequest, JobResult, TaskState
+from tsky.spec.job import GRACEFUL_CANCEL_SIGNAL, GracefulCancel, JobPolicy, JobRequest, JobResult, TaskState
 from tsky.spec.secrets import load_key, seal
 from tsky.spec.settings import Settings
 from tsky.spec.status import ManagedJobStatus
@@ -281,13 +281,18 @@ async def jobs_named(client: Client, name: str, *, running_only: bool) -> list[J
     return sorted(rows, key=lambda r: r.job_id)
 
 
-async def cancel(client: Client, job_ids: list[int]) -> None:
-    """Request cancellation; the workflows go CANCELLING, tear down, then CANCELLED."""
+async def cancel(client: Client, job_ids: list[int], grace_seconds: float | None = None) -> None:
+    """Request cancellation; the workflows go CANCELLING, tear down, then CANCELLED. With `grace_seconds`
+    (`--graceful`), the running phase gets that long between SIGTERM and SIGKILL: a cancel request carries
+    no parameters, so a signal sent just before it tells the job."""
     semaphore = asyncio.Semaphore(_START_CONCURRENCY)
 
     async def one(job_id: int) -> None:
         async with semaphore:
-            await client.get_workflow_handle(job_workflow_id(job_id)).cancel()
+            handle = client.get_workflow_handle(job_workflow_id(job_id))
+            if grace_seconds is not None:
+                await handle.signal(GRACEFUL_CANCEL_SIGNAL, GracefulCancel(grace_seconds=grace_seconds))
+            await handle.cancel()
 
     await asyncio.gather(*(one(j) for j in job_ids))
 

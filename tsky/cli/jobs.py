@@ -28,9 +28,10 @@ from tsky.cli.common import (
     with_status_colors,
     workflow_url,
 )
+from tsky.spec.activity_io import STOP_GRACE_SECONDS
 from tsky.spec.errors import FieldError
 from tsky.spec.ids import job_workflow_id
-from tsky.spec.job import TaskState
+from tsky.spec.job import DEFAULT_GRACEFUL_TIMEOUT_SECONDS, TaskState
 from tsky.spec.settings import Settings
 from tsky.spec.status import JobExitCode, ManagedJobStatus
 
@@ -559,8 +560,28 @@ def cancel(
     pool: Annotated[str | None, typer.Option("--pool", "-p", help="All jobs of this pool.")] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Skip the confirmation prompt.")] = False,
     task: Annotated[str | None, typer.Option("--task", help="One member of a job group (not supported yet).")] = None,
+    graceful: Annotated[
+        bool, typer.Option("--graceful", help="SIGTERM the job's processes and let them exit before SIGKILL.")
+    ] = False,
+    graceful_timeout: Annotated[
+        int | None,
+        typer.Option(
+            "--graceful-timeout",
+            help=f"With --graceful: seconds to wait before SIGKILL (default {DEFAULT_GRACEFUL_TIMEOUT_SECONDS}).",
+        ),
+    ] = None,
 ) -> None:
     """Cancel managed jobs: their processes are killed and their clusters torn down."""
+    if graceful_timeout is not None and not graceful:
+        fail(
+            f"--graceful-timeout applies only with --graceful: tsky jobs cancel --graceful --graceful-timeout "
+            f"{graceful_timeout} JOB_ID. Without --graceful, processes get {STOP_GRACE_SECONDS:g} s after SIGTERM."
+        )
+    if graceful_timeout is not None and graceful_timeout < 0:
+        fail(f"--graceful-timeout must be 0 or more seconds, got {graceful_timeout}.")
+    grace_seconds = (
+        (DEFAULT_GRACEFUL_TIMEOUT_SECONDS if graceful_timeout is None else graceful_timeout) if graceful else None
+    )
     if task is not None:
         # SkyPilot's --task cancels one member of a job group (one job id, no other selector); a pipeline's
         # task cannot be cancelled alone there either.
@@ -625,7 +646,7 @@ def cancel(
             return JobExitCode.NOT_FOUND if missing else 0
         if not yes:
             typer.confirm(f"Cancelling {what}. Proceed?", default=True, abort=True)
-        await api.cancel(client, targets)
+        await api.cancel(client, targets, grace_seconds)
         if len(targets) == 1:
             console.print(f"Job with ID {targets[0]} is scheduled to be cancelled.")
         else:

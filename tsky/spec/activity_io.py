@@ -156,9 +156,14 @@ class PhaseResult(_Model):
     exit_codes: list[int]  # one per node, rank order
 
 
+# How long a stopped phase's processes get between SIGTERM and SIGKILL, unless the cancel was graceful.
+STOP_GRACE_SECONDS = 3.0
+
+
 class StopPhaseInput(_Model):
     cluster: ClusterInfo
     phase: str
+    grace_seconds: float = STOP_GRACE_SECONDS
 
 
 class WatchClusterInput(_Model):

@@ -28,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
     from tsky.spec import scheduling
     from tsky.spec import search_attributes as sa
     from tsky.spec.activity_io import (
+        STOP_GRACE_SECONDS,
         ActivityName,
         CleanupJobInput,
         ClusterInfo,
@@ -46,7 +47,16 @@ with workflow.unsafe.imports_passed_through():
         TeardownInput,
     )
     from tsky.spec.ids import LAUNCH_QUEUE, WATCH_QUEUE, cluster_name, pool_workflow_id
-    from tsky.spec.job import Attempt, JobRequest, JobResult, JobState, TaskState, job_result
+    from tsky.spec.job import (
+        GRACEFUL_CANCEL_SIGNAL,
+        Attempt,
+        GracefulCancel,
+        JobRequest,
+        JobResult,
+        JobState,
+        TaskState,
+        job_result,
+    )
     from tsky.spec.pool_state import (
         GRANT_SIGNAL,
         RELEASE_SIGNAL,
@@ -160,6 +170,8 @@ class ManagedJobWorkflow:
         # A pool job's current acquisition (its key) and the pool's answer.
         self._pool_key: str | None = None
         self._grant: PoolGrant | None = None
+        # How long a cancel gives the running phase between SIGTERM and SIGKILL (`cancel --graceful`).
+        self._stop_grace = STOP_GRACE_SECONDS
 
     @workflow.query(description="The job's full state: tasks, statuses, attempts.")
     def state(self) -> JobState:
@@ -174,6 +186,10 @@ class ManagedJobWorkflow:
     def pool_grant(self, grant: PoolGrant) -> None:
         if grant.key == self._pool_key:
             self._grant = grant
+
+    @workflow.signal(name=GRACEFUL_CANCEL_SIGNAL, description="The coming cancel is graceful: SIGTERM, wait, SIGKILL.")
+    def graceful_cancel(self, request: GracefulCancel) -> None:
+        self._stop_grace = request.grace_seconds
 
     # -- the job ---------------------------------------------------------------------------------------
 
@@ -572,11 +588,12 @@ class ManagedJobWorkflow:
     async def _stop_on_cancel(
         self, index: int, ts: TaskState, phase: PhaseInput, watcher: workflow.ActivityHandle[PhaseResult]
     ) -> None:
-        """A cancel while setup or run goes on: show CANCELLING at once, kill the phase's processes with
-        a short activity, then let the watcher see them end and copy their last lines. The watcher itself
-        is never cancelled: it would learn of it only with its next heartbeat (throttled to most of the
-        heartbeat timeout, so that thousands of watchers stay cheap), and a phase that ended before that
-        would swallow the cancel."""
+        """A cancel while setup or run goes on: show CANCELLING at once, stop the phase's processes with
+        a short activity (SIGTERM, SIGKILL after the grace `--graceful` set, else a few seconds), then let
+        the watcher see them end and copy their last lines. The watcher itself is never cancelled: it
+        would learn of it only with its next heartbeat (throttled to most of the heartbeat timeout, so
+        that thousands of watchers stay cheap), and a phase that ended before that would swallow the
+        cancel."""
         self._record_cancel(index, ts)
         await self._publish()
 
@@ -584,10 +601,10 @@ class ManagedJobWorkflow:
             try:
                 await self._activity(
                     ActivityName.STOP_PHASE,
-                    StopPhaseInput(cluster=phase.cluster, phase=phase.key),
+                    StopPhaseInput(cluster=phase.cluster, phase=phase.key, grace_seconds=self._stop_grace),
                     type(None),
                     WATCH_QUEUE,
-                    timeout=timedelta(minutes=2),
+                    timeout=timedelta(minutes=2) + timedelta(seconds=self._stop_grace),
                     retry=_PLAN_RETRY,
                 )
             except ActivityError as err:  # e.g. the cluster cannot be reached: teardown kills what is left

@@ -11,7 +11,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from tsky.spec.activity_io import ClusterInfo, JobMeta
+from tsky.spec.activity_io import STOP_GRACE_SECONDS, ClusterInfo, JobMeta
 from tsky.spec.ids import owner_id
 from tsky.spec.requests import Candidate
 from tsky.spec.settings import Settings
@@ -93,8 +93,9 @@ class NodeAgent(Protocol):
 
     async def read_log(self, phase: str, offset: int, limit: int) -> bytes: ...
 
-    async def stop_phase(self, phase: str) -> None:
-        """Kill the phase's whole process tree (idempotent)."""
+    async def stop_phase(self, phase: str, grace: float = STOP_GRACE_SECONDS) -> None:
+        """Kill the phase's whole process tree: SIGTERM, SIGKILL `grace` seconds later unless it exited
+        (idempotent)."""
 
 
 class Backend(Protocol):

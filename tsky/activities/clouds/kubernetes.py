@@ -78,7 +78,7 @@ from tsky.activities.clouds.node_programs import (
 from tsky.activities.clouds.phases import PROCESS_TAG_VAR, WRAPPER, env_file_text
 from tsky.activities.clouds.ssh_runner import DEFAULT_WORKDIR, CommandResult, NodeUnreachable
 from tsky.activities.clouds.state_checks import SharedStateChecks
-from tsky.spec.activity_io import ClusterInfo, JobMeta, NodeInfo
+from tsky.spec.activity_io import STOP_GRACE_SECONDS, ClusterInfo, JobMeta, NodeInfo
 from tsky.spec.requests import Candidate
 from tsky.spec.settings import Settings
 from tsky.spec.status import NodeState
@@ -307,9 +307,8 @@ class PodAgent:
     async def read_log(self, phase: str, offset: int, limit: int) -> bytes:
         return await self._program(READ_LOG, NODE_DIR, phase, str(int(offset)), str(int(limit)))
 
-    async def stop_phase(self, phase: str) -> None:
-        grace = 3
-        await self._program(STOP, NODE_DIR, phase, self.tag, str(grace), timeout=EXEC_TIMEOUT + grace)
+    async def stop_phase(self, phase: str, grace: float = STOP_GRACE_SECONDS) -> None:
+        await self._program(STOP, NODE_DIR, phase, self.tag, str(int(grace)), timeout=EXEC_TIMEOUT + grace)
 
 
 class KubernetesBackend:

@@ -35,7 +35,7 @@ from tsky.activities.clouds.phases import (
     pid_alive,
     proc_start_time,
 )
-from tsky.spec.activity_io import ClusterInfo, JobMeta, NodeInfo
+from tsky.spec.activity_io import STOP_GRACE_SECONDS, ClusterInfo, JobMeta, NodeInfo
 from tsky.spec.requests import Candidate
 from tsky.spec.settings import LocalRegion, Settings
 from tsky.spec.status import NodeState
@@ -208,11 +208,11 @@ class LocalNodeAgent:
         except FileNotFoundError:
             return b""
 
-    async def stop_phase(self, phase: str) -> None:
+    async def stop_phase(self, phase: str, grace: float = STOP_GRACE_SECONDS) -> None:
         pid, start = self._read_pid(phase)
         if pid is not None and pid_alive(pid, start):
             self._path(phase, "stopped").touch()
-            await _kill_group(pid, start)
+            await _kill_group(pid, start, grace)
         await _strays.kill(self.tag.partition("/")[0], lambda tag: tag == f"{self.tag}:{phase}")
 
     def _live_groups(self) -> list[tuple[int, str | None]]:
@@ -240,7 +240,7 @@ def _signal_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
 
 
-async def _kill_group(pid: int, start: str | None, grace: float = 3.0) -> None:
+async def _kill_group(pid: int, start: str | None, grace: float) -> None:
     """SIGTERM the group, give it `grace` seconds, then SIGKILL."""
     _signal_group(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace

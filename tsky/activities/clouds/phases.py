@@ -40,6 +40,10 @@ MOUNTS_FILE = "mounts"
 WRAPPER = """\
 #!/bin/bash
 dir="$1"; phase="$2"; cwd="$3"
+# A stop's SIGTERM reaches the whole group: the wrapper lives on until the job has exited (or is killed), so
+# the stop waits its grace for the job, and the exit code and fuse flush are still recorded. Caught, not
+# ignored: the job's own shell starts with SIGTERM at its default and may trap it.
+trap : TERM
 record() { echo "$1" >"$dir/$phase.exit.tmp" && mv "$dir/$phase.exit.tmp" "$dir/$phase.exit"; }
 private=; [ -s "$dir/mounts" ] && private=1
 [ -s "$dir/fuse" ] && [ "$4" != --in-mount-ns ] && unshare --mount --propagation private true 2>/dev/null && private=1

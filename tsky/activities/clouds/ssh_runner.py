@@ -59,6 +59,7 @@ from tsky.activities.clouds.node_programs import (
     tar_files,
 )
 from tsky.activities.clouds.phases import PROCESS_TAG_VAR, WRAPPER, env_file_text
+from tsky.spec.activity_io import STOP_GRACE_SECONDS
 
 # asyncssh logs every channel at INFO; a worker polling thousands of nodes must not.
 logging.getLogger("asyncssh").setLevel(logging.WARNING)
@@ -323,7 +324,7 @@ class SSHNodeAgent:
     async def read_log(self, phase: str, offset: int, limit: int) -> bytes:
         return await self._program(READ_LOG, phase, str(int(offset)), str(int(limit)))
 
-    async def stop_phase(self, phase: str, grace: float = 3.0) -> None:
+    async def stop_phase(self, phase: str, grace: float = STOP_GRACE_SECONDS) -> None:
         await self._program(STOP, phase, self.tag, str(int(grace)), timeout=self.options.command_timeout + grace)
 
     async def terminate(self, grace: float = 3.0, remove: Iterable[str] = (), tag_prefix: str | None = None) -> None:
