@@ -9,6 +9,7 @@ teardown leaves no pod and no process; two installations never touch each other'
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,7 +124,7 @@ async def test_pods_phases_files_and_teardown(kube: FakeKube, tmp_path: Path) ->
     assert log == b'hello from the workdir\nnested\nit\'s "quoted" $HOME `x`\nline1\nline2\nline3\n'
     assert await other.read_log("run-a0", len(log) - 6, 100) == b"line3\n"
 
-    # A long phase on the worker node, stopped by tsky: killed, and reported as such.
+    # A long phase on the worker node, stopped by tsky: ended, and reported as such.
     worker = backend.node(info, 1)
     await worker.start_phase("run-a1", "echo started; sleep 300", {})
     while (await worker.read_log("run-a1", 0, 100)) != b"started\n":
@@ -131,7 +132,7 @@ async def test_pods_phases_files_and_teardown(kube: FakeKube, tmp_path: Path) ->
     assert (await worker.phase_status("run-a1")).alive
     await worker.stop_phase("run-a1")
     stopped = await worker.phase_status("run-a1")
-    assert stopped.exit_code == 137 and not stopped.alive
+    assert stopped.exit_code == 128 + signal.SIGTERM and not stopped.alive  # ended by the stop's SIGTERM
 
     assert await backend.node_states(info) == [NodeState.UP, NodeState.UP]
     [record] = await backend.list_clusters()
