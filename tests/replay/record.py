@@ -34,6 +34,7 @@ from tsky.spec.ids import (
     pool_worker_workflow_id,
     pool_workflow_id,
 )
+from tsky.spec.job import GRACEFUL_CANCEL_SIGNAL, GracefulCancel
 from tsky.spec.pool_state import POOL_WORKER_WORKFLOW, POOL_WORKFLOW
 from tsky.workflows.managed_job import ManagedJobWorkflow
 from tsky.workflows.sweeper import SweeperState, SweeperWorkflow
@@ -52,11 +53,13 @@ async def _job(client: Client, yaml_text: str) -> WorkflowHandle[ManagedJobWorkf
     return handle  # type: ignore[return-value]
 
 
-async def _cancelled(client: Client, cloud: FakeCloud) -> Handles:
+async def _cancelled(client: Client, cloud: FakeCloud, grace_seconds: float | None = None) -> Handles:
     handle = await client.start_workflow(
         ManagedJobWorkflow.run, request(SPOT_JOB), id="tsky-job-1", task_queue=CONTROL_QUEUE
     )
     await asyncio.wait_for(cloud.run_started.wait(), 30)
+    if grace_seconds is not None:  # what `tsky jobs cancel --graceful` sends before the cancel
+        await handle.signal(GRACEFUL_CANCEL_SIGNAL, GracefulCancel(grace_seconds=grace_seconds))
     await handle.cancel()
     with pytest.raises(WorkflowFailureError):  # cancelled, as intended
         await handle.result()
@@ -151,6 +154,12 @@ SCENARIOS: list[tuple[str, dict[str, object], Run, list[str]]] = [
         ["ManagedJob"],
     ),
     ("cancelled_while_running", {"run_blocks": True}, lambda c, cloud, env: _cancelled(c, cloud), ["ManagedJob"]),
+    (
+        "gracefully_cancelled_while_running",
+        {"run_blocks": True},
+        lambda c, cloud, env: _cancelled(c, cloud, grace_seconds=30),
+        ["ManagedJob"],
+    ),
     ("three_allocations", {}, lambda c, cloud, env: _registry(c), ["TskyIdRegistry"]),
     ("second_job_waits_for_a_slot", {}, lambda c, cloud, env: _scheduled(c), ["TskyScheduler", "ManagedJob"]),
     (
