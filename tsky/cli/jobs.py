@@ -579,9 +579,9 @@ def cancel(
         )
     if graceful_timeout is not None and graceful_timeout < 0:
         fail(f"--graceful-timeout must be 0 or more seconds, got {graceful_timeout}.")
-    grace_seconds = (
-        (DEFAULT_GRACEFUL_TIMEOUT_SECONDS if graceful_timeout is None else graceful_timeout) if graceful else None
-    )
+    grace_seconds: int | None = None  # None: the ordinary cancel's few seconds
+    if graceful:
+        grace_seconds = DEFAULT_GRACEFUL_TIMEOUT_SECONDS if graceful_timeout is None else graceful_timeout
     if task is not None:
         # SkyPilot's --task cancels one member of a job group (one job id, no other selector); a pipeline's
         # task cannot be cancelled alone there either.
