@@ -176,6 +176,6 @@ def test_a_config_edit_reaches_the_next_launch(home: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{config} changed since the embedded worker started: replacing it" in result.stderr
     controller = tsky(home, "jobs", "logs", "--controller", "1").stdout
-    assert re.findall(r"Launched \S+ on 1x Local \((\w+)\)", controller) == ["west"], controller
+    assert re.findall(r"Cluster launched: \S+\. Resources: 1x Local \((\w+)\)", controller) == ["west"], controller
     status = tsky(home, "server", "status")
     assert re.search(rf"Config:\s+{re.escape(str(config))}, loaded .* \(current\)", status.stdout), status.stdout

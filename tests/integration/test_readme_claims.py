@@ -62,8 +62,8 @@ run: |
     assert row["recoveries"] == 1
     # One cluster, launched once: the restart reran `run` where attempt 0 left its file.
     controller = tsky_env.tsky("jobs", "logs", "--controller", "1").stdout
-    assert len(re.findall(r"Launched flaky-1 ", controller)) == 1, controller
-    assert "Launched flaky-1-r" not in controller, controller
+    assert len(re.findall(r"Cluster launched: flaky-1\.", controller)) == 1, controller
+    assert "Cluster launched: flaky-1-r" not in controller, controller
 
 
 def test_following_logs_across_a_worker_kill_prints_every_line_once(tsky_env: TskyEnv, worker: WorkerProc) -> None:

@@ -10,18 +10,16 @@ import time
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from temporalio.api.enums.v1 import TaskQueueKind, TaskQueueType
-from temporalio.api.taskqueue.v1 import TaskQueue
-from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-from temporalio.client import Client
-from temporalio.service import RPCError
 
 from tsky.cli.common import err_console
 from tsky.spec.ids import CONTROL_QUEUE
 from tsky.spec.settings import Settings
+
+if TYPE_CHECKING:  # the Temporal SDK is imported by the waits themselves: `--dryrun` never loads it
+    from temporalio.client import Client
 
 T = TypeVar("T")
 
@@ -61,6 +59,10 @@ def spinner(text: str, *, announce: bool = False) -> Iterator[None]:
 
 async def workers_polling(client: Client, queue: str = CONTROL_QUEUE) -> int:
     """How many workers polled `queue` for workflow tasks lately."""
+    from temporalio.api.enums.v1 import TaskQueueKind, TaskQueueType
+    from temporalio.api.taskqueue.v1 import TaskQueue
+    from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+
     reply = await client.workflow_service.describe_task_queue(
         DescribeTaskQueueRequest(
             namespace=client.namespace,
@@ -100,6 +102,8 @@ async def _revive_embedded_stack(s: Settings) -> None:
 async def with_worker(client: Client, s: Settings, work: Awaitable[T], *, grace: float = NO_WORKER_GRACE_SECONDS) -> T:
     """Await `work`, which only a worker can complete. A dead embedded server or worker is restarted at
     once; after `grace` seconds with no worker polling the control queue, NoWorkerError ends the wait."""
+    from temporalio.service import RPCError
+
     task = asyncio.ensure_future(work)
     missing_since: float | None = None
     try:
