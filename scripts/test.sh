@@ -23,4 +23,4 @@ fi
 .venv/bin/ruff format --check tsky tests bench examples
 .venv/bin/mypy tsky
 # Everything above installed the real parts (sshd, rsync...): a test skipping for want of one fails.
-TSKY_REQUIRE_REAL_PARTS="${TSKY_REQUIRE_REAL_PARTS:-1}" .venv/bin/pytest -q "$@"
+TSKY_REQUIRE_REAL_PARTS="${TSKY_REQUIRE_REAL_PARTS:-1}" .venv/bin/pytest -q --durations=15 "$@"
