@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.backends import sshd
+from tests.emulators import moto_s3  # noqa: F401  (S3 for the multi-host test's log store)
 from tests.harness import free_port
 from tests.real_parts import skip_missing_real_part
 

@@ -20,18 +20,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 import yaml
-from moto.server import ThreadedMotoServer
 
 from tests.backends.sshd import SSHNodes
-from tests.harness import FAST_CONFIG, TSKY, TskyEnv, deep_merge, free_port, wait_until
+from tests.emulators import Emulator
+from tests.harness import FAST_CONFIG, TSKY, TskyEnv, deep_merge, wait_until
 from tsky.spec.activity_io import ActivityName
 from tsky.worker.codec import new_key
 
@@ -104,28 +102,8 @@ async def run_attempts(env: TskyEnv) -> int:
     )
 
 
-@pytest.fixture
-def s3_store(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/moto-api/reset", method="POST"))
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    try:
-        yield env
-    finally:
-        server.stop()
-
-
 def test_a_job_carries_on_under_another_worker_host_and_any_host_reads_its_logs(
-    tsky_env: TskyEnv, ssh_nodes: SSHNodes, s3_store: dict[str, str], tmp_path: Path
+    tsky_env: TskyEnv, ssh_nodes: SSHNodes, moto_s3: Emulator, tmp_path: Path
 ) -> None:
     boto3.client("s3").create_bucket(Bucket="tsky-logs")
     node = ssh_nodes.start()  # host E
@@ -137,7 +115,7 @@ def test_a_job_carries_on_under_another_worker_host_and_any_host_reads_its_logs(
         },
     )
     environ = {k: v for k, v in os.environ.items() if not k.startswith("TSKY_")}
-    environ |= {**s3_store, "TSKY_ENCRYPTION_KEY": new_key(), "TSKY_SECRET_KEY": "", "COLUMNS": "200"}
+    environ |= {**moto_s3.env, "TSKY_ENCRYPTION_KEY": new_key(), "TSKY_SECRET_KEY": "", "COLUMNS": "200"}
     environ["AWS_EC2_METADATA_DISABLED"] = "true"
     hosts = {name: Host(tmp_path / "hosts", name, environ) for name in ("B", "C", "D")}
     for host in hosts.values():
