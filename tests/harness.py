@@ -13,7 +13,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,26 @@ NO_CLOUD_METADATA = {
     "GCE_METADATA_HOST": "127.0.0.1:9",
     "GCE_METADATA_IP": "127.0.0.1:9",
 }
+
+
+def embedded_env(home: Path) -> dict[str, str]:
+    """The environment of a user with nothing but a TSKY_HOME: the embedded default, none of the session
+    server's settings, this venv's `tsky` first on PATH, and no cloud metadata probes."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TSKY_")}
+    env.update(TSKY_HOME=str(home), PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", **NO_CLOUD_METADATA)
+    return env
+
+
+@contextmanager
+def embedded_home(tmp_path: Path) -> Iterator[Path]:
+    """A fresh TSKY_HOME whose embedded stack (started by the commands run in it) is stopped afterwards,
+    by the pids it recorded, whatever happened."""
+    home = tmp_path / "tsky-home"
+    try:
+        yield home
+    finally:
+        subprocess.run([TSKY, "server", "down"], env=embedded_env(home), capture_output=True, timeout=60)
+
 
 # Fast timings so recovery paths run in seconds; the values a test needs are overridden per test.
 FAST_CONFIG: dict[str, Any] = {

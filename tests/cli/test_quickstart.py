@@ -6,7 +6,6 @@ command exits 0 unless its comment says `exits N`.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import BIN, ROOT, TSKY
+from tests.harness import ROOT, TSKY, embedded_env, embedded_home
 
 pytestmark = pytest.mark.integration
 
@@ -36,23 +35,8 @@ def quickstart_commands() -> list[tuple[str, int]]:
 
 @pytest.fixture
 def home(tmp_path: Path) -> Iterator[Path]:
-    home = tmp_path / "tsky-home"
-    yield home
-    # Whatever happened, stop the embedded stack the commands started (by the pids it recorded).
-    subprocess.run([TSKY, "server", "down"], env=_env(home), capture_output=True, timeout=60)
-
-
-def _env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TSKY_")}
-    env.update(
-        TSKY_HOME=str(home),
-        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-        AWS_EC2_METADATA_DISABLED="true",
-        NO_GCE_CHECK="True",
-        GCE_METADATA_HOST="127.0.0.1:9",
-        GCE_METADATA_IP="127.0.0.1:9",
-    )
-    return env
+    with embedded_home(tmp_path) as home:
+        yield home
 
 
 def test_the_readme_quickstart_runs_as_written(home: Path) -> None:
@@ -61,7 +45,7 @@ def test_the_readme_quickstart_runs_as_written(home: Path) -> None:
     assert any("debug preempt" in c for c, _ in commands) and commands[-1][0] == "tsky server down"
     for command, expected in commands[1:]:
         result = subprocess.run(
-            ["bash", "-c", command], cwd=ROOT, env=_env(home), capture_output=True, text=True, timeout=600
+            ["bash", "-c", command], cwd=ROOT, env=embedded_env(home), capture_output=True, text=True, timeout=600
         )
         assert result.returncode == expected, f"$ {command}\n{result.stdout}\n{result.stderr}"
         if "debug preempt" in command:
@@ -70,7 +54,7 @@ def test_the_readme_quickstart_runs_as_written(home: Path) -> None:
             assert "✓ Managed job finished" in result.stdout and "SUCCEEDED" in result.stdout
         if command.startswith("tsky jobs logs -n sleepy"):  # a cancelled job is never shown with a green ✓
             assert "CANCELLED" in result.stdout and "✓" not in result.stdout
-    queue = subprocess.run([TSKY, "jobs", "queue"], env=_env(home), capture_output=True, text=True, timeout=120)
+    queue = subprocess.run([TSKY, "jobs", "queue"], env=embedded_env(home), capture_output=True, text=True, timeout=120)
     assert re.search(r"spot-job|spot\s.*SUCCEEDED", queue.stdout), queue.stdout
     assert re.search(r"^\d+\s+-\s+spot\s.*\s1\s+SUCCEEDED", queue.stdout, re.M), queue.stdout  # 1 recovery
     assert re.search(r"^\d+\s+-\s+sleepy\s.*CANCELLED", queue.stdout, re.M), queue.stdout
@@ -78,7 +62,11 @@ def test_the_readme_quickstart_runs_as_written(home: Path) -> None:
 
     # On a terminal (FORCE_COLOR stands in for one), statuses have SkyPilot's colours.
     colored = subprocess.run(
-        [TSKY, "jobs", "queue"], env={**_env(home), "FORCE_COLOR": "1"}, capture_output=True, text=True, timeout=120
+        [TSKY, "jobs", "queue"],
+        env={**embedded_env(home), "FORCE_COLOR": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert "\x1b[32mSUCCEEDED\x1b[0m" in colored.stdout, colored.stdout
     assert "\x1b[33mCANCELLED\x1b[0m" in colored.stdout, colored.stdout

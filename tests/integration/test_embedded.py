@@ -15,27 +15,19 @@ import pytest
 import yaml
 
 import tsky as tsky_package
-from tests.harness import EXAMPLES, TSKY, wait_until
+from tests.harness import EXAMPLES, TSKY, embedded_env, embedded_home, wait_until
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def home(tmp_path: Path) -> Iterator[Path]:
-    home = tmp_path / "tsky-home"
-    yield home
-    # Whatever the test did, stop what it started (by the pids the stack recorded).
-    subprocess.run([TSKY, "server", "down"], env=_env(home), capture_output=True, timeout=60)
-
-
-def _env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TSKY_")}
-    env["TSKY_HOME"] = str(home)
-    return env
+    with embedded_home(tmp_path) as home:
+        yield home
 
 
 def tsky(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([TSKY, *args], env=_env(home), capture_output=True, text=True, timeout=180)
+    return subprocess.run([TSKY, *args], env=embedded_env(home), capture_output=True, text=True, timeout=180)
 
 
 def test_first_launch_starts_the_stack_and_server_commands_manage_it(home: Path) -> None:
@@ -96,7 +88,7 @@ def test_stale_pid_files_are_detected_and_replaced(home: Path) -> None:
 
 
 def test_external_address_never_starts_a_server(home: Path) -> None:
-    env = _env(home) | {"TSKY_TEMPORAL_ADDRESS": "127.0.0.1:9"}
+    env = embedded_env(home) | {"TSKY_TEMPORAL_ADDRESS": "127.0.0.1:9"}
     result = subprocess.run([TSKY, "server", "up"], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "never starts a server of its own" in result.stderr
