@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import NO_CLOUD_METADATA, DevServer, TskyEnv, new_namespace
+from tests.harness import NO_CLOUD_METADATA, DevServer, TskyEnv, new_namespace, teardown_local_clusters
 from tests.real_parts import pytest_runtest_makereport  # noqa: F401  (the hook that makes skips loud)
 
 os.environ.update(NO_CLOUD_METADATA)  # inherited by every process a test starts
@@ -34,17 +34,7 @@ def tsky_env(dev_server: DevServer, tmp_path: Path) -> Iterator[TskyEnv]:
     yield env
     for worker in env.workers:
         worker.kill9()
-    _teardown_local_clusters(env.home)
-
-
-def _teardown_local_clusters(home: Path) -> None:
-    """Kill whatever a failed test left running on the local infra (never leak processes)."""
-    from tsky.activities.clouds.local import LocalBackend
-    from tsky.spec.settings import load_settings
-
-    backend = LocalBackend(load_settings(home))
-    for record in asyncio.run(backend.list_clusters()):
-        asyncio.run(backend.teardown(record.name, None))
+    teardown_local_clusters(env.home)
 
 
 @pytest.fixture

@@ -263,3 +263,28 @@ class TskyEnv:
 
 def new_namespace() -> str:
     return f"t-{uuid.uuid4().hex[:10]}"
+
+
+def teardown_local_clusters(home: Path) -> None:
+    """Kill whatever a failed test left running on the local infra (never leak processes)."""
+    from tsky.activities.clouds.local import LocalBackend
+    from tsky.spec.settings import load_settings
+
+    backend = LocalBackend(load_settings(home))
+    for record in asyncio.run(backend.list_clusters()):
+        asyncio.run(backend.teardown(record.name, None))
+
+
+@contextmanager
+def world_on(server: DevServer, tmp_path: Path) -> Iterator[TskyEnv]:
+    """A world on a dev server of the test's own (already started), in its default namespace. Afterwards
+    its workers are killed, its local clusters torn down and the server stopped."""
+    env = TskyEnv(home=tmp_path / "home", server=server, namespace="default")
+    env.configure()
+    try:
+        yield env
+    finally:
+        for worker in env.workers:
+            worker.kill9()
+        teardown_local_clusters(env.home)
+        server.stop()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import DevServer, TskyEnv, WorkerProc, wait_until
+from tests.harness import DevServer, TskyEnv, WorkerProc, wait_until, world_on
 from tests.integration.test_jobs_cli import wait_status
 
 pytestmark = pytest.mark.integration
@@ -51,12 +51,8 @@ def persistent_env(tmp_path: Path) -> Iterator[TskyEnv]:
     """A world with its own dev server on a database file, so the server itself can be restarted."""
     server = DevServer()
     server.start(db=tmp_path / "temporal.db")
-    env = TskyEnv(home=tmp_path / "home", server=server, namespace="default")
-    env.configure()
-    yield env
-    for w in env.workers:
-        w.kill9()
-    server.stop()
+    with world_on(server, tmp_path) as env:
+        yield env
 
 
 def test_server_restart_mid_job_loses_nothing(persistent_env: TskyEnv) -> None:

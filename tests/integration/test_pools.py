@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import DevServer, TskyEnv, WorkerProc, wait_until
+from tests.harness import DevServer, TskyEnv, WorkerProc, wait_until, world_on
 from tests.integration.test_jobs_cli import no_tagged_processes, queue_json, wait_status
 from tests.integration.test_sweeper import local_only, sweeper_state
 from tsky.cli import api, pool_api
@@ -297,15 +297,8 @@ def can_env(tmp_path: Path) -> Iterator[TskyEnv]:
     """A dev server that suggests continue-as-new after 40 events, so the pool does it many times."""
     server = DevServer("--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=40")
     server.start()
-    env = TskyEnv(home=tmp_path / "home", server=server, namespace="default")
-    env.configure()
-    yield env
-    for w in env.workers:
-        w.kill9()
-    from tests.conftest import _teardown_local_clusters
-
-    _teardown_local_clusters(env.home)
-    server.stop()
+    with world_on(server, tmp_path) as env:
+        yield env
 
 
 def test_continue_as_new_while_jobs_wait_loses_and_repeats_nothing(can_env: TskyEnv) -> None:

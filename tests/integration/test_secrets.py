@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import TSKY, DevServer, TskyEnv, wait_until
+from tests.harness import TSKY, DevServer, TskyEnv, wait_until, world_on
 from tests.integration.test_jobs_cli import queue_json, wait_status
 from tsky.spec.ids import job_workflow_id
 from tsky.spec.secrets import SEALED_PREFIX
@@ -31,12 +31,8 @@ def ui_env(tmp_path: Path) -> Iterator[TskyEnv]:
     """A world with its own dev server that also serves the Web UI (and its HTTP API) on 127.0.0.1."""
     server = DevServer(web_ui=True)
     server.start()
-    env = TskyEnv(home=tmp_path / "home", server=server, namespace="default")
-    env.configure()
-    yield env
-    for w in env.workers:
-        w.kill9()
-    server.stop()
+    with world_on(server, tmp_path) as env:
+        yield env
 
 
 def sha(value: str) -> str:
