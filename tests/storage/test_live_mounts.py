@@ -132,17 +132,22 @@ def test_cancel_unmounts(tsky_env: TskyEnv, moto_s3: Emulator) -> None:
     assert no_tagged_processes("ckpt-1")
 
 
-def test_a_missing_bucket_fails_prechecks_naming_path_and_bucket(tsky_env: TskyEnv, moto_s3: Emulator) -> None:
+def failed_mount_reason(tsky_env: TskyEnv, source: str) -> tuple[Path, str]:
+    """Launch a job that MOUNTs `source`; it must end FAILED_PRECHECKS. Returns the mount path and reason."""
     mnt = tsky_env.home.parent / "data"
     spec = tsky_env.write(
-        "missing.yaml",
-        f"name: missing\nresources: {{infra: local}}\n"
-        f"file_mounts:\n  {mnt}: {{source: s3://no-such-bucket/x, mode: MOUNT}}\nrun: echo never\n",
+        "mount.yaml",
+        f"name: mount\nresources: {{infra: local}}\n"
+        f"file_mounts:\n  {mnt}: {{source: {source}, mode: MOUNT}}\nrun: echo never\n",
     )
     tsky_env.start_worker()
     result = tsky_env.tsky("jobs", "launch", "-y", str(spec))
     assert result.returncode == 100 and "FAILED_PRECHECKS" in result.stdout, result.stdout
-    reason = str(queue_json(tsky_env)[0]["tasks"][0]["failure_reason"])  # type: ignore[index]
+    return mnt, str(queue_json(tsky_env)[0]["tasks"][0]["failure_reason"])  # type: ignore[index]
+
+
+def test_a_missing_bucket_fails_prechecks_naming_path_and_bucket(tsky_env: TskyEnv, moto_s3: Emulator) -> None:
+    mnt, reason = failed_mount_reason(tsky_env, "s3://no-such-bucket/x")
     assert reason == f"cannot mount s3://no-such-bucket/x at {mnt}: the bucket does not exist", reason
     assert "never" not in tsky_env.tsky("jobs", "logs", "1", "--no-follow").stdout
 
@@ -197,16 +202,7 @@ def _answers(url: str) -> bool:
 
 
 def test_wrong_credentials_fail_prechecks(tsky_env: TskyEnv, strict_moto: Emulator) -> None:
-    mnt = tsky_env.home.parent / "data"
-    spec = tsky_env.write(
-        "creds.yaml",
-        f"name: creds\nresources: {{infra: local}}\n"
-        f"file_mounts:\n  {mnt}: {{source: s3://some-bucket, mode: MOUNT}}\nrun: echo never\n",
-    )
-    tsky_env.start_worker()
-    result = tsky_env.tsky("jobs", "launch", "-y", str(spec))
-    assert result.returncode == 100 and "FAILED_PRECHECKS" in result.stdout, result.stdout
-    reason = str(queue_json(tsky_env)[0]["tasks"][0]["failure_reason"])  # type: ignore[index]
+    mnt, reason = failed_mount_reason(tsky_env, "s3://some-bucket")
     assert reason.startswith(f"cannot mount s3://some-bucket at {mnt}: the bucket cannot be read: "), reason
     assert "InvalidAccessKeyId" in reason, reason
     # The secret went to the node in a 0600 file only: not in the history, the logs or a command line.
