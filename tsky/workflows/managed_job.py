@@ -25,9 +25,9 @@ from temporalio.exceptions import ActivityError, ApplicationError, FailureError,
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
-    from tsky.spec import scheduling
-    from tsky.spec import search_attributes as sa
-    from tsky.spec.activity_io import (
+    from tsky.contract import scheduling
+    from tsky.contract import search_attributes as sa
+    from tsky.contract.activity_io import (
         STOP_GRACE_SECONDS,
         ActivityName,
         CleanupJobInput,
@@ -46,8 +46,8 @@ with workflow.unsafe.imports_passed_through():
         SyncResult,
         TeardownInput,
     )
-    from tsky.spec.ids import LAUNCH_QUEUE, WATCH_QUEUE, cluster_name, pool_workflow_id
-    from tsky.spec.job import (
+    from tsky.contract.ids import LAUNCH_QUEUE, WATCH_QUEUE, cluster_name, pool_workflow_id
+    from tsky.contract.job import (
         GRACEFUL_CANCEL_SIGNAL,
         Attempt,
         GracefulCancel,
@@ -57,7 +57,7 @@ with workflow.unsafe.imports_passed_through():
         TaskState,
         job_result,
     )
-    from tsky.spec.pool_state import (
+    from tsky.contract.pool_state import (
         GRANT_SIGNAL,
         RELEASE_SIGNAL,
         REQUEST_SIGNAL,

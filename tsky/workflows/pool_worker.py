@@ -27,7 +27,7 @@ from temporalio.workflow import ActivityCancellationType
 T = TypeVar("T")
 
 with workflow.unsafe.imports_passed_through():
-    from tsky.spec.activity_io import (
+    from tsky.contract.activity_io import (
         ActivityName,
         ClusterInfo,
         ErrorType,
@@ -43,9 +43,9 @@ with workflow.unsafe.imports_passed_through():
         TeardownInput,
         WatchClusterInput,
     )
-    from tsky.spec.ids import LAUNCH_QUEUE, WATCH_QUEUE, pool_workflow_id
-    from tsky.spec.logs import pool_worker_log_path
-    from tsky.spec.pool_state import POOL_WORKER_WORKFLOW, REPORT_SIGNAL, WorkerInput, WorkerReport
+    from tsky.contract.ids import LAUNCH_QUEUE, WATCH_QUEUE, pool_workflow_id
+    from tsky.contract.logs import pool_worker_log_path
+    from tsky.contract.pool_state import POOL_WORKER_WORKFLOW, REPORT_SIGNAL, WorkerInput, WorkerReport
     from tsky.spec.requests import Candidate
     from tsky.spec.status import PoolWorkerStatus
     from tsky.workflows.calls import call_activity
