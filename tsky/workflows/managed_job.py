@@ -26,9 +26,9 @@ from temporalio import workflow
 from temporalio.exceptions import FailureError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
-    from tsky.spec import scheduling
-    from tsky.spec.ids import cluster_name
-    from tsky.spec.job import (
+    from tsky.contract import scheduling
+    from tsky.contract.ids import cluster_name
+    from tsky.contract.job import (
         GRACEFUL_CANCEL_SIGNAL,
         Attempt,
         GracefulCancel,
@@ -38,7 +38,7 @@ with workflow.unsafe.imports_passed_through():
         TaskState,
         job_result,
     )
-    from tsky.spec.pool_state import GRANT_SIGNAL, PoolGrant
+    from tsky.contract.pool_state import GRANT_SIGNAL, PoolGrant
     from tsky.spec.requests import Candidate
     from tsky.spec.status import ManagedJobStatus
     from tsky.spec.storage import writes_back

@@ -22,10 +22,10 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
-    from tsky.spec.activity_io import ActivityName, ClusterInfo, JobMeta, WatchClusterInput
-    from tsky.spec.ids import WATCH_QUEUE, pool_workflow_id
-    from tsky.spec.logs import pool_worker_log_path
-    from tsky.spec.pool_state import POOL_WORKER_WORKFLOW, REPORT_SIGNAL, WorkerInput, WorkerReport
+    from tsky.contract.activity_io import ActivityName, ClusterInfo, JobMeta, WatchClusterInput
+    from tsky.contract.ids import WATCH_QUEUE, pool_workflow_id
+    from tsky.contract.logs import pool_worker_log_path
+    from tsky.contract.pool_state import POOL_WORKER_WORKFLOW, REPORT_SIGNAL, WorkerInput, WorkerReport
     from tsky.spec.requests import Candidate
     from tsky.spec.status import PoolWorkerStatus
     from tsky.workflows import cluster_lifecycle as lifecycle
