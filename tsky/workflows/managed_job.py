@@ -26,6 +26,9 @@ from temporalio import workflow
 from temporalio.exceptions import FailureError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
+    import tsky.workflows.cluster_lifecycle as lifecycle
+    import tsky.workflows.pool_lease as pool_lease
+    import tsky.workflows.running_slot as running_slot
     from tsky.contract.names import Query, Signal, WorkflowType
     from tsky.spec.ids import cluster_name
     from tsky.spec.job import (
@@ -42,8 +45,6 @@ with workflow.unsafe.imports_passed_through():
     from tsky.spec.status import ManagedJobStatus
     from tsky.spec.storage import writes_back
     from tsky.spec.task import Storage, Task
-    from tsky.workflows import cluster_lifecycle as lifecycle
-    from tsky.workflows import pool_lease, running_slot
     from tsky.workflows.job_phases import run_phases
     from tsky.workflows.job_state import JobRun, TaskEnded, is_own_bug
     from tsky.workflows.job_teardown import cleanup_job, release_cluster

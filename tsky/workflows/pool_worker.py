@@ -22,6 +22,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
+    import tsky.workflows.cluster_lifecycle as lifecycle
     from tsky.contract.names import Query, Signal, WorkflowType
     from tsky.spec.activity_io import ActivityName, ClusterInfo, JobMeta, WatchClusterInput
     from tsky.spec.ids import WATCH_QUEUE, pool_workflow_id
@@ -29,7 +30,6 @@ with workflow.unsafe.imports_passed_through():
     from tsky.spec.pool_state import WorkerInput, WorkerReport
     from tsky.spec.requests import Candidate
     from tsky.spec.status import PoolWorkerStatus
-    from tsky.workflows import cluster_lifecycle as lifecycle
     from tsky.workflows.shield import to_the_end
 
 W = PoolWorkerStatus
