@@ -51,6 +51,7 @@ with workflow.unsafe.imports_passed_through():
     from tsky.contract.activity_io import ActivityName, AllocateJobInput, AllocateJobResult, JobResultInput
     from tsky.contract.ids import CONTROL_QUEUE, job_workflow_id
     from tsky.contract.job import JobRequest, JobResult
+    from tsky.contract.names import WorkflowType
     from tsky.spec.storage import UploadLocation
     from tsky.spec.task import Pipeline
 
@@ -169,7 +170,7 @@ async def start_managed_job(job: ChildJob) -> ManagedJobHandle:
     )
     workflow_id = job_workflow_id(req.job_id)
     handle: ChildWorkflowHandle[object, JobResult] = await workflow.start_child_workflow(
-        job_start.WORKFLOW_TYPE,
+        WorkflowType.MANAGED_JOB,
         req,
         id=workflow_id,
         task_queue=CONTROL_QUEUE,

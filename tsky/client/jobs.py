@@ -28,15 +28,10 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from tsky.contract import job_start
 from tsky.contract import search_attributes as sa
-from tsky.contract.id_registry import (
-    ALLOCATE_UPDATE,
-    ID_REGISTRY_WORKFLOW,
-    NEXT_ID_QUERY,
-    AllocateRequest,
-    RegistryState,
-)
+from tsky.contract.id_registry import AllocateRequest, RegistryState
 from tsky.contract.ids import CONTROL_QUEUE, ID_REGISTRY_WORKFLOW_ID, job_workflow_id
-from tsky.contract.job import GRACEFUL_CANCEL_SIGNAL, GracefulCancel, JobPolicy, JobRequest, JobResult, TaskState
+from tsky.contract.job import GracefulCancel, JobPolicy, JobRequest, JobResult, TaskState
+from tsky.contract.names import Query, Signal, Update, WorkflowType
 from tsky.ops.uploads import Uploader
 from tsky.ops.uploads import UploadError as UploadError
 from tsky.spec.secrets import load_key, seal
@@ -51,14 +46,14 @@ _START_CONCURRENCY = 64
 async def allocate_job_ids(client: Client, count: int) -> int:
     """Reserve `count` consecutive job ids; returns the first. Safe to retry (one update id)."""
     start: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
-        ID_REGISTRY_WORKFLOW,
+        WorkflowType.ID_REGISTRY,
         RegistryState(),
         id=ID_REGISTRY_WORKFLOW_ID,
         task_queue=CONTROL_QUEUE,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
     )
     return await client.execute_update_with_start_workflow(
-        ALLOCATE_UPDATE,
+        Update.ALLOCATE_JOB_IDS,
         AllocateRequest(count=count),
         start_workflow_operation=start,
         id=f"allocate-{uuid.uuid4()}",
@@ -68,7 +63,7 @@ async def allocate_job_ids(client: Client, count: int) -> int:
 
 async def start_job(client: Client, req: JobRequest) -> WorkflowHandle[Any, Any]:
     return await client.start_workflow(
-        job_start.WORKFLOW_TYPE,
+        WorkflowType.MANAGED_JOB,
         req,
         id=job_workflow_id(req.job_id),
         task_queue=CONTROL_QUEUE,
@@ -170,7 +165,7 @@ def _quoted(value: str) -> str:
 
 
 def _query(user: str | None, extra: str = "") -> str:
-    query = "WorkflowType = 'ManagedJob'"
+    query = f"WorkflowType = '{WorkflowType.MANAGED_JOB}'"
     if user is not None:
         query += f" AND {sa.USER.name} = {_quoted(user)}"
     return query + extra
@@ -233,7 +228,7 @@ async def next_job_id(client: Client) -> int | None:
     worker) or no job was ever submitted."""
     handle = client.get_workflow_handle(ID_REGISTRY_WORKFLOW_ID)
     try:
-        return await handle.query(NEXT_ID_QUERY, result_type=int, rpc_timeout=timedelta(seconds=5))
+        return await handle.query(Query.NEXT_JOB_ID, result_type=int, rpc_timeout=timedelta(seconds=5))
     except RPCError:
         return None
 
@@ -298,7 +293,7 @@ async def cancel(client: Client, job_ids: list[int], grace_seconds: float | None
         async with semaphore:
             handle = client.get_workflow_handle(job_workflow_id(job_id))
             if grace_seconds is not None:
-                await handle.signal(GRACEFUL_CANCEL_SIGNAL, GracefulCancel(grace_seconds=grace_seconds))
+                await handle.signal(Signal.GRACEFUL_CANCEL, GracefulCancel(grace_seconds=grace_seconds))
             await handle.cancel()
 
     await asyncio.gather(*(one(j) for j in job_ids))

@@ -20,20 +20,10 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError
 
 from tsky.client.jobs import JobRow, row_from_execution
-from tsky.contract import job_start
 from tsky.contract import search_attributes as sa
 from tsky.contract.ids import CONTROL_QUEUE, pool_workflow_id
-from tsky.contract.pool_state import (
-    APPLY_UPDATE,
-    CURRENT_VERSION_QUERY,
-    POOL_WORKFLOW,
-    SNAPSHOT_QUERY,
-    ApplyResult,
-    PoolApply,
-    PoolSnapshot,
-    PoolState,
-    PoolVersion,
-)
+from tsky.contract.names import Query, Update, WorkflowType
+from tsky.contract.pool_state import ApplyResult, PoolApply, PoolSnapshot, PoolState, PoolVersion
 from tsky.ops.pool_queries import pool_runs
 from tsky.spec.task import Task
 
@@ -54,7 +44,7 @@ class PoolUpdateRejected(Exception):
 async def apply(client: Client, name: str, req: PoolApply) -> ApplyResult:
     """Create the pool (its workflow) if needed and apply the new version, in one atomic call."""
     start: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
-        POOL_WORKFLOW,
+        WorkflowType.POOL,
         PoolState(name=name),
         id=pool_workflow_id(name),
         task_queue=CONTROL_QUEUE,
@@ -63,7 +53,7 @@ async def apply(client: Client, name: str, req: PoolApply) -> ApplyResult:
     )
     try:
         return await client.execute_update_with_start_workflow(
-            APPLY_UPDATE,
+            Update.POOL_APPLY,
             req,
             start_workflow_operation=start,
             id=f"apply-{uuid.uuid4()}",
@@ -77,29 +67,27 @@ async def get_pool(client: Client, name: str) -> PoolSnapshot | None:
     """The pool's snapshot, or None when no such pool is running."""
     if not await pool_runs(client, name):
         return None
-    return await client.get_workflow_handle(pool_workflow_id(name)).query(SNAPSHOT_QUERY, result_type=PoolSnapshot)
+    return await client.get_workflow_handle(pool_workflow_id(name)).query(Query.POOL_SNAPSHOT, result_type=PoolSnapshot)
 
 
 async def current_version(client: Client, name: str) -> PoolVersion | None:
     if not await pool_runs(client, name):
         return None
-    return await client.get_workflow_handle(pool_workflow_id(name)).query(
-        CURRENT_VERSION_QUERY, result_type=PoolVersion
-    )
+    return await client.get_workflow_handle(pool_workflow_id(name)).query(Query.POOL_VERSION, result_type=PoolVersion)
 
 
 async def list_pools(client: Client) -> list[PoolSnapshot]:
     """Every running pool, by name (one visibility query, then one query per pool)."""
-    query = f"WorkflowType = '{POOL_WORKFLOW}' AND ExecutionStatus = 'Running'"
+    query = f"WorkflowType = '{WorkflowType.POOL}' AND ExecutionStatus = 'Running'"
     ids = sorted({e.id async for e in client.list_workflows(query)})
-    snapshots = [await client.get_workflow_handle(i).query(SNAPSHOT_QUERY, result_type=PoolSnapshot) for i in ids]
+    snapshots = [await client.get_workflow_handle(i).query(Query.POOL_SNAPSHOT, result_type=PoolSnapshot) for i in ids]
     return sorted(snapshots, key=lambda p: p.name)
 
 
 async def pool_jobs(client: Client, name: str) -> list[JobRow]:
     """The pool's jobs still in progress (their workflows running), oldest first."""
     quoted = "'" + name.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    query = f"WorkflowType = '{job_start.WORKFLOW_TYPE}' AND {sa.POOL.name} = {quoted} AND ExecutionStatus = 'Running'"
+    query = f"WorkflowType = '{WorkflowType.MANAGED_JOB}' AND {sa.POOL.name} = {quoted} AND ExecutionStatus = 'Running'"
     rows = [await row_from_execution(e) async for e in client.list_workflows(query)]
     return sorted((r for r in rows if not r.status.is_terminal()), key=lambda r: r.job_id)
 
@@ -115,9 +103,7 @@ async def job_worker(client: Client, job_id: int) -> str | None:
     from tsky.contract.job import JobState
 
     try:
-        state = await client.get_workflow_handle(job_workflow_id(job_id)).query(
-            job_start.STATE_QUERY, result_type=JobState
-        )
+        state = await client.get_workflow_handle(job_workflow_id(job_id)).query(Query.JOB_STATE, result_type=JobState)
     except RPCError:
         return None
     task = state.current_task()
