@@ -6,10 +6,11 @@ The rate at which the engine launches jobs, and cancels them, is bounded by how 
 activity tasks and history events each one costs (each is a few database writes on the server). This
 script starts its own dev server (SQLite file) and worker in a temp TSKY_HOME, runs `--jobs` hello jobs
 (`run: echo hello`) to the end and `--jobs` jobs that are cancelled while RUNNING, and prints, per job:
-workflow tasks, activity tasks by name, local activities (markers), search-attribute and memo upserts,
-history events and size, split into "until RUNNING" (up to the run activity's start) and the rest, and
-for a cancel, from the cancel request on. A one-activity workflow's figures are printed beside them
-(2 workflow tasks, 1 activity task): the bare rate `bench/scale.py` compares against. Counts, not
+workflow tasks, activity tasks by name, markers (local activities and `workflow.patched` markers),
+search-attribute upserts (with the patches' TemporalChangeVersion) and memo upserts, history events and
+size, split into "until RUNNING" (up to the run activity's scheduling) and the rest, and for a cancel,
+from the cancel request on. A one-activity workflow's figures are printed above them: the unit of the
+bare rate `bench/scale.py` compares against. Counts, not
 timings, so a loaded machine changes nothing but the wall time; the load average is printed anyway.
 """
 
@@ -32,6 +33,7 @@ from temporalio.client import Client, WorkflowHistory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import trivial
 from bench._stack import Stack, machine
 from tsky.client import jobs as api
 from tsky.contract.activity_io import ActivityName
@@ -76,7 +78,7 @@ class Cost:
         )
 
 
-HEADER = "  stretch (per job)        WFTs   ATs   LAs   SAs  memo events     KiB   activity tasks"
+HEADER = "  stretch (per job)        WFTs   ATs  mark   SAs  memo events     KiB   activity tasks"
 
 
 def split(history: WorkflowHistory, at: EventType.ValueType, activity: str | None = None) -> tuple[Cost, Cost]:
@@ -136,8 +138,25 @@ async def cancelled(client: Client, stack: Stack, jobs: int) -> list[WorkflowHis
     return await histories(client, ids)
 
 
+async def bare(client: Client, stack: Stack) -> WorkflowHistory:
+    """The history of one one-activity workflow (the unit of `bench/scale.py`'s bare rate)."""
+    worker = stack.spawn([sys.executable, "-m", "bench.trivial", stack.address, "default"], "trivial")
+    try:
+        handle = await client.start_workflow(
+            trivial.Trivial.run, 1, id=f"trivial-{uuid.uuid4().hex[:8]}", task_queue=trivial.QUEUE
+        )
+        await handle.result()
+        return await handle.fetch_history()
+    finally:
+        worker.terminate()
+        worker.wait()
+
+
 async def bench(stack: Stack, jobs: int) -> None:
     client = await stack.client()
+    unit = Cost()
+    for event in (await bare(client, stack)).events:
+        unit.add(event)
     done = await hello(client, stack, jobs)
     stopped = await cancelled(client, stack, jobs)
     started = EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
@@ -147,7 +166,7 @@ async def bench(stack: Stack, jobs: int) -> None:
     print(f"\nengine round-trips per job ({jobs} of each; dev server on SQLite, one worker, local infra)")
     print(f"load average at the end: {load} (counts do not depend on it)")
     print(HEADER)
-    print("  one-activity workflow       2.0   1.0   0.0   0.0   0.0   11.0       -   (the bare rate's unit)")
+    print(unit.row("one-activity workflow", 1))
     print(total([b for b, _ in launch]).row("hello: until RUNNING", jobs))
     print(total([a for _, a in launch]).row("hello: RUNNING to end", jobs))
     print(total([c for pair in launch for c in pair]).row("hello: whole job", jobs))
