@@ -12,6 +12,7 @@ from typing import Any
 from temporalio import activity
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -183,6 +184,31 @@ async def time_skipping_env() -> WorkflowEnvironment:
 
 
 @asynccontextmanager
+async def serving(
+    client: Client,
+    cloud: FakeCloud,
+    *,
+    control: Sequence[Callable[..., Any]] = (),
+    launch: Sequence[Callable[..., Any]] = (),
+    watch: Sequence[Callable[..., Any]] = (),
+) -> AsyncIterator[None]:
+    """tsky's three task queues served by the real workflows and `cloud`'s fakes (plus any extra
+    activities per queue), on whatever server `client` talks to."""
+    async with (
+        Worker(
+            client,
+            task_queue=CONTROL_QUEUE,
+            workflows=WORKFLOWS,
+            activities=[cloud.controller_log, *control],
+            workflow_runner=workflow_runner(),
+        ),
+        Worker(client, task_queue=LAUNCH_QUEUE, activities=[*cloud.activities(), *launch]),
+        Worker(client, task_queue=WATCH_QUEUE, activities=[cloud.run, cloud.stop, *watch]),
+    ):
+        yield
+
+
+@asynccontextmanager
 async def running(
     cloud: FakeCloud,
     *,
@@ -195,17 +221,7 @@ async def running(
     the next."""
     env = await time_skipping_env()
     try:
-        async with (
-            Worker(
-                env.client,
-                task_queue=CONTROL_QUEUE,
-                workflows=WORKFLOWS,
-                activities=[cloud.controller_log, *control],
-                workflow_runner=workflow_runner(),
-            ),
-            Worker(env.client, task_queue=LAUNCH_QUEUE, activities=[*cloud.activities(), *launch]),
-            Worker(env.client, task_queue=WATCH_QUEUE, activities=[cloud.run, cloud.stop, *watch]),
-        ):
+        async with serving(env.client, cloud, control=control, launch=launch, watch=watch):
             yield env
     finally:
         await env.shutdown()
