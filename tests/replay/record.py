@@ -38,7 +38,7 @@ from tests.workflows.test_teardown import FlakyTeardownCloud
 from tsky.activities.job_ids import JobIdActivities
 from tsky.activities.scheduling import request_slot
 from tsky.cli.api import allocate_job_ids
-from tsky.spec.activity_io import ActivityName, SweepInput, SweepResult
+from tsky.spec.activity_io import ActivityName, PhaseInput, PhaseResult, SweepInput, SweepResult
 from tsky.spec.ids import (
     CONTROL_QUEUE,
     ID_REGISTRY_WORKFLOW_ID,
@@ -83,7 +83,7 @@ UPLOADED = BucketURL(store="s3", bucket="tsky-uploads-abcd1234", prefix="job-1")
 FILES = "name: train\nfile_mounts:\n  /scratch: {name: train-scratch, store: s3, persistent: false}\nrun: x\n"
 AUTOSCALING_POOL = (
     "pool:\n  min_workers: 0\n  max_workers: 2\n  queue_length_threshold: 1\n"
-    "  upscale_delay_seconds: 20\n  downscale_delay_seconds: 60\nsetup: echo warm\n"
+    "  upscale_delay_seconds: 1\n  downscale_delay_seconds: 2\nsetup: echo warm\n"
 )
 
 Handle = WorkflowHandle[Any, Any]
@@ -260,14 +260,16 @@ async def _scheduler_continues_as_new_then_reconciles(world: World) -> None:
     continues as new carrying both. Job 1 is then terminated (no release): the next run's reconcile finds
     it ended and grants job 2."""
     start = await world.client.start_workflow(
-        SchedulerWorkflow.run, SchedulerState(actions_per_run=3), id=SCHEDULER_WORKFLOW_ID, task_queue=CONTROL_QUEUE
+        SchedulerWorkflow.run,
+        SchedulerState(actions_per_run=3, reconcile_seconds=1),
+        id=SCHEDULER_WORKFLOW_ID,
+        task_queue=CONTROL_QUEUE,
     )
     first = await start_job(world, SPOT_JOB, 1, policy=LIMITED)
     await asyncio.wait_for(world.cloud.run_started.wait(), 30)
     second = await start_job(world, SPOT_JOB, 2, policy=LIMITED)
     await wait_for("a second run", lambda: _has_runs(world.client, SCHEDULER_WORKFLOW_ID, start, 2))
     await first.terminate("the holder dies without a word")
-    await world.sleep(90)  # past the reconcile interval (60 s)
     await wait_for("job 2 running", lambda: _running(second))
     await second.cancel()
     await expect_cancelled(second)
@@ -446,12 +448,24 @@ async def _autoscaled(world: World) -> None:
         )
     for handle in jobs:
         await handle.result()
-    await world.sleep(120)  # past the downscale delay
+    # (Idle workers' watchers run on: the server's clock cannot skip, so the delays are short and real.)
     await wait_for("scaled to zero", lambda: _no_live_workers(world.client))
-    snap = await pool_snapshot(world.client)
     await down(world)
-    assert snap.target == 0
+    assert len(world.cloud.launched) == 2, "the pool never grew to its second worker"
     keep_pool(world)
+
+
+@dataclass
+class SlowRunCloud(FakeCloud):
+    """Every run takes a (real) second, so jobs queue up long enough for the autoscaler to react."""
+
+    @activity.defn(name=ActivityName.RUN)
+    async def run(self, inp: PhaseInput) -> PhaseResult:
+        self.phases.append((inp.phase, inp.cluster.name, inp.attempt))
+        for _ in range(20):
+            activity.heartbeat()
+            await asyncio.sleep(0.05)
+        return PhaseResult(exit_codes=[0] * len(inp.cluster.nodes))
 
 
 async def _no_live_workers(client: Client) -> bool:
@@ -608,7 +622,7 @@ SCENARIOS: list[Scenario] = [
     Scenario("setup_fails_three_times", _setup_fails, cloud(setup_script=[[1], [1], [1]])),
     Scenario("rolling_update", _rolling_update),
     Scenario("resized_down_then_up", _resized),
-    Scenario("autoscaled_up_then_to_zero", _autoscaled),
+    Scenario("autoscaled_up_then_to_zero", _autoscaled, SlowRunCloud),
     Scenario("down_while_a_job_waits", _down_while_a_job_waits, cloud(full=[{"a", "b"}] * 100)),
     Scenario("pool_continues_as_new", _pool_continues_as_new, suggest_continue_as_new_after=60),
     # a user's workflow with managed jobs as children
