@@ -30,7 +30,8 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from tests.harness import EXAMPLES, DevServer
+from tests.harness import DevServer
+from tests.replay.examples import child_workflow_example
 from tests.workflows.fakes import LOST, PRECHECK, UNREACHABLE, FakeCloud, serving, time_skipping_env
 from tests.workflows.test_pool_workflow import LOSE_WHEN_IDLE, POOL, apply_pool, run_pool_job, watch_cluster
 from tests.workflows.test_recovery_table import CKPT_JOB, SPOT_JOB, request
@@ -529,29 +530,20 @@ async def _pool_has_runs(client: Client, first_run: str, count: int) -> bool:
 # -- a user's parent workflow (examples/child_workflow.py) ---------------------------------------------------
 
 
-def _example() -> object:
-    """The example's module, importable by name so the workflow sandbox can re-import it."""
-    if str(EXAMPLES) not in sys.path:
-        sys.path.insert(0, str(EXAMPLES))
-    import child_workflow
-
-    return child_workflow
-
-
 def parent(how: str) -> Run:
     """The example's TrainThenEval on its own queue, with tsky's real job-id activities."""
 
     async def run(world: World) -> None:
-        example = _example()
+        example = child_workflow_example()
         from tsky.workflows.child import ChildJob
 
-        train = ChildJob(pipeline=load_pipeline(example.TRAIN))  # type: ignore[attr-defined]
-        evaluate = ChildJob(pipeline=load_pipeline(example.EVAL))  # type: ignore[attr-defined]
-        inp = example.TrainThenEvalInput(train=train, evaluate=evaluate)  # type: ignore[attr-defined]
+        train = ChildJob(pipeline=load_pipeline(example.TRAIN))
+        evaluate = ChildJob(pipeline=load_pipeline(example.EVAL))
+        inp = example.TrainThenEvalInput(train=train, evaluate=evaluate)
         async with Worker(
             world.client,
             task_queue=PARENT_QUEUE,
-            workflows=[example.TrainThenEval],  # type: ignore[attr-defined]
+            workflows=[example.TrainThenEval],
             workflow_runner=workflow_runner(),
         ):
             handle = await world.client.start_workflow(
@@ -624,7 +616,7 @@ SCENARIOS: list[Scenario] = [
     Scenario("resized_down_then_up", _resized),
     Scenario("autoscaled_up_then_to_zero", _autoscaled, SlowRunCloud),
     Scenario("down_while_a_job_waits", _down_while_a_job_waits, cloud(full=[{"a", "b"}] * 100)),
-    Scenario("pool_continues_as_new", _pool_continues_as_new, suggest_continue_as_new_after=60),
+    Scenario("pool_continues_as_new", _pool_continues_as_new, suggest_continue_as_new_after=25),
     # a user's workflow with managed jobs as children
     Scenario("train_then_eval", parent("finish")),
     Scenario("training_failed_skips_eval", parent("finish"), cloud(run_script=[[1]])),
