@@ -77,6 +77,8 @@ FAILOVER = (
     "name: t\nresources:\n  use_spot: true\n  job_recovery:\n    strategy: FAILOVER\n"
     "    max_restarts_on_errors: 1\nsetup: s\nrun: x\n"
 )
+SETUP = "name: train\nresources:\n  use_spot: true\nsetup: pip install x\nrun: python train.py\n"
+NO_RECOVERY = "name: t\nresources:\n  use_spot: true\n  job_recovery: none\nrun: x\n"
 EXIT_CODES = "name: t\nresources:\n  job_recovery:\n    recover_on_exit_codes: [33]\nrun: x\n"
 # What `tsky jobs launch` submits for a job with a local workdir (uploaded, then removed when the job ends)
 # and a bucket of its own (`persistent: false`, deleted when the job ends).
@@ -216,6 +218,35 @@ async def _cancelled_in_backoff(world: World) -> None:
         await handle.cancel()
     await expect_cancelled(handle)
     world.keep(JOB, "", handle)
+
+
+async def _cancelled_in_recovery(world: World) -> None:
+    """Preempted, then every region is full: cancelled while RECOVERING in backoff."""
+    handle = await start_job(world, SPOT_JOB)
+    assert world.env is not None
+    with world.env.auto_time_skipping_disabled():
+        await wait_for("a relaunch in backoff", lambda: _launches(world.cloud, 2))
+        await handle.cancel()
+    await expect_cancelled(handle)
+    world.keep(JOB, "", handle)
+
+
+async def _cancelled_in_setup(world: World) -> None:
+    """Cancelled while setup runs; setup then ends on its own: the workflow stops it and never runs `run`."""
+    gate = world.cloud.setup_gate
+    assert world.env is not None and gate is not None
+    handle = await start_job(world, "name: train\nsetup: sleep 20\nrun: sleep 600\n")
+    with world.env.auto_time_skipping_disabled():
+        await asyncio.wait_for(world.cloud.setup_started.wait(), 30)
+        await handle.cancel()
+        await wait_for("CANCELLING", lambda: _status_is(handle, ManagedJobStatus.CANCELLING))
+        gate.set()
+    await expect_cancelled(handle)
+    world.keep(JOB, "", handle)
+
+
+async def _status_is(handle: Handle, status: ManagedJobStatus) -> bool:
+    return (await job_state(handle)).tasks[0].status is status
 
 
 async def _in_backoff(handle: Handle) -> bool:
@@ -596,6 +627,17 @@ SCENARIOS: list[Scenario] = [
     Scenario("failed_prechecks_bucket_cannot_mount", job(CKPT_JOB), cloud(sync_script=[PRECHECK])),
     Scenario("teardown_gave_up", job(SPOT_JOB), lambda: FlakyTeardownCloud(failures=-1)),
     Scenario("pool_does_not_exist", _pool_missing),
+    Scenario("preempted_during_setup", job(SETUP), cloud(setup_script=[LOST, [0]])),
+    Scenario("setup_failed", job(SETUP), cloud(setup_script=[[2]])),
+    Scenario("no_recovery_fails_on_preemption", job(NO_RECOVERY), cloud(run_script=[LOST])),
+    Scenario("failed_controller_plan_broken", job(SPOT_JOB), cloud(plan_broken=True)),
+    Scenario("no_run_command_is_done_at_once", job("name: t\nsetup: echo nothing to run\n")),
+    Scenario(
+        "cancelled_during_recovery_backoff",
+        _cancelled_in_recovery,
+        cloud(run_script=[LOST], full=[set()] + [{"a", "b"}] * 100),
+    ),
+    Scenario("cancelled_during_setup", _cancelled_in_setup, lambda: FakeCloud(setup_gate=asyncio.Event())),
     # the scheduler, the id registry, the sweeper
     Scenario("three_allocations", _registry),
     Scenario("second_job_waits_for_a_slot", _scheduled),
