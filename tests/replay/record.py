@@ -32,7 +32,7 @@ from temporalio.worker import Worker
 
 from tests.harness import DevServer
 from tests.replay.examples import child_workflow_example
-from tests.workflows.fakes import LOST, PRECHECK, UNREACHABLE, FakeCloud, serving, time_skipping_env
+from tests.workflows.fakes import LOST, PRECHECK, UNREACHABLE, FakeCloud, ended_jobs, serving, time_skipping_env
 from tests.workflows.test_pool_workflow import LOSE_WHEN_IDLE, POOL, apply_pool, run_pool_job, watch_cluster
 from tests.workflows.test_recovery_table import CKPT_JOB, SPOT_JOB, request
 from tests.workflows.test_teardown import FlakyTeardownCloud
@@ -52,7 +52,7 @@ from tsky.spec.ids import (
 from tsky.spec.job import GRACEFUL_CANCEL_SIGNAL, GracefulCancel, JobRequest, JobState
 from tsky.spec.loader import load_pipeline
 from tsky.spec.pool_state import POOL_WORKER_WORKFLOW, POOL_WORKFLOW, PoolSnapshot
-from tsky.spec.scheduling import EndedJobsInput, SchedulerState
+from tsky.spec.scheduling import SchedulerState
 from tsky.spec.settings import Settings
 from tsky.spec.status import ManagedJobStatus, PoolWorkerStatus
 from tsky.spec.storage import BucketURL, UploadLocation
@@ -309,17 +309,6 @@ async def _scheduler_continues_as_new_then_reconciles(world: World) -> None:
     chain = await runs(world.client, SCHEDULER_WORKFLOW_ID, start.first_execution_run_id)
     world.keep(SCHEDULER, "first_run", chain[0])
     world.keep(SCHEDULER, "next_run", chain[1])
-
-
-@activity.defn(name=ActivityName.ENDED_JOBS)
-async def ended_jobs(inp: EndedJobsInput) -> list[int]:
-    """The real activity asks visibility, which the time-skipping server lacks: ask each workflow."""
-    ended = []
-    for job_id in inp.job_ids:
-        description = await activity.client().get_workflow_handle(job_workflow_id(job_id)).describe()
-        if description.close_time is not None:
-            ended.append(job_id)
-    return ended
 
 
 async def _waiting(scheduler: Handle, job_id: int) -> bool:
