@@ -520,6 +520,21 @@ async def _down_while_a_job_waits(world: World) -> None:
     world.keep(JOB, "job", job_handle)
 
 
+async def _pool_terminated(world: World) -> None:
+    """The pool's workflow is terminated while its worker runs setup: the worker's next report finds no
+    pool, and it tears itself down."""
+    gate = world.cloud.setup_gate
+    assert world.env is not None and gate is not None
+    await apply_pool(world.client, "pool:\n  workers: 1\nsetup: echo warm\n")
+    await asyncio.wait_for(world.cloud.setup_started.wait(), 30)
+    await world.client.get_workflow_handle(pool_workflow_id("p")).terminate("removed by hand")
+    gate.set()
+    worker = world.client.get_workflow_handle(pool_worker_workflow_id("p", 1))
+    await worker.result()
+    assert world.cloud.torn_down == ["p-w1"]
+    world.keep(POOL_WORKER_WORKFLOW, "", worker)
+
+
 async def _queued(client: Client, job_id: int) -> bool:
     return job_id in (await pool_snapshot(client)).queued_jobs
 
@@ -647,6 +662,7 @@ SCENARIOS: list[Scenario] = [
     Scenario("resized_down_then_up", _resized),
     Scenario("autoscaled_up_then_to_zero", _autoscaled, SlowRunCloud),
     Scenario("down_while_a_job_waits", _down_while_a_job_waits, cloud(full=[{"a", "b"}] * 100)),
+    Scenario("pool_terminated_under_its_worker", _pool_terminated, lambda: FakeCloud(setup_gate=asyncio.Event())),
     Scenario("pool_continues_as_new", _pool_continues_as_new, suggest_continue_as_new_after=25),
     # a user's workflow with managed jobs as children
     Scenario("train_then_eval", parent("finish")),
