@@ -27,7 +27,9 @@ RECORD = "record one with `python -m tests.replay.record` and list it in tests/r
 
 
 def type_name(cls: type) -> str:
-    return workflow._Definition.must_from_class(cls).name
+    name = workflow._Definition.must_from_class(cls).name
+    assert name is not None, f"{cls.__name__} is a dynamic workflow"
+    return name
 
 
 def user_workflows() -> list[type]:

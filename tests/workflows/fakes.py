@@ -161,7 +161,7 @@ class FakeCloud:
     async def controller_log(self, inp: ControllerLogInput) -> None:
         self.log.extend(inp.lines)
 
-    def activities(self) -> list[object]:
+    def activities(self) -> list[Callable[..., Any]]:
         return [self.plan, self.launch, self.sync, self.setup, self.run, self.stop, self.teardown, self.cleanup_job]
 
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from temporalio.client import WorkflowHandle
+from temporalio.client import Client, WorkflowHandle
 
 from tests.workflows.fakes import FakeCloud, ended_jobs, running
 from tests.workflows.test_recovery_table import SPOT_JOB, request
 from tsky.activities.scheduling import request_slot
 from tsky.spec.ids import CONTROL_QUEUE, SCHEDULER_WORKFLOW_ID, job_workflow_id
-from tsky.spec.job import JobState
+from tsky.spec.job import JobResult, JobState
 from tsky.spec.scheduling import SchedulerState
 from tsky.spec.status import ManagedJobStatus as S
 from tsky.workflows.managed_job import ManagedJobWorkflow
@@ -56,13 +56,13 @@ async def test_a_job_waiting_behind_a_terminated_holder_gets_its_slot() -> None:
     assert state.tasks[0].status is S.RUNNING, state.tasks[0].details
 
 
-async def _start(client: object, job_id: int) -> WorkflowHandle[ManagedJobWorkflow, object]:
+async def _start(client: Client, job_id: int) -> WorkflowHandle[ManagedJobWorkflow, JobResult]:
     req = request(SPOT_JOB, job_id=job_id)
     req = req.model_copy(update={"policy": req.policy.model_copy(update={"max_running_jobs": 1})})
-    return await client.start_workflow(  # type: ignore[attr-defined,no-any-return]
+    return await client.start_workflow(
         ManagedJobWorkflow.run, req, id=job_workflow_id(job_id), task_queue=CONTROL_QUEUE
     )
 
 
-async def _state(handle: WorkflowHandle[ManagedJobWorkflow, object]) -> JobState:
+async def _state(handle: WorkflowHandle[ManagedJobWorkflow, JobResult]) -> JobState:
     return await handle.query(ManagedJobWorkflow.state)
