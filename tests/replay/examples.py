@@ -1,5 +1,5 @@
 """Users' own workflows whose histories are replayed too: examples/child_workflow.py, which uses the
-child-job helpers (tsky.workflows.child). Its commands are part of every such user's history."""
+child-job helpers (tsky.client.child). Its commands are part of every such user's history."""
 
 from __future__ import annotations
 

@@ -38,9 +38,10 @@ from tests.workflows.test_recovery_table import CKPT_JOB, SPOT_JOB, request
 from tests.workflows.test_teardown import FlakyTeardownCloud
 from tsky.activities.job_ids import JobIdActivities
 from tsky.activities.scheduling import request_slot
-from tsky.cli.api import allocate_job_ids
-from tsky.spec.activity_io import ActivityName, PhaseInput, PhaseResult, SweepInput, SweepResult
-from tsky.spec.ids import (
+from tsky.client.connect import DATA_CONVERTER
+from tsky.client.jobs import allocate_job_ids
+from tsky.contract.activity_io import ActivityName, PhaseInput, PhaseResult, SweepInput, SweepResult
+from tsky.contract.ids import (
     CONTROL_QUEUE,
     ID_REGISTRY_WORKFLOW_ID,
     SCHEDULER_WORKFLOW_ID,
@@ -49,14 +50,13 @@ from tsky.spec.ids import (
     pool_worker_workflow_id,
     pool_workflow_id,
 )
-from tsky.spec.job import GRACEFUL_CANCEL_SIGNAL, GracefulCancel, JobRequest, JobState
+from tsky.contract.job import GRACEFUL_CANCEL_SIGNAL, GracefulCancel, JobRequest, JobState
+from tsky.contract.pool_state import POOL_WORKER_WORKFLOW, POOL_WORKFLOW, PoolSnapshot
+from tsky.contract.scheduling import SchedulerState
 from tsky.spec.loader import load_pipeline
-from tsky.spec.pool_state import POOL_WORKER_WORKFLOW, POOL_WORKFLOW, PoolSnapshot
-from tsky.spec.scheduling import SchedulerState
 from tsky.spec.settings import Settings
 from tsky.spec.status import ManagedJobStatus, PoolWorkerStatus
 from tsky.spec.storage import BucketURL, UploadLocation
-from tsky.worker.client import DATA_CONVERTER
 from tsky.worker.main import workflow_runner
 from tsky.workflows.managed_job import ManagedJobWorkflow
 from tsky.workflows.pool import PoolWorkflow
@@ -570,7 +570,7 @@ def parent(how: str) -> Run:
 
     async def run(world: World) -> None:
         example = child_workflow_example()
-        from tsky.workflows.child import ChildJob
+        from tsky.client.child import ChildJob
 
         train = ChildJob(pipeline=load_pipeline(example.TRAIN))
         evaluate = ChildJob(pipeline=load_pipeline(example.EVAL))

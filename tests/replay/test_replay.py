@@ -16,7 +16,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
 from tests.replay.examples import child_workflow_example
-from tsky.worker.client import DATA_CONVERTER
+from tsky.client.connect import DATA_CONVERTER
 from tsky.worker.main import workflow_runner
 from tsky.workflows import WORKFLOWS
 

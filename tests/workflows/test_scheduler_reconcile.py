@@ -11,9 +11,9 @@ from temporalio.client import Client, WorkflowHandle
 from tests.workflows.fakes import FakeCloud, ended_jobs, running
 from tests.workflows.test_recovery_table import SPOT_JOB, request
 from tsky.activities.scheduling import request_slot
-from tsky.spec.ids import CONTROL_QUEUE, SCHEDULER_WORKFLOW_ID, job_workflow_id
-from tsky.spec.job import JobResult, JobState
-from tsky.spec.scheduling import SchedulerState
+from tsky.contract.ids import CONTROL_QUEUE, SCHEDULER_WORKFLOW_ID, job_workflow_id
+from tsky.contract.job import JobResult, JobState
+from tsky.contract.scheduling import SchedulerState
 from tsky.spec.status import ManagedJobStatus as S
 from tsky.workflows.managed_job import ManagedJobWorkflow
 from tsky.workflows.scheduler import SchedulerWorkflow
