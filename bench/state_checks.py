@@ -35,9 +35,9 @@ for _var, _value in {
 os.environ.pop("AWS_PROFILE", None)
 
 from bench._stack import free_port  # noqa: E402
-from tsky.activities.clouds import labels as keys  # noqa: E402
-from tsky.activities.clouds.aws import AwsBackend  # noqa: E402
-from tsky.spec.activity_io import ClusterInfo, NodeInfo  # noqa: E402
+from tsky.contract.activity_io import ClusterInfo, NodeInfo  # noqa: E402
+from tsky.ops.clouds import labels as keys  # noqa: E402
+from tsky.ops.clouds.aws import AwsBackend  # noqa: E402
 from tsky.spec.settings import Settings  # noqa: E402
 
 REGION = "us-east-1"

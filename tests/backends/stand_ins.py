@@ -19,8 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tsky.activities.clouds.addresses import CloudInstance, SSHAddress
-from tsky.activities.clouds.ssh_runner import (
+from tsky.ops.clouds.addresses import CloudInstance, SSHAddress
+from tsky.ops.clouds.ssh_runner import (
     DEFAULT_WORKDIR,
     SSHOptions,
     SSHTarget,
