@@ -4,8 +4,8 @@ Stopping the phase, letting the job's watcher store the processes' last lines, a
 down used to be two activities with the watcher's end between them, four workflow tasks per cancel: in a
 bulk cancel the engine's rate of workflow tasks was the bound. Here they are one activity. The watcher
 stays the only one that copies output (it alone knows its offsets); this activity stops the processes,
-waits until the job has no watcher pending any more (asked from Temporal), and only then tears down, so
-no line the stopped processes printed is lost.
+waits until the job's watcher has returned (in this process when it runs here, the usual case; else
+asked from Temporal), and only then tears down, so no line the stopped processes printed is lost.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from temporalio import activity
 from temporalio.client import Client
 
 from tsky.activities.heartbeat import heartbeating
+from tsky.activities.watch import watcher_here
 from tsky.contract.activity_io import ActivityName, StopAndTeardownInput
 from tsky.ops.clouds import get_backend
 from tsky.spec.settings import Settings
@@ -35,6 +36,9 @@ class CancelActivities:
     async def stop_phase_and_teardown(self, inp: StopAndTeardownInput) -> None:
         stop, teardown = inp.stop, inp.teardown
         backend = get_backend(teardown.backend, self.settings)
+        info = activity.info()
+        assert info.workflow_id is not None and info.workflow_run_id is not None  # always a job's activity
+        beside = watcher_here(info.workflow_id, info.workflow_run_id)  # looked up before the stop ends it
         async with heartbeating(teardown.cluster_name):
             try:
                 nodes = stop.cluster.nodes
@@ -43,14 +47,16 @@ class CancelActivities:
                 )
             except Exception as err:  # e.g. unreachable: the watcher ends by its own window, teardown kills the rest
                 activity.logger.warning("could not stop %s on %s: %s", stop.phase, stop.cluster.name, err)
-            await self._watcher_returned()
+            if beside is not None:
+                await beside.ended.wait()
+            if beside is None or not beside.final:
+                await self._watcher_returned(info.workflow_id, info.workflow_run_id)
             await backend.teardown(teardown.cluster_name, teardown.cluster)
         activity.logger.info("cluster %s torn down", teardown.cluster_name)
 
-    async def _watcher_returned(self) -> None:
-        info = activity.info()
-        assert info.workflow_id is not None  # always called by a job's workflow
-        handle = self.client.get_workflow_handle(info.workflow_id, run_id=info.workflow_run_id)
+    async def _watcher_returned(self, workflow_id: str, run_id: str) -> None:
+        """Until the job has no watcher pending (it may run in another worker process, or be retried)."""
+        handle = self.client.get_workflow_handle(workflow_id, run_id=run_id)
         pause = _FIRST_ASK
         while True:
             pending = (await handle.describe()).raw_description.pending_activities
