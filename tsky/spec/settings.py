@@ -46,6 +46,9 @@ class LaunchBackoffSettings(_Section):
 
 class WatchSettings(_Section):
     poll_seconds: float = Field(default=2, gt=0)
+    # Stream each node's output over one long-lived channel where the node can (SSH), instead of two
+    # commands per poll; false polls (e.g. nodes behind a firewall that cuts idle sessions).
+    stream: bool = True
     heartbeat_timeout_seconds: float = Field(default=30, gt=0)
 
 
