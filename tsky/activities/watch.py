@@ -131,12 +131,12 @@ class _StreamedNode(_PolledNode):
     """A node whose output comes over one long-lived stream (`FollowingAgent.follow_log`) that ends with
     the phase's process. The stream's bytes wait in `buffer` (log offset `start` on) until stored; a
     broken stream is re-attached at the stored offset, dropping only what was not stored yet, so no
-    line is lost or repeated. It polls when the stream cannot be opened (that poll, and none other,
-    counts against the reachability window), once the process has ended, and for good on a node that
-    cannot follow."""
+    line is lost or repeated. It polls instead while a stream cannot be opened (a failing poll counts
+    against the reachability window, as ever), once the process has ended (for its exit code), and for
+    good on a node that cannot follow."""
 
     def __init__(self, agent: FollowingAgent, phase: str):
-        super().__init__(agent, phase)  # type: ignore[arg-type]  # a FollowingAgent is also a NodeAgent
+        super().__init__(agent, phase)
         self.follower = agent
         self.buffer = bytearray()
         self.start = 0

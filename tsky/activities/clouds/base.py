@@ -114,7 +114,7 @@ class LogStream(Protocol):
 
 
 @runtime_checkable
-class FollowingAgent(Protocol):
+class FollowingAgent(NodeAgent, Protocol):
     """A `NodeAgent` that can also stream a phase's log, so a watcher needs no command per poll."""
 
     async def follow_log(self, phase: str, offset: int) -> LogStream:
