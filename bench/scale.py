@@ -5,8 +5,8 @@
 `--infra local` (the default) runs them on the local simulator. `--infra ssh` runs them on `--nodes` real
 sshd nodes on 127.x addresses (needs root, as the backend tests do), listed in an ssh node pool file as a
 user would write it, each host taking its share of the jobs (`max_clusters`), and counts the SSH commands
-the nodes ran (their sshd logs at DEBUG1 name each one); it measures the local simulator with the same N
-first, so both figures come from the same run. One more job prints a timestamped line every 2 s: how long
+the nodes ran (their sshd logs at DEBUG1 name each one); it then measures the local simulator with the
+same N, so both figures come from the same run. One more job prints a timestamped line every 2 s: how long
 its lines take to reach the log store (what `tsky jobs logs -f` follows) is the output latency.
 
 It starts its own dev server (SQLite file, as the embedded default) and worker process(es) in a temp
@@ -211,7 +211,7 @@ def main() -> None:
     where = machine()
     print(f"machine at start: {where}", flush=True)
     config = yaml.safe_load(args.config) or {}
-    for infra in ["local", args.infra] if args.infra != "local" else ["local"]:
+    for infra in [args.infra, "local"] if args.infra != "local" else ["local"]:
         print(f"-- {infra} infra", flush=True)
         with contextlib.ExitStack() as cleanup:
             node_dirs = cleanup.enter_context(ssh_pool(args.nodes)) if infra == "ssh" else []
