@@ -23,9 +23,9 @@ from tests.workflows.fakes import LOST, PRECHECK, FakeCloud, running
 from tests.workflows.test_pool_workflow import apply_pool, down, run_pool_job, watch_cluster
 from tests.workflows.test_recovery_table import CKPT_JOB, SPOT_JOB, request
 from tsky.activities.scheduling import ended_jobs, request_slot
-from tsky.cli.api import allocate_job_ids
-from tsky.spec.activity_io import ActivityName, SweepInput, SweepResult
-from tsky.spec.ids import (
+from tsky.client.jobs import allocate_job_ids
+from tsky.contract.activity_io import ActivityName, SweepInput, SweepResult
+from tsky.contract.ids import (
     CONTROL_QUEUE,
     ID_REGISTRY_WORKFLOW_ID,
     SCHEDULER_WORKFLOW_ID,
@@ -34,8 +34,8 @@ from tsky.spec.ids import (
     pool_worker_workflow_id,
     pool_workflow_id,
 )
-from tsky.spec.job import GRACEFUL_CANCEL_SIGNAL, GracefulCancel
-from tsky.spec.pool_state import POOL_WORKER_WORKFLOW, POOL_WORKFLOW
+from tsky.contract.job import GracefulCancel
+from tsky.contract.names import Signal, WorkflowType
 from tsky.workflows.managed_job import ManagedJobWorkflow
 from tsky.workflows.sweeper import SweeperState, SweeperWorkflow
 
@@ -59,7 +59,7 @@ async def _cancelled(client: Client, cloud: FakeCloud, grace_seconds: float | No
     )
     await asyncio.wait_for(cloud.run_started.wait(), 30)
     if grace_seconds is not None:  # what `tsky jobs cancel --graceful` sends before the cancel
-        await handle.signal(GRACEFUL_CANCEL_SIGNAL, GracefulCancel(grace_seconds=grace_seconds))
+        await handle.signal(Signal.GRACEFUL_CANCEL, GracefulCancel(grace_seconds=grace_seconds))
     await handle.cancel()
     with pytest.raises(WorkflowFailureError):  # cancelled, as intended
         await handle.result()
@@ -173,7 +173,7 @@ SCENARIOS: list[tuple[str, dict[str, object], Run, list[str]]] = [
         "job_restarts_on_a_worker_then_down",
         {"run_script": [[1], [0]]},
         lambda c, cloud, env: _pooled(c),
-        [POOL_WORKFLOW, POOL_WORKER_WORKFLOW, "ManagedJob"],
+        [WorkflowType.POOL, WorkflowType.POOL_WORKER, "ManagedJob"],
     ),
 ]
 
