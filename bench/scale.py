@@ -140,6 +140,13 @@ async def bench(args: argparse.Namespace, stack: Stack, infra: str, node_dirs: l
         f["rest_cpu_server_pct"] = 100 * (stack.sampler.cpu("server") - cpu_s) / span
         f["heartbeats_per_s"] = (metric(scrape(stack.metrics_ports), HEARTBEATS[0], **HEARTBEATS[1]) - beats) / span
         f["job_processes"] = tagged_processes(f"{name}-")
+        kib = (f["worker_rss_running_mib"] - f["worker_rss_idle_mib"]) * 1024 / args.jobs
+        print(
+            f"  at rest: worker {f['rest_cpu_worker_pct']:.1f} % of one core, {kib:.0f} KiB/job; "
+            f"{f['ssh_commands_per_s']:.1f} SSH commands/s; output latency p50 {f['latency_p50_s']:.2f} s, "
+            f"max {f['latency_max_s']:.2f} s; load average {f['load_1min']:.2f}",
+            flush=True,
+        )
         t1 = time.monotonic()
     # The lock is released: every job's run ends now.
     f["release_to_succeeded_s"] = await wait_for(
