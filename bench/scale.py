@@ -1,13 +1,15 @@
 """How many managed jobs one small machine runs: N sleeping jobs through the public API.
 
-    python bench/scale.py [--jobs 2000] [--workers 1] [--trivial 300] [--infra local|ssh] [--nodes 50]
+    python bench/scale.py [--jobs 2000] [--workers 1] [--trivial 300] [--infra local|ssh|aws] [--nodes 50]
 
 `--infra local` (the default) runs them on the local simulator. `--infra ssh` runs them on `--nodes` real
 sshd nodes on 127.x addresses (needs root, as the backend tests do), listed in an ssh node pool file as a
 user would write it, each host taking its share of the jobs (`max_clusters`), and counts the SSH commands
-the nodes ran (their sshd logs at DEBUG1 name each one); it then measures the local simulator with the
-same N, so both figures come from the same run. One more job prints a timestamped line every 2 s: how long
-its lines take to reach the log store (what `tsky jobs logs -f` follows) is the output latency.
+the nodes ran (their sshd logs at DEBUG1 name each one). `--infra aws` runs them on instances of moto's
+EC2, reached over SSH on N sshd nodes standing in for them (`bench/scale_aws.py`), and also counts the EC2
+calls the worker makes, by operation. Either then measures the local simulator with the same N, so both
+figures come from the same run. One job of the N prints a timestamped line every 2 s: how long its lines
+take to reach the log store (what `tsky jobs logs -f` follows) is the output latency.
 
 It starts its own dev server (SQLite file, as the embedded default) and worker process(es) in a temp
 TSKY_HOME, measures the engine's bare throughput with a trivial one-activity workflow, submits N jobs
@@ -42,7 +44,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import trivial
+from bench import scale_aws, trivial
 from bench._stack import Stack, count, count_status, machine, metric, scrape, tagged_processes, wait_for
 from tsky.client import jobs as api
 from tsky.contract.ids import user_hash
@@ -76,7 +78,9 @@ async def output_latency(log: Path, seconds: float) -> list[float]:
     return latencies
 
 
-async def bench(args: argparse.Namespace, stack: Stack, infra: str, node_dirs: list[Path]) -> dict[str, float]:
+async def bench(
+    args: argparse.Namespace, stack: Stack, infra: str, node_dirs: list[Path], aws: scale_aws.AwsWorld | None = None
+) -> dict[str, float]:
     f: dict[str, float] = {}
     client = await stack.client()
     if args.trivial:
@@ -92,7 +96,7 @@ async def bench(args: argparse.Namespace, stack: Stack, infra: str, node_dirs: l
     gate.touch()
     # A name of its own: local clusters are named after their job, and process tags after the cluster.
     name = f"bench-{uuid.uuid4().hex[:6]}"
-    resources = "resources: {infra: ssh/bench}\n" if infra == "ssh" else ""
+    resources = "resources: {infra: ssh/bench}\n" if infra == "ssh" else scale_aws.RESOURCES if aws else ""
     pipeline = load_pipeline(f"name: {name}\n{resources}run: exec flock -s {gate} true\n")
     # The N-th job prints a timestamped line every 2 s until the gate opens: the output latency.
     ticks = f'while ! flock -n -s {gate} true; do echo "tick $(date +%s.%N)"; sleep 2; done'
@@ -129,9 +133,12 @@ async def bench(args: argparse.Namespace, stack: Stack, infra: str, node_dirs: l
             ssh_commands(node_dirs),
             time.monotonic(),
         )
+        api_calls = aws.counter.snapshot() if aws else None
         ticker_log = stack.home / "logs" / "jobs" / str(ids[-1]) / "task-0" / "attempt-0" / "run.log"
         latencies = await output_latency(ticker_log, args.rest)
         span = time.monotonic() - t_rest
+        if aws and api_calls is not None:
+            f |= scale_aws.api_figures(api_calls, aws.counter.snapshot(), span)
         f["load_1min"] = os.getloadavg()[0]
         f["latency_p50_s"] = statistics.median(latencies) if latencies else float("nan")
         f["latency_max_s"] = max(latencies, default=float("nan"))
@@ -198,6 +205,9 @@ def report(args: argparse.Namespace, f: dict[str, float], where: str, infra: str
             f"SSH commands at rest:     {f['ssh_commands_per_s']:.1f} per second ({args.nodes} sshd nodes, "
             f"up to {-(-n // args.nodes)} clusters each)"
         )
+    if infra == "aws":
+        lines.append(f"SSH commands at rest:     {f['ssh_commands_per_s']:.1f} per second ({n} nodes)")
+        lines.append(scale_aws.report_line(f, n))
     print("\n" + "\n".join(lines))
 
 
@@ -211,7 +221,7 @@ def main() -> None:
                         "'{jobs: {sweeper: {enabled: false}}}'")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--keep", action="store_true", help="keep the temp TSKY_HOME (logs) for a look")
-    parser.add_argument("--infra", choices=["local", "ssh"], default="local")
+    parser.add_argument("--infra", choices=["local", "ssh", "aws"], default="local")
     parser.add_argument("--nodes", type=int, default=50, help="sshd nodes for --infra ssh (at most --jobs)")
     args = parser.parse_args()
     args.nodes = max(1, min(args.nodes, args.jobs))
@@ -222,10 +232,15 @@ def main() -> None:
         print(f"-- {infra} infra", flush=True)
         with contextlib.ExitStack() as cleanup:
             node_dirs = cleanup.enter_context(ssh_pool(args.nodes)) if infra == "ssh" else []
-            with Stack(workers=args.workers, config=config, keep=args.keep) as stack:
+            aws = cleanup.enter_context(scale_aws.aws_world(args.jobs)) if infra == "aws" else None
+            stack_config = config | aws.config if aws else config
+            with Stack(workers=args.workers, config=stack_config, keep=args.keep) as stack:
                 if infra == "ssh":
                     write_pool(stack.home, node_dirs, max_clusters=-(-args.jobs // args.nodes))
-                figures = asyncio.run(bench(args, stack, infra, [d for d, _ in node_dirs] if node_dirs else []))
+                if aws:
+                    aws.attach(stack.home)
+                dirs = aws.node_dirs if aws else [d for d, _ in node_dirs]
+                figures = asyncio.run(bench(args, stack, infra, dirs, aws))
         load = " ".join(f"{x:.2f}" for x in os.getloadavg())
         report(args, figures, f"{where}; load average at the end {load}", infra)
 
