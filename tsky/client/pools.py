@@ -42,7 +42,19 @@ class PoolUpdateRejected(Exception):
 
 
 async def apply(client: Client, name: str, req: PoolApply) -> ApplyResult:
-    """Create the pool (its workflow) if needed and apply the new version, in one atomic call."""
+    """Create the pool if needed and apply a new version of it, in one atomic call (`tsky jobs pool apply`).
+
+    Args:
+        client: A client from `tsky.client.connect.connect`.
+        name: The pool's name.
+        req: The new version: task, pool spec, sealed secrets, fingerprint (see `fingerprint`).
+
+    Returns:
+        Whether the pool was created, its new version, and whether the workers update in place.
+
+    Raises:
+        PoolUpdateRejected: The pool refused the version; the message says why.
+    """
     start: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
         WorkflowType.POOL,
         PoolState(name=name),
@@ -64,20 +76,29 @@ async def apply(client: Client, name: str, req: PoolApply) -> ApplyResult:
 
 
 async def get_pool(client: Client, name: str) -> PoolSnapshot | None:
-    """The pool's snapshot, or None when no such pool is running."""
+    """What `tsky jobs pool status NAME` shows.
+
+    Args:
+        client: A client from `tsky.client.connect.connect`.
+        name: The pool's name.
+
+    Returns:
+        The pool's snapshot (workers, their statuses, the jobs on them), or None if it is not running.
+    """
     if not await pool_runs(client, name):
         return None
     return await client.get_workflow_handle(pool_workflow_id(name)).query(Query.POOL_SNAPSHOT, result_type=PoolSnapshot)
 
 
 async def current_version(client: Client, name: str) -> PoolVersion | None:
+    """The pool's current configuration (what `apply --workers N` resizes), or None if it is not running."""
     if not await pool_runs(client, name):
         return None
     return await client.get_workflow_handle(pool_workflow_id(name)).query(Query.POOL_VERSION, result_type=PoolVersion)
 
 
 async def list_pools(client: Client) -> list[PoolSnapshot]:
-    """Every running pool, by name (one visibility query, then one query per pool)."""
+    """Every running pool's snapshot, sorted by name (one visibility query, then one query per pool)."""
     query = f"WorkflowType = '{WorkflowType.POOL}' AND ExecutionStatus = 'Running'"
     ids = sorted({e.id async for e in client.list_workflows(query)})
     snapshots = [await client.get_workflow_handle(i).query(Query.POOL_SNAPSHOT, result_type=PoolSnapshot) for i in ids]
@@ -85,7 +106,7 @@ async def list_pools(client: Client) -> list[PoolSnapshot]:
 
 
 async def pool_jobs(client: Client, name: str) -> list[JobRow]:
-    """The pool's jobs still in progress (their workflows running), oldest first."""
+    """The jobs of pool `name` still in progress (their workflows running), oldest first."""
     quoted = "'" + name.replace("\\", "\\\\").replace("'", "\\'") + "'"
     query = f"WorkflowType = '{WorkflowType.MANAGED_JOB}' AND {sa.POOL.name} = {quoted} AND ExecutionStatus = 'Running'"
     rows = [await row_from_execution(e) async for e in client.list_workflows(query)]
@@ -93,7 +114,8 @@ async def pool_jobs(client: Client, name: str) -> list[JobRow]:
 
 
 async def down(client: Client, name: str) -> None:
-    """Ask the pool to shut down: waiting jobs are told it is gone, every worker is torn down."""
+    """Shut pool `name` down (`tsky jobs pool down`): waiting jobs are told it is gone, every worker is
+    torn down. Returns once asked; the pool ends when its last worker is gone."""
     await client.get_workflow_handle(pool_workflow_id(name)).cancel()
 
 
