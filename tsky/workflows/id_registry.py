@@ -8,21 +8,13 @@ per-run update limit (2,000), carrying only the next id.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    from tsky.contract.id_registry import AllocateRequest, RegistryState
     from tsky.contract.names import Query, Update, WorkflowType
 
 _ALLOCATIONS_PER_RUN = 500
-
-
-class RegistryState(BaseModel):
-    next_id: int = 1
-
-
-class AllocateRequest(BaseModel):
-    count: int = Field(default=1, ge=1)
 
 
 @workflow.defn(name=WorkflowType.ID_REGISTRY)

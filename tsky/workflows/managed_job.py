@@ -29,9 +29,8 @@ with workflow.unsafe.imports_passed_through():
     import tsky.workflows.cluster_lifecycle as lifecycle
     import tsky.workflows.pool_lease as pool_lease
     import tsky.workflows.running_slot as running_slot
-    from tsky.contract.names import Query, Signal, WorkflowType
-    from tsky.spec.ids import cluster_name
-    from tsky.spec.job import (
+    from tsky.contract.ids import cluster_name
+    from tsky.contract.job import (
         Attempt,
         GracefulCancel,
         JobRequest,
@@ -40,7 +39,8 @@ with workflow.unsafe.imports_passed_through():
         TaskState,
         job_result,
     )
-    from tsky.spec.pool_state import PoolGrant
+    from tsky.contract.names import Query, Signal, WorkflowType
+    from tsky.contract.pool_state import PoolGrant
     from tsky.spec.requests import Candidate
     from tsky.spec.status import ManagedJobStatus
     from tsky.spec.storage import writes_back

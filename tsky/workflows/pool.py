@@ -27,9 +27,9 @@ from temporalio.exceptions import is_cancelled_exception
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
+    from tsky.contract.ids import CONTROL_QUEUE, pool_worker_cluster_name, pool_worker_workflow_id
     from tsky.contract.names import Query, Signal, Update, WorkflowType
-    from tsky.spec.ids import CONTROL_QUEUE, pool_worker_cluster_name, pool_worker_workflow_id
-    from tsky.spec.pool_state import (
+    from tsky.contract.pool_state import (
         FAILED_FOR_GOOD,
         ApplyResult,
         AutoscalerState,

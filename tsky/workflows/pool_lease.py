@@ -14,11 +14,11 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
+    from tsky.contract.activity_io import ClusterInfo
+    from tsky.contract.ids import pool_workflow_id
+    from tsky.contract.job import TaskState
     from tsky.contract.names import Signal
-    from tsky.spec.activity_io import ClusterInfo
-    from tsky.spec.ids import pool_workflow_id
-    from tsky.spec.job import TaskState
-    from tsky.spec.pool_state import (
+    from tsky.contract.pool_state import (
         PoolGrant,
         PoolRelease,
         PoolRequest,

@@ -23,11 +23,11 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 
 with workflow.unsafe.imports_passed_through():
     import tsky.workflows.cluster_lifecycle as lifecycle
+    from tsky.contract.activity_io import ActivityName, ClusterInfo, JobMeta, WatchClusterInput
+    from tsky.contract.ids import WATCH_QUEUE, pool_workflow_id
+    from tsky.contract.logs import pool_worker_log_path
     from tsky.contract.names import Query, Signal, WorkflowType
-    from tsky.spec.activity_io import ActivityName, ClusterInfo, JobMeta, WatchClusterInput
-    from tsky.spec.ids import WATCH_QUEUE, pool_workflow_id
-    from tsky.spec.logs import pool_worker_log_path
-    from tsky.spec.pool_state import WorkerInput, WorkerReport
+    from tsky.contract.pool_state import WorkerInput, WorkerReport
     from tsky.spec.requests import Candidate
     from tsky.spec.status import PoolWorkerStatus
     from tsky.workflows.shield import to_the_end

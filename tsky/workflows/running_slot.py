@@ -12,9 +12,9 @@ from temporalio import workflow
 from temporalio.exceptions import FailureError
 
 with workflow.unsafe.imports_passed_through():
+    from tsky.contract import scheduling
+    from tsky.contract.activity_io import ActivityName
     from tsky.contract.names import Signal
-    from tsky.spec import scheduling
-    from tsky.spec.activity_io import ActivityName
     from tsky.spec.status import ManagedJobStatus
     from tsky.workflows.job_state import JobRun, SlotState
     from tsky.workflows.shield import shielded

@@ -23,10 +23,10 @@ from temporalio import workflow
 from temporalio.exceptions import FailureError
 
 with workflow.unsafe.imports_passed_through():
+    from tsky.contract.activity_io import ActivityName
+    from tsky.contract.ids import job_workflow_id
     from tsky.contract.names import Query, Signal, WorkflowType
-    from tsky.spec.activity_io import ActivityName
-    from tsky.spec.ids import job_workflow_id
-    from tsky.spec.scheduling import (
+    from tsky.contract.scheduling import (
         EndedJobsInput,
         SchedulerState,
         SchedulerStatus,
