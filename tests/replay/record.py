@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 from temporalio import activity
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
@@ -310,6 +311,42 @@ async def _scheduler_continues_as_new_then_reconciles(world: World) -> None:
     chain = await runs(world.client, SCHEDULER_WORKFLOW_ID, start.first_execution_run_id)
     world.keep(SCHEDULER, "first_run", chain[0])
     world.keep(SCHEDULER, "next_run", chain[1])
+
+
+async def _late_waiter_reconciled(world: World) -> None:
+    """Job 1 takes the slot while no job waits; job 2 comes to wait after that, and job 1 is terminated
+    (no release): the reconcile timer armed for job 2's wait finds job 1 ended and grants job 2 (patch
+    scheduler-reconciles-late-waiters)."""
+    await world.client.start_workflow(
+        SchedulerWorkflow.run, SchedulerState(reconcile_seconds=1), id=SCHEDULER_WORKFLOW_ID, task_queue=CONTROL_QUEUE
+    )
+    scheduler = world.client.get_workflow_handle(SCHEDULER_WORKFLOW_ID)
+    first = await start_job(world, SPOT_JOB, 1, policy=LIMITED)
+    await asyncio.wait_for(world.cloud.run_started.wait(), 30)
+    # Job 2 must come after the scheduler went back to sleep with no waiter (else it is seen at once).
+    await wait_for("the scheduler asleep after its grant", lambda: _asleep_after_grant(scheduler))
+    second = await start_job(world, SPOT_JOB, 2, policy=LIMITED)
+    await wait_for("job 2 waiting", lambda: _waiting(scheduler, 2))
+    await first.terminate("the holder dies without a word")
+    await wait_for("job 2 running", lambda: _running(second))
+    await second.cancel()
+    await expect_cancelled(second)
+    await scheduler.terminate("recording done")
+    world.keep(SCHEDULER, "", scheduler)
+
+
+async def _asleep_after_grant(scheduler: Handle) -> bool:
+    """The scheduler's last workflow task completed after its grant was delivered: it waits again."""
+    events = (await scheduler.fetch_history()).events
+    delivered = [
+        e.event_id for e in events if e.event_type == EventType.EVENT_TYPE_EXTERNAL_WORKFLOW_EXECUTION_SIGNALED
+    ]
+    last = events[-1]
+    return (
+        bool(delivered)
+        and last.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+        and last.event_id > delivered[-1]
+    )
 
 
 async def _waiting(scheduler: Handle, job_id: int) -> bool:
@@ -652,6 +689,7 @@ SCENARIOS: list[Scenario] = [
         _scheduler_continues_as_new_then_reconciles,
         cloud(run_blocks=True),
     ),
+    Scenario("late_waiter_reconciled", _late_waiter_reconciled, cloud(run_blocks=True)),
     Scenario("sweeps_fail_then_tear_down", _swept),
     Scenario("sweeper_continues_as_new", _sweeper_continues_as_new, suggest_continue_as_new_after=40),
     # pools
