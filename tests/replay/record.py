@@ -329,7 +329,7 @@ async def _late_waiter_reconciled(world: World) -> None:
     await second.cancel()
     await expect_cancelled(second)
     await scheduler.terminate("recording done")
-    world.keep(SCHEDULER, "", scheduler)
+    world.keep(WorkflowType.SCHEDULER, "", scheduler)
 
 
 async def _asleep_after_grant(scheduler: Handle) -> bool:
