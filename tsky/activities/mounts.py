@@ -109,7 +109,7 @@ class FileSync:
             if isinstance(storage.source, list) or (storage.source and not is_url(storage.source)):
                 if any(is_url(s) for s in ([storage.source] if isinstance(storage.source, str) else storage.source)):
                     raise PrecheckError("a storage `source` list may hold local paths only, not bucket URLs")
-                storage = await asyncio.to_thread(upload_storage_source, self.settings, storage, store_name)
+                storage, _skipped = await asyncio.to_thread(upload_storage_source, self.settings, storage, store_name)
             where = self.location(storage)
             if not storage.source:
                 store = get_store(store_name, self.settings)

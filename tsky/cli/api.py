@@ -84,12 +84,14 @@ async def submit(
     pool: str | None = None,
     priority: int = 0,
     progress: Callable[[str], None] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> list[int]:
     """Start `num_jobs` managed jobs running `pipeline`; returns their ids (ranks follow id order).
 
     Local workdir and file mounts are uploaded first (see `tsky.activities.uploads`), one copy per job,
     and each job's tasks refer to its copy. An `UploadError` (bad `jobs.bucket`, a storage object
-    that cannot be uploaded) is raised before any job id is taken."""
+    that cannot be uploaded) is raised before any job id is taken. Special files inside uploaded
+    directories (sockets, named pipes) are left out, each reported through `warn`."""
     uploader = Uploader(settings, pipeline, user=user, user_hash=user_hash)
     first = await allocate_job_ids(client, num_jobs)
     secrets = [task.secrets for task in pipeline.tasks]
@@ -103,6 +105,9 @@ async def submit(
         if progress is not None:
             progress(uploader.describe())
         done = await asyncio.to_thread(uploader.upload, _run_id(ids[0]))
+        if warn is not None:
+            for warning in uploader.skipped_warnings():
+                warn(warning)
         prepared[ids[0]] = done
         for job_id in ids[1:]:
             prepared[job_id] = await asyncio.to_thread(uploader.copy_for, done[0], done[1], _run_id(job_id))
