@@ -19,7 +19,8 @@ import pytest
 
 from tests.backends.fake_k8s import FakeKube
 from tsky.activities.clouds.base import CapacityError, PhaseStatus, PrecheckError
-from tsky.activities.clouds.kubernetes import KubernetesBackend, PodAgent
+from tsky.activities.clouds.kubernetes import KubernetesBackend
+from tsky.activities.clouds.pod_exec import PodAgent
 from tsky.spec.activity_io import ClusterInfo, JobMeta
 from tsky.spec.requests import Candidate
 from tsky.spec.settings import Settings
