@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from tsky.activities.clouds.base import NodeAgent, PrecheckError
-from tsky.activities.fuse import FUSE_STORES, fuse_line, node_files, trial_mount
+from tsky.activities.fuse import fuse_line, node_files, trial_mount
 from tsky.activities.storage import LocalStore, StoreError, download, get_store, upload
 from tsky.activities.uploads import upload_storage_source
 from tsky.spec.settings import Settings
-from tsky.spec.storage import BucketURL, Storage, is_url, parse_bucket_url, storage_store, writes_back
+from tsky.spec.storage import FUSE_STORES, BucketURL, Storage, is_url, parse_bucket_url, storage_store, writes_back
 from tsky.spec.task import Task
 
 
