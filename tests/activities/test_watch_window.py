@@ -106,3 +106,38 @@ def test_the_window_needs_both_time_and_tries() -> None:
     assert not window.failed()  # a success resets the count
     slow = watch.ReachabilityWindow(min_elapsed=3600, min_retries=0)
     assert not any(slow.failed() for _ in range(50))  # many tries, not enough time
+
+
+async def watch_claimed_phase(tmp_path: Path, preempted: bool) -> ApplicationError:
+    """A run phase on a real local cluster that a worker claimed (`run-a0.started/`) and was killed before
+    it recorded the pid: what a `kill -9` of the worker between the two leaves on the node."""
+    from tsky.activities.clouds.local import LocalBackend, preempt_cluster
+    from tsky.spec.requests import Candidate
+
+    settings = Settings(home=tmp_path)
+    backend = LocalBackend(settings)
+    local = Candidate(cloud="local", region="local", instance_type="local", vcpus=1, memory_gb=1)
+    inp = phase_input(min_elapsed=1, min_retries=2)
+    cluster = await backend.provision("claimed-1", local, 1, inp.meta)
+    try:
+        agent = backend.node(cluster, 0)
+        agent.dir.mkdir(parents=True, exist_ok=True)
+        (agent.dir / f"{inp.key}.started").mkdir()
+        if preempted:
+            preempt_cluster(backend, cluster)
+        with pytest.raises(ApplicationError) as info:
+            await ActivityEnvironment().run(
+                watch.PhaseActivities(settings).run_and_watch, inp.model_copy(update={"cluster": cluster})
+            )
+        return info.value
+    finally:
+        await backend.teardown("claimed-1", cluster)
+
+
+@pytest.mark.asyncio
+async def test_a_phase_claimed_by_a_dead_worker_never_wedges_the_job(tmp_path: Path) -> None:
+    """Seen in the chaos run: the retried watcher failed "claimed but never started" forever, and the job
+    stayed RUNNING although its node had been preempted. Now a start that fails is judged like a status
+    check that fails: a lost node is recovered at once, any other node after the reachability window."""
+    assert (await watch_claimed_phase(tmp_path / "a", preempted=True)).type == ErrorType.CLUSTER_LOST
+    assert (await watch_claimed_phase(tmp_path / "b", preempted=False)).type == ErrorType.UNREACHABLE

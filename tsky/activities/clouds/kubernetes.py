@@ -391,13 +391,13 @@ class KubernetesBackend:
             if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
                 waited = now - since.setdefault(name, now)
                 if waited >= self.config.provision_timeout:
-                    message = f"pod {name} unschedulable for {waited:.0f}s: {scheduled.get('message')}"
-                    if f"Insufficient {self.config.fuse_device}" in message:
-                        message += (
+                    why = f"pod {name} unschedulable for {waited:.0f}s: {scheduled.get('message')}"
+                    if f"Insufficient {self.config.fuse_device}" in why:
+                        why += (
                             f" (does a FUSE device plugin offer {self.config.fuse_device} on this cluster's nodes? "
                             "See kubernetes.fuse_device.)"
                         )
-                    raise CapacityError(message)
+                    raise CapacityError(why)
             elif stuck:
                 waited = now - since.setdefault(name, now)
                 if waited >= self.config.provision_timeout or stuck[0].get("reason") in _CONFIG_ERRORS:
