@@ -11,8 +11,8 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from tsky.activities import watch
-from tsky.activities.clouds.base import PhaseStatus
-from tsky.spec.activity_io import ClusterInfo, ErrorType, JobMeta, NodeInfo, PhaseInput
+from tsky.contract.activity_io import ClusterInfo, ErrorType, JobMeta, NodeInfo, PhaseInput
+from tsky.ops.clouds.base import PhaseStatus
 from tsky.spec.settings import Settings
 from tsky.spec.status import NodeState
 from tsky.spec.task import Task
@@ -111,7 +111,7 @@ def test_the_window_needs_both_time_and_tries() -> None:
 async def watch_claimed_phase(tmp_path: Path, preempted: bool) -> ApplicationError:
     """A run phase on a real local cluster that a worker claimed (`run-a0.started/`) and was killed before
     it recorded the pid: what a `kill -9` of the worker between the two leaves on the node."""
-    from tsky.activities.clouds.local import LocalBackend, preempt_cluster
+    from tsky.ops.clouds.local import LocalBackend, preempt_cluster
     from tsky.spec.requests import Candidate
 
     settings = Settings(home=tmp_path)

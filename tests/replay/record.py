@@ -23,9 +23,9 @@ from tests.workflows.fakes import LOST, PRECHECK, FakeCloud, running
 from tests.workflows.test_pool_workflow import apply_pool, down, run_pool_job, watch_cluster
 from tests.workflows.test_recovery_table import CKPT_JOB, SPOT_JOB, request
 from tsky.activities.scheduling import ended_jobs, request_slot
-from tsky.cli.api import allocate_job_ids
-from tsky.spec.activity_io import ActivityName, SweepInput, SweepResult
-from tsky.spec.ids import (
+from tsky.client.jobs import allocate_job_ids
+from tsky.contract.activity_io import ActivityName, SweepInput, SweepResult
+from tsky.contract.ids import (
     CONTROL_QUEUE,
     ID_REGISTRY_WORKFLOW_ID,
     SCHEDULER_WORKFLOW_ID,
@@ -34,8 +34,8 @@ from tsky.spec.ids import (
     pool_worker_workflow_id,
     pool_workflow_id,
 )
-from tsky.spec.job import GRACEFUL_CANCEL_SIGNAL, GracefulCancel
-from tsky.spec.pool_state import POOL_WORKER_WORKFLOW, POOL_WORKFLOW
+from tsky.contract.job import GRACEFUL_CANCEL_SIGNAL, GracefulCancel
+from tsky.contract.pool_state import POOL_WORKER_WORKFLOW, POOL_WORKFLOW
 from tsky.workflows.managed_job import ManagedJobWorkflow
 from tsky.workflows.sweeper import SweeperState, SweeperWorkflow
 

@@ -27,8 +27,8 @@ from temporalio.exceptions import is_cancelled_exception
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
-    from tsky.spec.ids import CONTROL_QUEUE, pool_worker_cluster_name, pool_worker_workflow_id
-    from tsky.spec.pool_state import (
+    from tsky.contract.ids import CONTROL_QUEUE, pool_worker_cluster_name, pool_worker_workflow_id
+    from tsky.contract.pool_state import (
         FAILED_FOR_GOOD,
         GRANT_SIGNAL,
         POOL_WORKER_WORKFLOW,

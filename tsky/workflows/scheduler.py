@@ -23,9 +23,9 @@ from temporalio import workflow
 from temporalio.exceptions import FailureError
 
 with workflow.unsafe.imports_passed_through():
-    from tsky.spec.activity_io import ActivityName
-    from tsky.spec.ids import job_workflow_id
-    from tsky.spec.scheduling import (
+    from tsky.contract.activity_io import ActivityName
+    from tsky.contract.ids import job_workflow_id
+    from tsky.contract.scheduling import (
         ACQUIRE_SIGNAL,
         RELEASE_SIGNAL,
         SLOT_GRANTED_SIGNAL,

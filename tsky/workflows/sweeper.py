@@ -19,8 +19,8 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
-    from tsky.spec.activity_io import ActivityName, SweepInput, SweepResult
-    from tsky.spec.ids import LAUNCH_QUEUE
+    from tsky.contract.activity_io import ActivityName, SweepInput, SweepResult
+    from tsky.contract.ids import LAUNCH_QUEUE
 
 # Bounds the history of one run (about 10 events per sweep); then continue-as-new.
 _SWEEPS_PER_RUN = 200
