@@ -30,6 +30,9 @@ the backend's address resolver's business (`addresses.py`).
 User values reach a shell only through `shlex.quote` (the env file) or as positional arguments; env names
 must be valid shell names. Host keys are not checked (nodes are fresh or listed by the user, as SkyPilot's
 `StrictHostKeyChecking=no`).
+
+Why one module of this size: commands, file copies and log streams all open, reuse and drop the same
+pooled connections (`_open`, `_connection`, `_drop`); split apart they would reach into each other's pool.
 """
 
 from __future__ import annotations
