@@ -13,7 +13,7 @@ import pytest
 from tests.backends.sshd import SSHNode, SSHNodes
 from tests.backends.test_ssh_backend import write_pools
 from tests.harness import TskyEnv, WorkerProc, wait_until
-from tests.integration.test_jobs_cli import wait_status
+from tests.integration.test_jobs_cli import no_tagged_processes, wait_status
 
 pytestmark = pytest.mark.integration
 
@@ -81,6 +81,21 @@ def test_a_broken_stream_is_reattached_without_losing_or_repeating_a_line(
 
     wait_status(tsky_env, 1, "SUCCEEDED", timeout=120)
     assert numbered_lines(tsky_env, 1) == list(range(1, LINES + 1))
+
+
+def test_cancel_kills_a_streamed_job_and_its_follower(
+    tsky_env: TskyEnv, ssh_nodes: SSHNodes, worker: WorkerProc
+) -> None:
+    node = ssh_nodes.start()
+    write_pools(tsky_env.home, ssh_nodes, {"p": [node]})
+    job = tsky_env.write("sleeper.yaml", "name: sleeper\nrun: echo started; sleep 600\n")
+    assert tsky_env.tsky("jobs", "launch", "-y", "-d", "--infra", "ssh/p", str(job)).returncode == 0
+    wait_until(lambda: lines_written(node) >= 1 and followers(node), 60, what="a streamed phase")
+
+    assert tsky_env.tsky("jobs", "cancel", "-y", "1").returncode == 0
+    wait_status(tsky_env, 1, "CANCELLED", timeout=60)
+    assert no_tagged_processes("sleeper-1")
+    wait_until(lambda: not followers(node), 10, what="the follower to end with its job")  # within tail's 1 s check
 
 
 def test_polling_when_streaming_is_off(tsky_env: TskyEnv, ssh_nodes: SSHNodes) -> None:
