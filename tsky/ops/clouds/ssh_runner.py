@@ -33,6 +33,9 @@ must be valid shell names. Host keys are not checked (nodes are fresh or listed 
 
 Why one module of this size: commands, file copies and log streams all open, reuse and drop the same
 pooled connections (`_open`, `_connection`, `_drop`); split apart they would reach into each other's pool.
+
+Why one module of this size: the pooled connections are shared by commands, log streams and file copies;
+keeping them with their one pool makes the connection limits and their clean-up visible in one place.
 """
 
 from __future__ import annotations
