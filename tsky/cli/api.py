@@ -31,6 +31,7 @@ from tsky.spec import job_start
 from tsky.spec import search_attributes as sa
 from tsky.spec.ids import CONTROL_QUEUE, ID_REGISTRY_WORKFLOW_ID, job_workflow_id
 from tsky.spec.job import GRACEFUL_CANCEL_SIGNAL, GracefulCancel, JobPolicy, JobRequest, JobResult, TaskState
+from tsky.spec.orchestration import Orchestration
 from tsky.spec.secrets import load_key, seal
 from tsky.spec.settings import Settings
 from tsky.spec.status import ManagedJobStatus
@@ -84,6 +85,7 @@ async def submit(
     pool: str | None = None,
     priority: int = 0,
     progress: Callable[[str], None] | None = None,
+    orchestration: Orchestration | None = None,
 ) -> list[int]:
     """Start `num_jobs` managed jobs running `pipeline`; returns their ids (ranks follow id order).
 
@@ -123,6 +125,7 @@ async def submit(
             pool=pool,
             priority=priority,
             policy=policy,
+            orchestration=orchestration or Orchestration(),
         )
         async with semaphore:
             await start_job(client, req)
@@ -155,6 +158,8 @@ class JobRow:
     infra: str
     closed: bool
     tasks: list[TaskState] = field(default_factory=list)
+    # Relations to schedules and other jobs (tsky.spec.job_start.links): schedule, after, relaunch_of.
+    links: dict[str, Any] = field(default_factory=dict)
 
 
 def _quoted(value: str) -> str:
@@ -162,10 +167,12 @@ def _quoted(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _query(user: str | None, extra: str = "") -> str:
+def _query(user: str | None, extra: str = "", schedule: str | None = None) -> str:
     query = "WorkflowType = 'ManagedJob'"
     if user is not None:
         query += f" AND {sa.USER.name} = {_quoted(user)}"
+    if schedule is not None:
+        query += f" AND {sa.SCHEDULE.name} = {_quoted(schedule)}"
     return query + extra
 
 
@@ -201,13 +208,18 @@ async def row_from_execution(execution: WorkflowExecution) -> JobRow:
         infra=attrs.get(sa.INFRA) or "",
         closed=closed,
         tasks=tasks,
+        links={key: memo[key] for key in ("schedule", "after", "relaunch_of") if key in memo},
     )
 
 
-async def list_jobs(client: Client, *, user: str | None, skip_finished: bool = False) -> list[JobRow]:
-    """Every managed job (of `user`, or everyone's when None), newest first. One visibility query."""
+async def list_jobs(
+    client: Client, *, user: str | None, skip_finished: bool = False, schedule: str | None = None
+) -> list[JobRow]:
+    """Every managed job (of `user`, or everyone's when None; started by `schedule` when given), newest
+    first. One visibility query."""
     extra = " AND ExecutionStatus = 'Running'" if skip_finished else ""
-    rows = [await row_from_execution(e) async for e in client.list_workflows(_query(user, extra), page_size=1000)]
+    query = _query(user, extra, schedule)
+    rows = [await row_from_execution(e) async for e in client.list_workflows(query, page_size=1000)]
     rows.sort(key=lambda r: r.job_id, reverse=True)
     return rows
 
@@ -273,6 +285,11 @@ async def get_job(client: Client, job_id: int) -> JobRow | None:
     return await row_from_execution(description)
 
 
+async def missing_jobs(client: Client, job_ids: list[int]) -> list[int]:
+    """The ids among `job_ids` that name no managed job."""
+    return [job_id for job_id in job_ids if await get_job(client, job_id) is None]
+
+
 async def jobs_named(client: Client, name: str, *, running_only: bool) -> list[JobRow]:
     extra = f" AND {sa.JOB_NAME.name} = {_quoted(name)}"
     if running_only:
@@ -322,4 +339,5 @@ def as_dict(row: JobRow) -> dict[str, Any]:
         "pool": row.pool or None,
         "infra": row.infra or None,
         "tasks": [t.model_dump(mode="json", exclude={"attempts"}) for t in row.tasks],
+        **row.links,
     }

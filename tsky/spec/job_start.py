@@ -21,29 +21,46 @@ WORKFLOW_TYPE = "ManagedJob"
 
 def search_attributes(req: JobRequest) -> TypedSearchAttributes:
     tasks = req.pipeline.tasks
-    return TypedSearchAttributes(
-        [
-            SearchAttributePair(sa.JOB_ID, req.job_id),
-            SearchAttributePair(sa.JOB_NAME, req.name),
-            SearchAttributePair(sa.USER, req.user),
-            SearchAttributePair(sa.STATUS, ManagedJobStatus.PENDING.value),
-            SearchAttributePair(sa.RECOVERIES, 0),
-            SearchAttributePair(sa.PRIORITY, req.priority),
-            SearchAttributePair(sa.RESOURCES, requested_label(tasks[0].num_nodes, tasks[0].requests().options)),
-            SearchAttributePair(sa.POOL, req.pool or ""),
-            SearchAttributePair(sa.SUBMITTED_AT, req.submitted_at),
-        ]
-    )
+    pairs: list[SearchAttributePair[Any]] = [
+        SearchAttributePair(sa.JOB_ID, req.job_id),
+        SearchAttributePair(sa.JOB_NAME, req.name),
+        SearchAttributePair(sa.USER, req.user),
+        SearchAttributePair(sa.STATUS, ManagedJobStatus.PENDING.value),
+        SearchAttributePair(sa.RECOVERIES, 0),
+        SearchAttributePair(sa.PRIORITY, req.priority),
+        SearchAttributePair(sa.RESOURCES, requested_label(tasks[0].num_nodes, tasks[0].requests().options)),
+        SearchAttributePair(sa.POOL, req.pool or ""),
+        SearchAttributePair(sa.SUBMITTED_AT, req.submitted_at),
+    ]
+    if req.orchestration.schedule:  # set only on scheduled runs: `tsky jobs queue --schedule NAME`
+        pairs.append(SearchAttributePair(sa.SCHEDULE, req.orchestration.schedule))
+    return TypedSearchAttributes(pairs)
 
 
 def memo(req: JobRequest) -> dict[str, Any]:
-    """The per-task rows `tsky jobs queue` shows before the workflow has published its own."""
+    """The per-task rows `tsky jobs queue` shows before the workflow has published its own, and the job's
+    links to other jobs (`queue -v`)."""
     tasks = req.pipeline.tasks
     return {
         "tasks": [
             TaskState(index=i, name=t.name or "", task_id="").model_dump(mode="json") for i, t in enumerate(tasks)
-        ]
+        ],
+        **links(req),
     }
+
+
+def links(req: JobRequest) -> dict[str, Any]:
+    """The job's relations, kept in its memo: the schedule that started it, the jobs it waits for, the job
+    it resumes."""
+    orch = req.orchestration
+    found: dict[str, Any] = {}
+    if orch.schedule:
+        found["schedule"] = orch.schedule
+    if orch.after:
+        found["after"] = orch.after
+    if orch.relaunch is not None:
+        found["relaunch_of"] = orch.relaunch.of_job
+    return found
 
 
 def summary(req: JobRequest) -> str:

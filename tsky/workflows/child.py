@@ -51,6 +51,7 @@ with workflow.unsafe.imports_passed_through():
     from tsky.spec.activity_io import ActivityName, AllocateJobInput, AllocateJobResult, JobResultInput
     from tsky.spec.ids import CONTROL_QUEUE, job_workflow_id
     from tsky.spec.job import JobRequest, JobResult
+    from tsky.spec.orchestration import Orchestration
     from tsky.spec.storage import UploadLocation
     from tsky.spec.task import Pipeline
 
@@ -73,6 +74,8 @@ class ChildJob(BaseModel):
     name: str | None = None  # the job's name; default: the pipeline's
     user: str | None = None  # shown in `tsky jobs queue`; default: the tsky worker's user
     priority: int = 0
+    # Dependencies, notifications, the schedule that starts it (tsky.spec.orchestration).
+    orchestration: Orchestration = Orchestration()
 
     @classmethod
     def load(
@@ -166,6 +169,7 @@ async def start_managed_job(job: ChildJob) -> ManagedJobHandle:
         priority=job.priority,
         policy=alloc.policy,
         uploads=job.uploads,
+        orchestration=job.orchestration,
     )
     workflow_id = job_workflow_id(req.job_id)
     handle: ChildWorkflowHandle[object, JobResult] = await workflow.start_child_workflow(
