@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from tsky.cli.common import fail
+from tsky.cli.common import fail, ui_base
 from tsky.spec.orchestration import Notify
 from tsky.spec.secrets import load_key, seal
 from tsky.spec.settings import Settings
@@ -40,4 +40,4 @@ def notify_for(urls: list[str] | None, settings: Settings) -> Notify:
         return Notify()
     key = load_key(settings.home, create=True)
     sealed = seal({str(i): url for i, url in enumerate(dict.fromkeys(given))}, key)
-    return Notify(sealed_urls=list(sealed.values()), statuses=settings.jobs.notify.statuses)
+    return Notify(sealed_urls=list(sealed.values()), statuses=settings.jobs.notify.statuses, web_ui=ui_base(settings))

@@ -25,6 +25,7 @@ class Notify(_Model):
     sealed_urls: list[str] = []
     # The statuses whose arrival is reported; empty: every transition.
     statuses: list[ManagedJobStatus] = []
+    web_ui: str | None = None  # the Temporal Web UI's base URL when known: the events link to the job
 
     def wants(self, status: ManagedJobStatus) -> bool:
         return bool(self.sealed_urls) and (not self.statuses or status in self.statuses)
@@ -65,9 +66,29 @@ class JobEvent(_Model):
     at: str  # ISO 8601, the workflow's time of the transition
     schedule: str | None = None
     relaunch_of: int | None = None
+    links: dict[str, str] = {}  # web_ui: the job's page in the Temporal Web UI
 
     def text(self) -> str:
         """One line for chat: `tsky job 12 'train' RUNNING → FAILED: exit code 1`."""
         before = f"{self.previous_status.value} → " if self.previous_status else ""
         reason = f": {self.reason}" if self.reason else ""
         return f"tsky job {self.job_id} '{self.name}' {before}{self.status.value}{reason}"
+
+
+# -- what crosses the activity boundary ---------------------------------------------------------------
+
+
+class NotifyInput(_Model):
+    sealed_url: str
+    event: JobEvent
+
+
+class WaitForJobsInput(_Model):
+    job_ids: list[int]
+    poll_seconds: float
+
+
+class JobsEnded(_Model):
+    """How each awaited job ended: its status, or NOT_FOUND."""
+
+    statuses: dict[int, str]
