@@ -4,15 +4,12 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from tests.harness import TskyEnv, WorkerProc, wait_until
-from tests.integration.test_jobs_cli import queue_json, wait_status
+from tests.integration.test_jobs_cli import wait_status
 
 pytestmark = pytest.mark.integration
 

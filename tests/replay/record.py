@@ -20,6 +20,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
 from tests.workflows.fakes import LOST, PRECHECK, FakeCloud, running
+from tests.workflows.test_orchestration import JOB, PIPE3, Outside, notifying, with_orchestration
 from tests.workflows.test_pool_workflow import apply_pool, down, run_pool_job, watch_cluster
 from tests.workflows.test_recovery_table import CKPT_JOB, SPOT_JOB, request
 from tsky.activities.scheduling import ended_jobs, request_slot
@@ -34,9 +35,13 @@ from tsky.spec.ids import (
     pool_worker_workflow_id,
     pool_workflow_id,
 )
-from tsky.spec.job import GRACEFUL_CANCEL_SIGNAL, GracefulCancel
+from tsky.spec.job import GRACEFUL_CANCEL_SIGNAL, GracefulCancel, JobRequest
+from tsky.spec.loader import load_pipeline
+from tsky.spec.orchestration import Relaunch
 from tsky.spec.pool_state import POOL_WORKER_WORKFLOW, POOL_WORKFLOW
+from tsky.workflows.child import ChildJob
 from tsky.workflows.managed_job import ManagedJobWorkflow
+from tsky.workflows.scheduled_job import ScheduledJobWorkflow, ScheduledRun
 from tsky.workflows.sweeper import SweeperState, SweeperWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -129,6 +134,34 @@ async def _sweep(inp: SweepInput) -> SweepResult:
     return SweepResult(torn_down=["local/local/old-1"], next_sweep_seconds=60)
 
 
+# -- orchestration (issue 18): the fakes of what lies outside a job, shared by these scenarios
+_outside = Outside(ended={5: "FAILED"}, failures_left=3)
+_outside.released.set()
+
+
+async def _orchestrated(client: Client, req: JobRequest) -> Handles:
+    handle = await client.start_workflow(
+        ManagedJobWorkflow.run, req, id=job_workflow_id(req.job_id), task_queue=CONTROL_QUEUE
+    )
+    await handle.result()
+    return [handle]
+
+
+async def _scheduled_run(client: Client) -> Handles:
+    job = ChildJob(pipeline=load_pipeline(JOB))
+    handle = await client.start_workflow(
+        ScheduledJobWorkflow.run,
+        ScheduledRun(schedule="nightly", job=job),
+        id="tsky-schedule-nightly-2026-01-01T03:00:00Z",
+        task_queue=CONTROL_QUEUE,
+    )
+    await handle.result()
+    return [handle, client.get_workflow_handle(job_workflow_id(7))]
+
+
+_RELAUNCH = Relaunch(of_job=3, skip_tasks=[0], task_ids=["old-0", "old-1", "old-2"]).model_dump()
+
+
 Handles = list[WorkflowHandle]  # type: ignore[type-arg]
 Run = Callable[[Client, FakeCloud, WorkflowEnvironment], Awaitable[Handles]]
 
@@ -175,6 +208,25 @@ SCENARIOS: list[tuple[str, dict[str, object], Run, list[str]]] = [
         lambda c, cloud, env: _pooled(c),
         [POOL_WORKFLOW, POOL_WORKER_WORKFLOW, "ManagedJob"],
     ),
+    (
+        "after_a_failed_job_cancelled",
+        {},
+        lambda c, cloud, env: _orchestrated(c, with_orchestration(request(JOB, job_id=6), after=[5])),
+        ["ManagedJob"],
+    ),
+    (
+        "relaunch_skips_the_done_task",
+        {},
+        lambda c, cloud, env: _orchestrated(c, with_orchestration(request(PIPE3, job_id=4), relaunch=_RELAUNCH)),
+        ["ManagedJob"],
+    ),
+    (
+        "notified_each_transition_after_retries",
+        {"run_script": [[3]]},
+        lambda c, cloud, env: _orchestrated(c, notifying(request(JOB, job_id=9))),
+        ["ManagedJob"],
+    ),
+    ("scheduled_run", {}, lambda c, cloud, env: _scheduled_run(c), ["TskyScheduledJob", "ManagedJob"]),
 ]
 
 
@@ -183,7 +235,9 @@ async def record(only: set[str]) -> None:
         if only and scenario not in only:
             continue
         cloud = FakeCloud(**fake)  # type: ignore[arg-type]
-        async with running(cloud, control=[request_slot, ended_jobs], launch=[_sweep], watch=[watch_cluster]) as env:
+        control = [request_slot, ended_jobs, _outside.notify, _outside.allocate]
+        watch = [watch_cluster, _outside.wait_for_jobs]
+        async with running(cloud, control=control, launch=[_sweep], watch=watch) as env:
             handles = await run(env.client, cloud, env)
             for workflow_type, handle in zip(types, handles, strict=True):
                 history = await handle.fetch_history()

@@ -72,6 +72,7 @@ with workflow.unsafe.imports_passed_through():
     from tsky.spec.storage import BucketRef, is_url, parse_bucket_url, storage_store, writes_back
     from tsky.spec.task import Storage, Task
     from tsky.workflows import metrics
+    from tsky.workflows import orchestration as orch
     from tsky.workflows.calls import call_activity, start_activity
     from tsky.workflows.recovery import Action, Outcome, OutcomeKind, decide, launch_backoff, launch_order
     from tsky.workflows.shield import shielded as _shielded
@@ -142,7 +143,9 @@ class ManagedJobWorkflow:
         if req.pool is not None:
             req = req.model_copy(update={"pipeline": as_pool_job(req.pipeline)})
         self.req = req
-        ids = task_ids(req, workflow.info().start_time)
+        relaunch = req.orchestration.relaunch
+        # A relaunch keeps the resumed job's SKYPILOT_TASK_IDs, so its tasks write where the old ones did.
+        ids = relaunch.task_ids if relaunch and relaunch.task_ids else task_ids(req, workflow.info().start_time)
         self.job = JobState(
             job_id=req.job_id,
             name=req.name,
@@ -172,6 +175,7 @@ class ManagedJobWorkflow:
         self._grant: PoolGrant | None = None
         # How long a cancel gives the running phase between SIGTERM and SIGKILL (`cancel --graceful`).
         self._stop_grace = STOP_GRACE_SECONDS
+        self._notifier = orch.Notifier(req, self._log)
 
     @workflow.query(description="The job's full state: tasks, statuses, attempts.")
     def state(self) -> JobState:
@@ -199,11 +203,16 @@ class ManagedJobWorkflow:
         self._log(f"Job {req.job_id} '{req.name}' submitted by {req.user}: {len(tasks)} task(s).")
         bug = False
         try:
-            await self._take_slot()
-            for index in range(len(tasks)):
-                await self._run_task(index)
-                if self.job.tasks[index].status is not Status.SUCCEEDED:
-                    break
+            if await self._dependencies_succeeded():
+                await self._take_slot()
+                skipped = orch.skipped_tasks(req)
+                for index in range(len(tasks)):
+                    if index in skipped:
+                        self._skip_done_task(index)
+                        continue
+                    await self._run_task(index)
+                    if self.job.tasks[index].status is not Status.SUCCEEDED:
+                        break
         except BaseException as err:
             bug = is_own_bug(err)
             if not is_cancelled_exception(err):
@@ -223,9 +232,44 @@ class ManagedJobWorkflow:
                         self._finish(task, Status.CANCELLED, None)
                 # On every ending, once the clusters are gone: the job's uploads and ephemeral buckets.
                 await self._cleanup_job()
+                await self._notifier.flush()  # a cancelled job's last transitions, too
         self._log(f"Job finished: {self.job.status.value}.")
         await self._publish()
+        await self._notifier.flush()  # the last transition reaches the webhooks before the workflow ends
         return job_result(self.job)
+
+    # -- orchestration (tsky.workflows.orchestration) ------------------------------------------------------
+
+    async def _dependencies_succeeded(self) -> bool:
+        """`--after`: wait PENDING until the jobs it names have ended. False (every task CANCELLED, with the
+        reason) when one of them did not succeed and `--after-any` was not given."""
+        after = self.req.orchestration.after
+        if not after or not workflow.patched(orch.PATCH_AFTER):
+            return True
+        self._set(self.job.tasks[0], Status.PENDING, orch.waiting_details(after))
+        self._log(
+            f"{orch.waiting_details(after)} to end (--after{'-any' if self.req.orchestration.after_any else ''})."
+        )
+        await self._publish()
+        reason = await orch.wait_for_dependencies(self.req, self._heartbeat())
+        self.job.tasks[0].details = None
+        if reason is None:
+            self._log("Dependencies ended: starting.")
+            return True
+        for task in self.job.tasks:
+            self._finish(task, Status.CANCELLED, None)
+            task.failure_reason = reason
+        self._log(f"Job CANCELLED: {reason}")
+        return False
+
+    def _skip_done_task(self, index: int) -> None:
+        """A relaunch does not run again a task that SUCCEEDED in the job it resumes."""
+        relaunch = self.req.orchestration.relaunch
+        assert relaunch is not None
+        ts = self.job.tasks[index]
+        self._finish(ts, Status.SUCCEEDED, None)
+        ts.details = f"Done in job {relaunch.of_job}"
+        self._log(f"Task {index} ({ts.name}) SUCCEEDED in job {relaunch.of_job}: not run again.")
 
     # -- the running-jobs limit (tsky.workflows.scheduler) ------------------------------------------------
 
@@ -847,6 +891,7 @@ class ManagedJobWorkflow:
             workflow.upsert_memo({"tasks": memo})
             self._published["memo"] = memo
         workflow.set_current_details(self._details_markdown())
+        self._notifier.observe(self.job)
         if self._log_lines:
             lines, self._log_lines = self._log_lines, []
             first = self._log_seq

@@ -77,7 +77,7 @@ class Notifier:
     def __init__(self, req: JobRequest, log: Callable[[str], None]):
         self.req = req
         self._log = log
-        self._last: ManagedJobStatus | None = None
+        self._last = ManagedJobStatus.PENDING  # how every job starts: the first event is PENDING → ...
         self._pending: list[JobEvent] = []
         self._busy = False
         self._sender: asyncio.Task[None] | None = None
