@@ -28,6 +28,7 @@ from temporalio.client import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from tsky.cli import api
+from tsky.contract.names import WorkflowType
 from tsky.spec.ids import CONTROL_QUEUE, job_workflow_id
 from tsky.spec.job import JobPolicy, JobRequest
 from tsky.spec.orchestration import Orchestration, Relaunch
@@ -35,7 +36,7 @@ from tsky.spec.secrets import SecretKeyError, load_key, seal, unseal
 from tsky.spec.settings import Settings
 from tsky.spec.status import ManagedJobStatus
 from tsky.workflows.child import ChildJob
-from tsky.workflows.scheduled_job import WORKFLOW_TYPE, ScheduledRun
+from tsky.workflows.scheduled_job import ScheduledRun
 
 SCHEDULE_PREFIX = "tsky-schedule-"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -126,7 +127,7 @@ class Timing:
 async def create_schedule(client: Client, name: str, job: ChildJob, timing: Timing, *, paused: bool = False) -> None:
     check_name(name)
     action = ScheduleActionStartWorkflow(
-        WORKFLOW_TYPE,
+        WorkflowType.SCHEDULED_JOB,
         ScheduledRun(schedule=name, job=job),
         id=schedule_id(name),  # each run's id: this plus the scheduled time
         task_queue=CONTROL_QUEUE,

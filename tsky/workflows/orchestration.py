@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -21,6 +22,9 @@ with workflow.unsafe.imports_passed_through():
     from tsky.spec.job import JobRequest, JobState
     from tsky.spec.orchestration import JobEvent, JobsEnded, NotifyInput, WaitForJobsInput
     from tsky.spec.status import ManagedJobStatus
+
+if TYPE_CHECKING:
+    from tsky.workflows.job_state import JobRun
 
 PATCH_AFTER = "orchestration-wait-for-dependencies"
 PATCH_RELAUNCH = "orchestration-relaunch-skips-done-tasks"
@@ -60,6 +64,38 @@ async def wait_for_dependencies(req: JobRequest, heartbeat: timedelta) -> str | 
         if status != ManagedJobStatus.SUCCEEDED.value:
             return f"Job {job_id} (--after) ended {status}, not SUCCEEDED; use --after-any to run anyway."
     return None
+
+
+async def dependencies_succeeded(run: JobRun) -> bool:
+    """`--after`: wait PENDING until the jobs it names have ended. False (every task CANCELLED, with the
+    reason) when one of them did not succeed and `--after-any` was not given."""
+    orchestration = run.req.orchestration
+    if not orchestration.after or not workflow.patched(PATCH_AFTER):
+        return True
+    first = run.job.tasks[0]
+    run.set(first, ManagedJobStatus.PENDING, waiting_details(orchestration.after))
+    run.log(f"{waiting_details(orchestration.after)} to end (--after{'-any' if orchestration.after_any else ''}).")
+    await run.publish()
+    reason = await wait_for_dependencies(run.req, run.calls.heartbeat)
+    first.details = None
+    if reason is None:
+        run.log("Dependencies ended: starting.")
+        return True
+    for task in run.job.tasks:
+        run.finish(task, ManagedJobStatus.CANCELLED, None)
+        task.failure_reason = reason  # shown although CANCELLED: why the job never ran
+    run.log(f"Job CANCELLED: {reason}")
+    return False
+
+
+def skip_done_task(run: JobRun, index: int) -> None:
+    """A relaunch does not run again a task that SUCCEEDED in the job it resumes."""
+    relaunch = run.req.orchestration.relaunch
+    assert relaunch is not None
+    ts = run.job.tasks[index]
+    run.finish(ts, ManagedJobStatus.SUCCEEDED, None)
+    ts.details = f"Done in job {relaunch.of_job}"
+    run.log(f"Task {index} ({ts.name}) SUCCEEDED in job {relaunch.of_job}: not run again.")
 
 
 def skipped_tasks(req: JobRequest) -> set[int]:

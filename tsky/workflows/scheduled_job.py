@@ -13,10 +13,9 @@ from pydantic import BaseModel, ConfigDict
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    from tsky.contract.names import WorkflowType
     from tsky.spec.job import JobResult
     from tsky.workflows.child import ChildJob, execute_managed_job
-
-WORKFLOW_TYPE = "TskyScheduledJob"
 
 
 class ScheduledRun(BaseModel):
@@ -28,7 +27,7 @@ class ScheduledRun(BaseModel):
     job: ChildJob
 
 
-@workflow.defn(name=WORKFLOW_TYPE)
+@workflow.defn(name=WorkflowType.SCHEDULED_JOB)
 class ScheduledJobWorkflow:
     @workflow.run
     async def run(self, scheduled: ScheduledRun) -> JobResult:
