@@ -122,6 +122,12 @@ def test_a_pipeline_failed_at_its_second_task_is_relaunched_and_runs_tasks_2_and
     assert [t["task_id"] for t in tasks] == [t["task_id"] for t in old["tasks"]]  # type: ignore[index]
     verbose = tsky_env.tsky("jobs", "queue", "-v")
     assert "(relaunch of job 1)" in verbose.stdout
+
+    async def web_ui_details() -> str | None:
+        client = await tsky_env.client()
+        return await (await client.get_workflow_handle("tsky-job-2").describe()).static_details()
+
+    assert "Relaunch of job **1** (tasks done there: 0)" in str(asyncio.run(web_ui_details()))
     done = tsky_env.tsky("jobs", "relaunch", "2")
     assert done.returncode == 2 and "nothing to resume" in done.stderr
     assert tsky_env.tsky("jobs", "relaunch", "42").returncode == 102

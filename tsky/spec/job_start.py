@@ -71,5 +71,22 @@ def summary(req: JobRequest) -> str:
 
 
 def details(req: JobRequest) -> str:
-    text = f"Submitted by **{req.user}**. Spec (secrets redacted):\n\n```yaml\n{req.pipeline.to_yaml()}\n```"
+    spec = f"Spec (secrets redacted):\n\n```yaml\n{req.pipeline.to_yaml()}\n```"
+    text = f"Submitted by **{req.user}**.{_links_line(req)} {spec}"
     return text[:_DETAILS_LIMIT]
+
+
+def _links_line(req: JobRequest) -> str:
+    """The job's relations, for its Web UI page."""
+    orch = req.orchestration
+    parts = []
+    if orch.relaunch is not None:
+        done = ", ".join(map(str, orch.relaunch.skip_tasks)) or "none"
+        parts.append(f"Relaunch of job **{orch.relaunch.of_job}** (tasks done there: {done}).")
+    if orch.schedule:
+        parts.append(f"Started by schedule **{orch.schedule}**.")
+    if orch.after:
+        parts.append(
+            f"Runs after job {', '.join(map(str, orch.after))}{' (whatever they end with)' if orch.after_any else ''}."
+        )
+    return "".join(f" {p}" for p in parts)
