@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -66,6 +67,33 @@ def test_bad_schedule_input_exits_2_and_creates_nothing(tsky_env: TskyEnv) -> No
     overlap = tsky_env.tsky("jobs", "schedule", "create", "x", str(job), "--every", "1h", "--overlap", "never")
     assert overlap.returncode == 2 and "skip, buffer-one, allow-all" in overlap.stderr
     assert "Traceback" not in both.stderr + zone.stderr + overlap.stderr
+    assert "No schedules" in tsky_env.tsky("jobs", "schedule", "list").stdout
+
+
+def test_a_schedule_is_paused_unpaused_and_unknown_ones_are_not_found(tsky_env: TskyEnv) -> None:
+    job = tsky_env.write("tick.yaml", QUICK)
+    created = tsky_env.tsky(
+        "jobs", "schedule", "create", "nightly", str(job), "--cron", "0 3 * * *", "--timezone", "Europe/Paris",
+        "--paused", "--overlap", "buffer-one",
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    assert re.search(r"nightly\s+tick\s+\S+\s+cron '0 3 \* \* \*' \(Europe/Paris\)\s+PAUSED", schedules(tsky_env))
+    assert tsky_env.tsky("jobs", "schedule", "unpause", "nightly").returncode == 0
+    assert "ACTIVE" in schedules(tsky_env)
+    assert tsky_env.tsky("jobs", "schedule", "pause", "nightly").returncode == 0
+    described = tsky_env.tsky("jobs", "schedule", "describe", "nightly").stdout
+    assert "Overlap:         buffer-one" in described and "PAUSED (paused with tsky jobs schedule pause)" in described
+    again = tsky_env.tsky("jobs", "schedule", "create", "nightly", str(job), "--every", "1h")
+    assert again.returncode == 2 and "exists already" in again.stderr
+    for verb in ("pause", "unpause", "trigger", "delete", "describe"):
+        missing = tsky_env.tsky("jobs", "schedule", verb, "nope")
+        assert missing.returncode == 102 and "No schedule named 'nope'" in missing.stderr
+
+
+def schedules(env: TskyEnv) -> str:
+    listed = env.tsky("jobs", "schedule", "list")
+    assert listed.returncode == 0, listed.stderr
+    return listed.stdout
 
 
 def test_a_job_after_a_failed_one_waits_then_ends_cancelled_with_the_reason(
