@@ -10,7 +10,7 @@ both figures come from the same run.
 
 It starts its own dev server (SQLite file, as the embedded default) and worker process(es) in a temp
 TSKY_HOME, measures the engine's bare throughput with a trivial one-activity workflow, submits N jobs
-with `tsky.cli.api.submit(num_jobs=N)`, waits until all are RUNNING (each job then blocks on a shared
+with `tsky.client.jobs.submit(num_jobs=N)`, waits until all are RUNNING (each job then blocks on a shared
 lock the benchmark holds, so none ends early), measures what N running jobs cost at rest, releases them
 and waits until all are SUCCEEDED. It prints figures, never pass/fail, and cleans up every process,
 cluster and file it made.
@@ -41,8 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import trivial
 from bench._stack import Stack, count, count_status, machine, metric, scrape, tagged_processes, wait_for
-from tsky.cli import api
-from tsky.spec.ids import user_hash
+from tsky.client import jobs as api
+from tsky.contract.ids import user_hash
 from tsky.spec.loader import load_pipeline
 
 CLOSED = "WorkflowType = 'ManagedJob' AND ExecutionStatus != 'Running'"

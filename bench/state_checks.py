@@ -35,8 +35,8 @@ for _var, _value in {
 os.environ.pop("AWS_PROFILE", None)
 
 from bench._stack import free_port  # noqa: E402
-from tsky.activities.clouds.aws import TAG_CLUSTER, TAG_OWNER, AwsBackend  # noqa: E402
-from tsky.spec.activity_io import ClusterInfo, NodeInfo  # noqa: E402
+from tsky.contract.activity_io import ClusterInfo, NodeInfo  # noqa: E402
+from tsky.ops.clouds.aws import TAG_CLUSTER, TAG_OWNER, AwsBackend  # noqa: E402
 from tsky.spec.settings import Settings  # noqa: E402
 
 REGION = "us-east-1"

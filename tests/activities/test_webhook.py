@@ -12,7 +12,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from tsky.activities.orchestration import OrchestrationActivities, webhook_body
-from tsky.spec.orchestration import JobEvent, NotifyInput
+from tsky.contract.orchestration import JobEvent, NotifyInput
 from tsky.spec.secrets import load_key, seal
 from tsky.spec.settings import Settings
 from tsky.spec.status import ManagedJobStatus as S

@@ -14,10 +14,10 @@ import pytest_asyncio
 
 from tests.backends.conftest import MotoEC2
 from tests.backends.sshd import SSHNodes
-from tsky.activities.clouds import ssh_runner
-from tsky.activities.clouds.aws import TAG_CLUSTER, AwsBackend, node_state
-from tsky.activities.clouds.base import CapacityError, PrecheckError
-from tsky.spec.activity_io import JobMeta
+from tsky.contract.activity_io import JobMeta
+from tsky.ops.clouds import ssh_runner
+from tsky.ops.clouds.aws import TAG_CLUSTER, AwsBackend, node_state
+from tsky.ops.clouds.base import CapacityError, PrecheckError
 from tsky.spec.requests import Candidate
 from tsky.spec.settings import Settings
 from tsky.spec.status import NodeState

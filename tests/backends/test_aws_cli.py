@@ -14,7 +14,7 @@ from tests.backends.sshd import SSHNodes
 from tests.backends.test_aws import aws_config
 from tests.harness import TskyEnv, WorkerProc, wait_until
 from tests.integration.test_jobs_cli import no_tagged_processes, queue_json, wait_status
-from tsky.activities.clouds.ssh_runner import TEST_HOSTS_VAR
+from tsky.ops.clouds.ssh_runner import TEST_HOSTS_VAR
 
 pytestmark = pytest.mark.integration
 

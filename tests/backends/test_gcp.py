@@ -17,10 +17,10 @@ import pytest_asyncio
 from tests.backends.fake_gce import FakeCompute
 from tests.backends.sshd import SSHNodes
 from tests.integration.test_jobs_cli import no_tagged_processes
-from tsky.activities.clouds import ssh_runner
-from tsky.activities.clouds.base import CapacityError, PrecheckError
-from tsky.activities.clouds.gcp import GcpBackend
-from tsky.spec.activity_io import JobMeta
+from tsky.contract.activity_io import JobMeta
+from tsky.ops.clouds import ssh_runner
+from tsky.ops.clouds.base import CapacityError, PrecheckError
+from tsky.ops.clouds.gcp import GcpBackend
 from tsky.spec.requests import Candidate
 from tsky.spec.settings import Settings
 from tsky.spec.status import NodeState

@@ -20,12 +20,12 @@ from tests.backends.fake_gce import FakeCompute
 from tests.backends.fake_k8s import FakeKube
 from tests.backends.sshd import SSHNodes
 from tsky.activities import watch
-from tsky.activities.clouds import ssh_runner
-from tsky.activities.clouds.aws import TAG_CLUSTER, TAG_OWNER, AwsBackend
-from tsky.activities.clouds.base import CapacityError, PhaseStatus, PrecheckError, ThrottledError, TransientError
-from tsky.activities.clouds.gcp import GcpBackend
-from tsky.activities.clouds.kubernetes import KubernetesBackend
-from tsky.spec.activity_io import ClusterInfo, JobMeta, NodeInfo, PhaseInput, PhaseResult
+from tsky.contract.activity_io import ClusterInfo, JobMeta, NodeInfo, PhaseInput, PhaseResult
+from tsky.ops.clouds import ssh_runner
+from tsky.ops.clouds.aws import TAG_CLUSTER, TAG_OWNER, AwsBackend
+from tsky.ops.clouds.base import CapacityError, PhaseStatus, PrecheckError, ThrottledError, TransientError
+from tsky.ops.clouds.gcp import GcpBackend
+from tsky.ops.clouds.kubernetes import KubernetesBackend
 from tsky.spec.requests import Candidate
 from tsky.spec.settings import Settings
 from tsky.spec.status import NodeState

@@ -8,8 +8,8 @@ from datetime import timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from tsky.spec.activity_io import ActivityName
-    from tsky.spec.scheduling import RELEASE_SIGNAL, SCHEDULER_WORKFLOW_ID, SLOT_GRANTED_SIGNAL, SlotRequest
+    from tsky.contract.activity_io import ActivityName
+    from tsky.contract.scheduling import RELEASE_SIGNAL, SCHEDULER_WORKFLOW_ID, SLOT_GRANTED_SIGNAL, SlotRequest
 
 
 @workflow.defn(name="ManagedJob")

@@ -24,9 +24,9 @@ from tests.workflows.test_orchestration import JOB, PIPE3, Outside, notifying, w
 from tests.workflows.test_pool_workflow import apply_pool, down, run_pool_job, watch_cluster
 from tests.workflows.test_recovery_table import CKPT_JOB, SPOT_JOB, request
 from tsky.activities.scheduling import ended_jobs, request_slot
-from tsky.cli.api import allocate_job_ids
-from tsky.spec.activity_io import ActivityName, SweepInput, SweepResult
-from tsky.spec.ids import (
+from tsky.client.jobs import allocate_job_ids
+from tsky.contract.activity_io import ActivityName, SweepInput, SweepResult
+from tsky.contract.ids import (
     CONTROL_QUEUE,
     ID_REGISTRY_WORKFLOW_ID,
     SCHEDULER_WORKFLOW_ID,
@@ -35,13 +35,12 @@ from tsky.spec.ids import (
     pool_worker_workflow_id,
     pool_workflow_id,
 )
-from tsky.spec.job import GRACEFUL_CANCEL_SIGNAL, GracefulCancel, JobRequest
+from tsky.contract.job import GRACEFUL_CANCEL_SIGNAL, GracefulCancel, JobRequest
+from tsky.contract.orchestration import Relaunch, ScheduledRun
+from tsky.contract.pool_state import POOL_WORKER_WORKFLOW, POOL_WORKFLOW
 from tsky.spec.loader import load_pipeline
-from tsky.spec.orchestration import Relaunch
-from tsky.spec.pool_state import POOL_WORKER_WORKFLOW, POOL_WORKFLOW
-from tsky.workflows.child import ChildJob
 from tsky.workflows.managed_job import ManagedJobWorkflow
-from tsky.workflows.scheduled_job import ScheduledJobWorkflow, ScheduledRun
+from tsky.workflows.scheduled_job import ScheduledJobWorkflow
 from tsky.workflows.sweeper import SweeperState, SweeperWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -148,10 +147,9 @@ async def _orchestrated(client: Client, req: JobRequest) -> Handles:
 
 
 async def _scheduled_run(client: Client) -> Handles:
-    job = ChildJob(pipeline=load_pipeline(JOB))
     handle = await client.start_workflow(
         ScheduledJobWorkflow.run,
-        ScheduledRun(schedule="nightly", job=job),
+        ScheduledRun(schedule="nightly", pipeline=load_pipeline(JOB), name="train", user="alice"),
         id="tsky-schedule-nightly-2026-01-01T03:00:00Z",
         task_queue=CONTROL_QUEUE,
     )

@@ -10,7 +10,7 @@ from temporalio import workflow
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
-from tsky.worker.client import DATA_CONVERTER
+from tsky.client.connect import DATA_CONVERTER
 from tsky.worker.main import workflow_runner
 from tsky.workflows import WORKFLOWS
 

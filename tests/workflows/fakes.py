@@ -17,8 +17,9 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from tests.harness import BIN
-from tsky.spec import search_attributes
-from tsky.spec.activity_io import (
+from tsky.client.connect import DATA_CONVERTER
+from tsky.contract import search_attributes
+from tsky.contract.activity_io import (
     ActivityName,
     CleanupJobInput,
     ClusterInfo,
@@ -37,9 +38,8 @@ from tsky.spec.activity_io import (
     SyncResult,
     TeardownInput,
 )
-from tsky.spec.ids import CONTROL_QUEUE, LAUNCH_QUEUE, WATCH_QUEUE
+from tsky.contract.ids import CONTROL_QUEUE, LAUNCH_QUEUE, WATCH_QUEUE
 from tsky.spec.requests import Candidate
-from tsky.worker.client import DATA_CONVERTER
 from tsky.worker.main import workflow_runner
 from tsky.workflows import WORKFLOWS
 

@@ -13,16 +13,24 @@ from temporalio.exceptions import ApplicationError
 
 from tests.workflows.fakes import FakeCloud, running
 from tests.workflows.test_recovery_table import request
-from tsky.spec import search_attributes as sa
-from tsky.spec.activity_io import ActivityName, AllocateJobInput, AllocateJobResult
-from tsky.spec.ids import CONTROL_QUEUE, job_workflow_id
-from tsky.spec.job import JobPolicy, JobRequest, JobResult, JobState
+from tsky.contract import search_attributes as sa
+from tsky.contract.activity_io import ActivityName, AllocateJobInput, AllocateJobResult
+from tsky.contract.ids import CONTROL_QUEUE, job_workflow_id
+from tsky.contract.job import JobPolicy, JobRequest, JobResult, JobState
+from tsky.contract.orchestration import (
+    JobEvent,
+    JobsEnded,
+    Notify,
+    NotifyInput,
+    Orchestration,
+    Relaunch,
+    ScheduledRun,
+    WaitForJobsInput,
+)
 from tsky.spec.loader import load_pipeline
-from tsky.spec.orchestration import JobEvent, JobsEnded, Notify, NotifyInput, Orchestration, Relaunch, WaitForJobsInput
 from tsky.spec.status import ManagedJobStatus as S
-from tsky.workflows.child import ChildJob
 from tsky.workflows.managed_job import ManagedJobWorkflow
-from tsky.workflows.scheduled_job import ScheduledJobWorkflow, ScheduledRun
+from tsky.workflows.scheduled_job import ScheduledJobWorkflow
 
 pytestmark = pytest.mark.asyncio
 
@@ -182,17 +190,24 @@ async def test_a_webhook_that_never_answers_is_logged_and_the_job_still_succeeds
 
 async def test_a_scheduled_run_is_an_ordinary_job_tagged_with_its_schedule() -> None:
     cloud, outside = FakeCloud(), Outside()
-    job = ChildJob(pipeline=load_pipeline(JOB), orchestration=notifying(request(JOB)).orchestration)
+    scheduled = ScheduledRun(
+        schedule="nightly",
+        pipeline=load_pipeline(JOB),
+        name="train",
+        user="alice",
+        orchestration=notifying(request(JOB)).orchestration,
+    )
     async with running(cloud, control=[outside.allocate, outside.notify]) as env:
         result = await env.client.execute_workflow(
             ScheduledJobWorkflow.run,
-            ScheduledRun(schedule="nightly", job=job),
+            scheduled,
             id="tsky-schedule-nightly-2026-01-01T03:00:00Z",
             task_queue=CONTROL_QUEUE,
         )
         described = await env.client.get_workflow_handle(job_workflow_id(7)).describe()
         memo = await described.memo()
     assert result.job_id == 7 and result.status is S.SUCCEEDED and cloud.launched == ["train-7"]
+    assert described.typed_search_attributes.get(sa.USER) == "alice"
     assert described.typed_search_attributes.get(sa.SCHEDULE) == "nightly"
     assert memo["schedule"] == "nightly"
     assert outside.events[-1].schedule == "nightly"  # the run keeps the schedule's webhooks

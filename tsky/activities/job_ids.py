@@ -19,9 +19,9 @@ from temporalio import activity
 from temporalio.client import Client, WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy
 
-from tsky.spec.activity_io import ActivityName, AllocateJobInput, AllocateJobResult, JobResultInput
-from tsky.spec.ids import CONTROL_QUEUE, ID_REGISTRY_WORKFLOW_ID, job_workflow_id, user_hash
-from tsky.spec.job import JobPolicy, JobResult, JobState, job_result
+from tsky.contract.activity_io import ActivityName, AllocateJobInput, AllocateJobResult, JobResultInput
+from tsky.contract.ids import CONTROL_QUEUE, ID_REGISTRY_WORKFLOW_ID, job_workflow_id, user_hash
+from tsky.contract.job import JobPolicy, JobResult, JobState, job_result
 from tsky.spec.settings import Settings
 
 _REGISTRY_WORKFLOW = "TskyIdRegistry"  # tsky.workflows.id_registry.IdRegistryWorkflow

@@ -19,10 +19,10 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from tsky.activities.heartbeat import heartbeating
-from tsky.spec import search_attributes as sa
-from tsky.spec.activity_io import ActivityName
-from tsky.spec.ids import job_workflow_id
-from tsky.spec.orchestration import JobEvent, JobsEnded, NotifyInput, WaitForJobsInput, is_slack_webhook
+from tsky.contract import search_attributes as sa
+from tsky.contract.activity_io import ActivityName
+from tsky.contract.ids import job_workflow_id
+from tsky.contract.orchestration import JobEvent, JobsEnded, NotifyInput, WaitForJobsInput, is_slack_webhook
 from tsky.spec.secrets import SecretKeyError, load_key, unseal
 from tsky.spec.settings import Settings
 from tsky.spec.status import ManagedJobStatus

@@ -6,10 +6,10 @@ from __future__ import annotations
 from temporalio import activity
 from temporalio.common import WorkflowIDConflictPolicy
 
-from tsky.spec import search_attributes as sa
-from tsky.spec.activity_io import ActivityName
-from tsky.spec.ids import CONTROL_QUEUE, SCHEDULER_WORKFLOW_ID
-from tsky.spec.scheduling import ACQUIRE_SIGNAL, EndedJobsInput, SchedulerState, SlotRequest
+from tsky.contract import search_attributes as sa
+from tsky.contract.activity_io import ActivityName
+from tsky.contract.ids import CONTROL_QUEUE, SCHEDULER_WORKFLOW_ID
+from tsky.contract.scheduling import ACQUIRE_SIGNAL, EndedJobsInput, SchedulerState, SlotRequest
 
 _IDS_PER_QUERY = 200  # keeps each visibility query short
 

@@ -1,7 +1,7 @@
 """The launch options of issue 18 (`--after`, `--after-any`, `--notify`), checked before anything starts.
 
 Parsing is here, once, for `jobs launch`, `jobs schedule create` and `jobs relaunch`; the client calls
-(schedules, relaunch) are in `tsky.cli.orchestration_api`.
+(schedules, relaunch) are in `tsky.client.orchestration`.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from tsky.cli.common import fail, ui_base
-from tsky.spec.orchestration import Notify
+from tsky.contract.orchestration import Notify
 from tsky.spec.secrets import load_key, seal
 from tsky.spec.settings import Settings
 

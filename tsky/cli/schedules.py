@@ -69,14 +69,12 @@ def create(
     ] = None,
 ) -> None:
     """Create a schedule: each run launches YAML as an ordinary managed job tagged with NAME."""
-    from tsky.activities.uploads import has_local_files
-    from tsky.cli import orchestration_api as oa
     from tsky.cli.launching import LaunchOptions, check_feasible, load
     from tsky.cli.orchestration import notify_for
+    from tsky.client import orchestration as oa
+    from tsky.contract.orchestration import Orchestration, ScheduledRun
     from tsky.spec.errors import SpecError
-    from tsky.spec.orchestration import Orchestration
     from tsky.spec.secrets import load_key, seal
-    from tsky.workflows.child import ChildJob
 
     timing = oa.Timing(cron=cron, every=every, timezone=timezone, overlap=overlap, catchup_window=catchup_window)
     try:
@@ -96,7 +94,7 @@ def create(
         pipeline, _ = load(opts)
     except SpecError as err:
         fail(str(err))
-    if has_local_files(pipeline):
+    if oa.has_local_files(pipeline):
         fail(
             f"{yaml_path}: a schedule runs later, from the workers, so its tasks cannot use files of this machine "
             "(a local workdir or file_mounts). Use a git workdir (--git-url) or a bucket, then create it again."
@@ -106,15 +104,15 @@ def create(
     secrets = [t.secrets for t in pipeline.tasks]
     key = load_key(s.home, create=True) if any(secrets) else None
     sealed = [seal(x, key) if x and key is not None else {} for x in secrets]
-    job = ChildJob(
-        pipeline=pipeline, sealed_secrets=sealed, name=pipeline.name, user=current_user(),
+    scheduled = ScheduledRun(
+        schedule=name, pipeline=pipeline, sealed_secrets=sealed, name=pipeline.name, user=current_user(),
         priority=pipeline.tasks[0].priority(), orchestration=orchestration,
     )  # fmt: skip
 
     async def body() -> int:
         client = await client_for(s)
         try:
-            await oa.create_schedule(client, name, job, timing, paused=paused)
+            await oa.create_schedule(client, scheduled, timing, paused=paused)
         except oa.ScheduleInputError as err:
             raise UsageError(str(err)) from None
         console.print(f"Schedule {name!r} created: {timing.describe()}, job {pipeline.name!r}.")
@@ -134,7 +132,7 @@ def list_(
     s = settings()
 
     async def body() -> int:
-        from tsky.cli import orchestration_api as oa
+        from tsky.client import orchestration as oa
 
         client = await client_for(s)
         rows = await oa.list_schedules(client)
@@ -174,8 +172,8 @@ def describe(name: Annotated[str, typer.Argument(help="The schedule's name.")]) 
     s = settings()
 
     async def body() -> int:
-        from tsky.cli import api
-        from tsky.cli import orchestration_api as oa
+        from tsky.client import jobs as api
+        from tsky.client import orchestration as oa
 
         client = await client_for(s)
         try:
@@ -211,7 +209,7 @@ def _simple(what: str, done: str) -> None:
         s = settings()
 
         async def body() -> int:
-            from tsky.cli import orchestration_api as oa
+            from tsky.client import orchestration as oa
 
             client = await client_for(s)
             try:
@@ -260,10 +258,10 @@ def relaunch(
     s = settings()
 
     async def body() -> int:
-        from tsky.cli import api
-        from tsky.cli import orchestration_api as oa
         from tsky.cli.follow import follow
         from tsky.cli.jobs import print_finished, print_submitted
+        from tsky.client import jobs as api
+        from tsky.client import orchestration as oa
 
         client = await client_for(s)
         row = await api.get_job(client, job_id)

@@ -2,7 +2,7 @@
 
 The model keeps what the user wrote (accelerators as a string, a set-like dict or an ordered list;
 `any_of` / `ordered` entries) in a canonical spelling, so a spec dumps back to YAML that reads like the
-original and loads to an equal spec. `resolve()` does SkyPilot's resolution (§8 of the reference): outer
+original and loads to an equal spec. `resolve()` does SkyPilot's resolution (docs/yaml.md): outer
 fields are defaults for each `any_of` / `ordered` entry (labels merged), an accelerator dict is a set of
 alternatives and a list an ordered preference, and both multiply with the entries.
 """

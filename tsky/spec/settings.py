@@ -62,7 +62,7 @@ class SweeperSettings(_Section):
 
 
 class LogsSettings(_Section):
-    """Where job and controller logs live (see tsky.activities.log_store)."""
+    """Where job and controller logs live (see tsky.ops.log_store)."""
 
     # `local`: $TSKY_HOME/logs on the worker (one host). `s3://bucket/prefix` or `gs://bucket/prefix`: any
     # host with access reads them (S3-compatible stores: AWS_ENDPOINT_URL).
@@ -205,7 +205,7 @@ class TemporalSettings(_Section):
     tls_key: str | None = None
     tls_ca: str | None = None
     ui_url: str | None = None
-    # End-to-end payload encryption (see tsky.worker.codec): base64 keys, comma-separated, the first encrypts.
+    # End-to-end payload encryption (see tsky.client.codec): base64 keys, comma-separated, the first encrypts.
     encryption_key: str | None = None
     encryption_key_file: str | None = None  # one base64 key per line, after encryption_key's
 

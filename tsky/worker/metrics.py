@@ -13,7 +13,7 @@ import logging
 from temporalio.client import Client
 from temporalio.runtime import Runtime
 
-from tsky.spec import search_attributes as sa
+from tsky.contract import search_attributes as sa
 from tsky.spec.status import ManagedJobStatus
 
 logger = logging.getLogger("tsky.worker")

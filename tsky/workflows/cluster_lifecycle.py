@@ -22,7 +22,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
-    from tsky.spec.activity_io import (
+    from tsky.contract.activity_io import (
         STOP_GRACE_SECONDS,
         ActivityName,
         ClusterInfo,
@@ -39,8 +39,8 @@ with workflow.unsafe.imports_passed_through():
         SyncResult,
         TeardownInput,
     )
-    from tsky.spec.ids import LAUNCH_QUEUE, WATCH_QUEUE
-    from tsky.spec.job import JobPolicy
+    from tsky.contract.ids import LAUNCH_QUEUE, WATCH_QUEUE
+    from tsky.contract.job import JobPolicy
     from tsky.spec.requests import Candidate
     from tsky.spec.task import Task
     from tsky.workflows.calls import call_activity, start_activity

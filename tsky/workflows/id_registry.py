@@ -8,24 +8,21 @@ per-run update limit (2,000), carrying only the next id.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from tsky.contract.names import Query, Update, WorkflowType
+    from tsky.contract.id_registry import (
+        ALLOCATE_UPDATE,
+        ID_REGISTRY_WORKFLOW,
+        NEXT_ID_QUERY,
+        AllocateRequest,
+        RegistryState,
+    )
 
 _ALLOCATIONS_PER_RUN = 500
 
 
-class RegistryState(BaseModel):
-    next_id: int = 1
-
-
-class AllocateRequest(BaseModel):
-    count: int = Field(default=1, ge=1)
-
-
-@workflow.defn(name=WorkflowType.ID_REGISTRY)
+@workflow.defn(name=ID_REGISTRY_WORKFLOW)
 class IdRegistryWorkflow:
     @workflow.init
     def __init__(self, state: RegistryState) -> None:
@@ -41,9 +38,7 @@ class IdRegistryWorkflow:
         await workflow.wait_condition(workflow.all_handlers_finished)
         workflow.continue_as_new(self.state)
 
-    @workflow.update(
-        name=Update.ALLOCATE_JOB_IDS, description="Reserve `count` consecutive job ids; returns the first."
-    )
+    @workflow.update(name=ALLOCATE_UPDATE, description="Reserve `count` consecutive job ids; returns the first.")
     def allocate(self, req: AllocateRequest) -> int:
         first = self.state.next_id
         self.state.next_id += req.count
@@ -55,6 +50,6 @@ class IdRegistryWorkflow:
         if req.count < 1:
             raise ValueError("count must be at least 1")
 
-    @workflow.query(name=Query.NEXT_JOB_ID, description="The next id that will be handed out.")
+    @workflow.query(name=NEXT_ID_QUERY, description="The next id that will be handed out.")
     def next_id(self) -> int:
         return self.state.next_id

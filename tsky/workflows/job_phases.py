@@ -16,8 +16,8 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from tsky.spec.activity_io import ClusterInfo, ErrorType, JobMeta, PhaseInput, PhaseResult, SyncResult
-    from tsky.spec.job import Attempt, TaskState
+    from tsky.contract.activity_io import ClusterInfo, ErrorType, JobMeta, PhaseInput, PhaseResult, SyncResult
+    from tsky.contract.job import Attempt, TaskState
     from tsky.spec.status import ManagedJobStatus
     from tsky.spec.task import Task
     from tsky.workflows import cluster_lifecycle as lifecycle

@@ -16,9 +16,9 @@ from temporalio import workflow
 from temporalio.exceptions import FailureError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
-    from tsky.spec.activity_io import STOP_GRACE_SECONDS, JobMeta
-    from tsky.spec.job import JobRequest, JobState, TaskState
-    from tsky.spec.pool_state import PoolGrant, as_pool_job
+    from tsky.contract.activity_io import STOP_GRACE_SECONDS, JobMeta
+    from tsky.contract.job import JobRequest, JobState, TaskState
+    from tsky.contract.pool_state import PoolGrant, as_pool_job
     from tsky.spec.requests import requested_label
     from tsky.spec.status import ManagedJobStatus
     from tsky.workflows.cluster_lifecycle import Calls, ClusterHold

@@ -9,9 +9,9 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
-    from tsky.spec.activity_io import ActivityName, CleanupJobInput
-    from tsky.spec.ids import LAUNCH_QUEUE
-    from tsky.spec.job import TaskState
+    from tsky.contract.activity_io import ActivityName, CleanupJobInput
+    from tsky.contract.ids import LAUNCH_QUEUE
+    from tsky.contract.job import TaskState
     from tsky.spec.status import ManagedJobStatus
     from tsky.spec.storage import BucketRef, is_url, parse_bucket_url, storage_store
     from tsky.spec.task import Storage

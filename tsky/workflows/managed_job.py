@@ -26,9 +26,10 @@ from temporalio import workflow
 from temporalio.exceptions import FailureError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
-    from tsky.contract.names import Query, Signal, WorkflowType
-    from tsky.spec.ids import cluster_name
-    from tsky.spec.job import (
+    from tsky.contract import scheduling
+    from tsky.contract.ids import cluster_name
+    from tsky.contract.job import (
+        GRACEFUL_CANCEL_SIGNAL,
         Attempt,
         GracefulCancel,
         JobRequest,
@@ -37,7 +38,7 @@ with workflow.unsafe.imports_passed_through():
         TaskState,
         job_result,
     )
-    from tsky.spec.pool_state import PoolGrant
+    from tsky.contract.pool_state import GRANT_SIGNAL, PoolGrant
     from tsky.spec.requests import Candidate
     from tsky.spec.status import ManagedJobStatus
     from tsky.spec.storage import writes_back
@@ -58,25 +59,25 @@ _PATCH_CANCEL_IN_ACTIVITY = "cancel-in-activity-shows-cancelling"
 _PATCH_LIVE_MOUNTS = "live-bucket-mounts-flush-on-node"
 
 
-@workflow.defn(name=WorkflowType.MANAGED_JOB)
+@workflow.defn(name="ManagedJob")
 class ManagedJobWorkflow:
     @workflow.init
     def __init__(self, req: JobRequest) -> None:
         self.run_state = JobRun.start(req)
 
-    @workflow.query(name=Query.JOB_STATE, description="The job's full state: tasks, statuses, attempts.")
+    @workflow.query(description="The job's full state: tasks, statuses, attempts.")
     def state(self) -> JobState:
         return self.run_state.job
 
-    @workflow.signal(name=Signal.SLOT_GRANTED, description="The scheduler gives the job a running slot.")
+    @workflow.signal(name=scheduling.SLOT_GRANTED_SIGNAL, description="The scheduler gives the job a running slot.")
     def slot_granted(self) -> None:
         running_slot.slot_granted(self.run_state)
 
-    @workflow.signal(name=Signal.POOL_GRANT, description="The job's pool gives it a worker (or says there is none).")
+    @workflow.signal(name=GRANT_SIGNAL, description="The job's pool gives it a worker (or says there is none).")
     def pool_grant(self, grant: PoolGrant) -> None:
         pool_lease.granted(self.run_state, grant)
 
-    @workflow.signal(name=Signal.GRACEFUL_CANCEL, description="The coming cancel is graceful: SIGTERM, wait, SIGKILL.")
+    @workflow.signal(name=GRACEFUL_CANCEL_SIGNAL, description="The coming cancel is graceful: SIGTERM, wait, SIGKILL.")
     def graceful_cancel(self, request: GracefulCancel) -> None:
         self.run_state.stop_grace = request.grace_seconds
 

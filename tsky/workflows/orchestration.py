@@ -17,10 +17,10 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from tsky.spec.activity_io import ActivityName
-    from tsky.spec.ids import CONTROL_QUEUE, WATCH_QUEUE
-    from tsky.spec.job import JobRequest, JobState
-    from tsky.spec.orchestration import JobEvent, JobsEnded, NotifyInput, WaitForJobsInput
+    from tsky.contract.activity_io import ActivityName
+    from tsky.contract.ids import CONTROL_QUEUE, WATCH_QUEUE
+    from tsky.contract.job import JobRequest, JobState
+    from tsky.contract.orchestration import JobEvent, JobsEnded, NotifyInput, WaitForJobsInput
     from tsky.spec.status import ManagedJobStatus
 
 if TYPE_CHECKING:

@@ -22,11 +22,10 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
-    from tsky.contract.names import Query, Signal, WorkflowType
-    from tsky.spec.activity_io import ActivityName, ClusterInfo, JobMeta, WatchClusterInput
-    from tsky.spec.ids import WATCH_QUEUE, pool_workflow_id
-    from tsky.spec.logs import pool_worker_log_path
-    from tsky.spec.pool_state import WorkerInput, WorkerReport
+    from tsky.contract.activity_io import ActivityName, ClusterInfo, JobMeta, WatchClusterInput
+    from tsky.contract.ids import WATCH_QUEUE, pool_workflow_id
+    from tsky.contract.logs import pool_worker_log_path
+    from tsky.contract.pool_state import POOL_WORKER_WORKFLOW, REPORT_SIGNAL, WorkerInput, WorkerReport
     from tsky.spec.requests import Candidate
     from tsky.spec.status import PoolWorkerStatus
     from tsky.workflows import cluster_lifecycle as lifecycle
@@ -46,7 +45,7 @@ class _WorkerEnded(Exception):
         self.reason = reason
 
 
-@workflow.defn(name=WorkflowType.POOL_WORKER)
+@workflow.defn(name=POOL_WORKER_WORKFLOW)
 class PoolWorkerWorkflow:
     @workflow.init
     def __init__(self, inp: WorkerInput) -> None:
@@ -58,7 +57,7 @@ class PoolWorkerWorkflow:
         self._pool_gone = False
         self._ending = False  # reporting how it ended: a missing pool no longer matters
 
-    @workflow.query(name=Query.POOL_WORKER_STATE, description="This worker's status.")
+    @workflow.query(description="This worker's status.")
     def state(self) -> str:
         return self.status.value
 
@@ -179,9 +178,7 @@ class PoolWorkerWorkflow:
             gone=gone,
         )
         try:
-            await workflow.get_external_workflow_handle(pool_workflow_id(self.inp.pool)).signal(
-                Signal.POOL_WORKER_REPORT, report
-            )
+            await workflow.get_external_workflow_handle(pool_workflow_id(self.inp.pool)).signal(REPORT_SIGNAL, report)
         except ApplicationError as err:
             self._pool_gone = True
             if not self._ending:

@@ -24,7 +24,7 @@ import random
 from dataclasses import dataclass
 from enum import StrEnum
 
-from tsky.spec.job import JobPolicy
+from tsky.contract.job import JobPolicy
 from tsky.spec.requests import Candidate
 from tsky.spec.status import ManagedJobStatus
 from tsky.spec.task import JobRecovery

@@ -2,35 +2,77 @@
 
 A Temporal Schedule can only start workflows with fixed ids and inputs, while a managed job needs a fresh
 job id from the id registry. So each scheduled action starts this small wrapper, which allocates the id
-and starts the job as its child (tsky.workflows.child), tagged with the schedule's name, then waits for
-it: the schedule's overlap policy (skip, buffer-one, allow-all) thus applies to the managed jobs
-themselves. Cancelling the wrapper cancels its job (and tears it down), as for any child job.
+(as `tsky.client.child` does for users' workflows) and starts the job as its child, tagged with the
+schedule's name, then waits for it: the schedule's overlap policy (skip, buffer-one, allow-all) thus
+applies to the managed jobs themselves. Cancelling the wrapper cancels its job, which tears down first.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from datetime import timedelta
+
 from temporalio import workflow
+from temporalio.common import RetryPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import ChildWorkflowError, is_cancelled_exception
+from temporalio.workflow import ChildWorkflowCancellationType, ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
+    from tsky.contract import job_start
+    from tsky.contract.activity_io import ActivityName, AllocateJobInput, AllocateJobResult
+    from tsky.contract.ids import CONTROL_QUEUE, job_workflow_id
+    from tsky.contract.job import JobRequest, JobResult
     from tsky.contract.names import WorkflowType
-    from tsky.spec.job import JobResult
-    from tsky.workflows.child import ChildJob, execute_managed_job
+    from tsky.contract.orchestration import ScheduledRun, ScheduledRunResult
+    from tsky.spec.status import ManagedJobStatus
 
-
-class ScheduledRun(BaseModel):
-    """A schedule's action input: the job to start on each run (its secrets and webhook URLs sealed)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    schedule: str
-    job: ChildJob
+_ALLOCATE_TIMEOUT = timedelta(minutes=1)
+_ALLOCATE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 
 
 @workflow.defn(name=WorkflowType.SCHEDULED_JOB)
 class ScheduledJobWorkflow:
     @workflow.run
-    async def run(self, scheduled: ScheduledRun) -> JobResult:
-        job = scheduled.job
-        tagged = job.orchestration.model_copy(update={"schedule": scheduled.schedule})
-        return await execute_managed_job(job.model_copy(update={"orchestration": tagged}))
+    async def run(self, scheduled: ScheduledRun) -> ScheduledRunResult:
+        alloc = await workflow.execute_activity(
+            ActivityName.ALLOCATE_JOB_ID,
+            AllocateJobInput(request_id=str(workflow.uuid4())),
+            result_type=AllocateJobResult,
+            task_queue=CONTROL_QUEUE,
+            start_to_close_timeout=_ALLOCATE_TIMEOUT,
+            retry_policy=_ALLOCATE_RETRY,
+            summary=f"allocate a tsky job id for schedule {scheduled.schedule}",
+        )
+        req = JobRequest(
+            job_id=alloc.job_id,
+            name=scheduled.name,
+            pipeline=scheduled.pipeline,
+            user=scheduled.user,
+            user_hash=alloc.user_hash,
+            submitted_at=workflow.now(),
+            sealed_secrets=scheduled.sealed_secrets,
+            priority=scheduled.priority,
+            policy=alloc.policy,
+            orchestration=scheduled.orchestration.model_copy(update={"schedule": scheduled.schedule}),
+        )
+        try:
+            result = await workflow.execute_child_workflow(
+                job_start.WORKFLOW_TYPE,
+                req,
+                id=job_workflow_id(req.job_id),
+                task_queue=CONTROL_QUEUE,
+                result_type=JobResult,
+                # A job owns clusters: ending the wrapper asks the job to cancel (and tear down).
+                parent_close_policy=ParentClosePolicy.REQUEST_CANCEL,
+                cancellation_type=ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                search_attributes=job_start.search_attributes(req),
+                memo=job_start.memo(req),
+                static_summary=job_start.summary(req),
+                static_details=job_start.details(req),
+            )
+        except ChildWorkflowError as err:
+            if not is_cancelled_exception(err) or workflow.cancellation_reason() is not None:
+                raise
+            # The job was cancelled from outside (`tsky jobs cancel`): this run is over, the schedule goes on.
+            return ScheduledRunResult(job_id=req.job_id, status=ManagedJobStatus.CANCELLED)
+        return ScheduledRunResult(job_id=req.job_id, status=result.status)

@@ -3,7 +3,7 @@ the queue), current details (Web UI) and the controller log (its decisions, with
 
 Lines are buffered with `log` and written, with everything else that changed, by `publish`: one local
 activity per publish, never a write per line. A new column of `tsky jobs queue` or a new controller-log
-line goes here (a new search attribute must also be registered: tsky.spec.search_attributes).
+line goes here (a new search attribute must also be registered: tsky.contract.search_attributes).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from temporalio import workflow
 from temporalio.common import SearchAttributeUpdate
 
 with workflow.unsafe.imports_passed_through():
-    from tsky.spec import search_attributes as sa
-    from tsky.spec.activity_io import ActivityName, ControllerLogInput
-    from tsky.spec.job import JobState
+    from tsky.contract import search_attributes as sa
+    from tsky.contract.activity_io import ActivityName, ControllerLogInput
+    from tsky.contract.job import JobState
     from tsky.workflows import metrics
     from tsky.workflows.recovery import Outcome
 
