@@ -20,7 +20,8 @@ import pytest
 from tests.backends.fake_k8s import FakeKube
 from tsky.contract.activity_io import ClusterInfo, JobMeta
 from tsky.ops.clouds.base import CapacityError, PhaseStatus, PrecheckError
-from tsky.ops.clouds.kubernetes import KubernetesBackend, PodAgent
+from tsky.ops.clouds.kubernetes import KubernetesBackend
+from tsky.ops.clouds.pod_exec import PodAgent
 from tsky.spec.requests import Candidate
 from tsky.spec.settings import Settings
 from tsky.spec.status import NodeState

@@ -11,6 +11,7 @@ from urllib.parse import quote
 import typer
 
 from tsky.cli.common import console, fail, settings, ui_base
+from tsky.contract.names import WorkflowType
 from tsky.spec.settings import Settings
 
 server_app = typer.Typer(help="The embedded Temporal server and worker daemon.", no_args_is_help=True)
@@ -132,7 +133,7 @@ def dashboard(
     base = ui_base(s)
     if base is None:
         fail("No Web UI known: start the embedded stack (`tsky server up`) or set TSKY_TEMPORAL_UI_URL.")
-    query = quote("WorkflowType = 'ManagedJob'")
+    query = quote(f"WorkflowType = '{WorkflowType.MANAGED_JOB}'")
     url = f"{base}/namespaces/{s.temporal.namespace}/workflows?query={query}"
     console.print(url)
     if not no_browser:

@@ -51,6 +51,7 @@ with workflow.unsafe.imports_passed_through():
     from tsky.contract.activity_io import ActivityName, AllocateJobInput, AllocateJobResult, JobResultInput
     from tsky.contract.ids import CONTROL_QUEUE, job_workflow_id
     from tsky.contract.job import JobRequest, JobResult
+    from tsky.contract.names import WorkflowType
     from tsky.contract.orchestration import Orchestration
     from tsky.spec.storage import UploadLocation
     from tsky.spec.task import Pipeline
@@ -87,12 +88,25 @@ class ChildJob(BaseModel):
         name: str | None = None,
         user: str | None = None,
     ) -> ChildJob:
-        """A task or pipeline YAML (a path, YAML text, or a loaded `Pipeline`) made ready to start.
+        """A task or pipeline YAML made ready to start from a workflow.
 
         Reads files, the secret key and the settings of `$TSKY_HOME`, and uploads local workdir and file
-        mounts as `tsky jobs launch` does: never call it inside a workflow. Raises
-        `tsky.spec.errors.SpecError` for a bad YAML and `tsky.ops.uploads.UploadError` for
-        files that cannot be uploaded."""
+        mounts as `tsky jobs launch` does: never call it inside a workflow.
+
+        Args:
+            source: A YAML path, YAML text, or an already loaded `Pipeline`.
+            env_overrides: Values for the tasks' `envs` (like `--env`).
+            secret_overrides: Values for the tasks' `secrets` (like `--secret`); sealed here.
+            name: The job's name; default: the pipeline's.
+            user: Shown in `tsky jobs queue`; default: the current user.
+
+        Returns:
+            The job, to pass to your workflow as (part of) its input.
+
+        Raises:
+            tsky.spec.errors.SpecError: The YAML is invalid (the message names the field).
+            tsky.ops.uploads.UploadError: Local files could not be uploaded.
+        """
         import getpass
         import socket
         import uuid
@@ -125,9 +139,16 @@ class ManagedJobHandle:
     _handle: ChildWorkflowHandle[object, JobResult]
 
     async def result(self) -> JobResult:
-        """Wait for the job to end. A job cancelled from outside returns its final state (CANCELLED);
-        if this workflow itself is cancelled meanwhile, the job is cancelled and torn down first, then
-        the cancellation propagates."""
+        """Wait for the job to end.
+
+        Returns:
+            The job's result. A job cancelled from outside (`tsky jobs cancel`) returns its final state
+            (CANCELLED); it is not this workflow's failure.
+
+        Raises:
+            asyncio.CancelledError: This workflow was cancelled meanwhile; the job was cancelled and
+                its clusters torn down first.
+        """
         try:
             return await self._handle
         except ChildWorkflowError as err:
@@ -148,7 +169,17 @@ class ManagedJobHandle:
 
 
 async def start_managed_job(job: ChildJob) -> ManagedJobHandle:
-    """Start `job` as a child of the current workflow; returns once it has started."""
+    """Start a managed job as a child of the current workflow (call it from workflow code only).
+
+    The job gets an ordinary id from the same allocator as `tsky jobs launch`, and shows in
+    `tsky jobs queue`, `logs` and `cancel` like any other.
+
+    Args:
+        job: The job, prepared outside the workflow with `ChildJob.load`.
+
+    Returns:
+        A handle to await its result or cancel it; returned once the job has started.
+    """
     alloc = await workflow.execute_activity(
         ActivityName.ALLOCATE_JOB_ID,
         AllocateJobInput(request_id=str(workflow.uuid4())),
@@ -173,7 +204,7 @@ async def start_managed_job(job: ChildJob) -> ManagedJobHandle:
     )
     workflow_id = job_workflow_id(req.job_id)
     handle: ChildWorkflowHandle[object, JobResult] = await workflow.start_child_workflow(
-        job_start.WORKFLOW_TYPE,
+        WorkflowType.MANAGED_JOB,
         req,
         id=workflow_id,
         task_queue=CONTROL_QUEUE,
@@ -190,5 +221,12 @@ async def start_managed_job(job: ChildJob) -> ManagedJobHandle:
 
 
 async def execute_managed_job(job: ChildJob) -> JobResult:
-    """Start `job` as a child of the current workflow and wait for its result."""
+    """Start a managed job as a child of the current workflow and wait for it to end.
+
+    Args:
+        job: The job, prepared outside the workflow with `ChildJob.load`.
+
+    Returns:
+        Its result: the final status, each task's status, recoveries and attempts.
+    """
     return await (await start_managed_job(job)).result()

@@ -62,6 +62,20 @@ def _tls(settings: Settings) -> TLSConfig | bool:
 
 
 async def connect(settings: Settings, *, metrics_port: int | None = None) -> Client:
+    """A Temporal client for tsky: its namespace, TLS and API key, and the pydantic data converter
+    (with the payload codec when an encryption key is configured). Every tsky process connects here.
+
+    Args:
+        settings: The settings (`tsky.spec.settings.load_settings()`); with the embedded default, the
+            running dev server's port is read from `$TSKY_HOME`.
+        metrics_port: Serve the SDK's Prometheus metrics on this port (workers only).
+
+    Returns:
+        The connected client.
+
+    Raises:
+        ConnectError: Temporal cannot be reached; the message says where tsky looked and what to do.
+    """
     address = target_address(settings)
     converter = data_converter(settings)  # a bad key is a settings error, reported before any connection
     runtime = None

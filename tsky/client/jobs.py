@@ -28,15 +28,10 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from tsky.contract import job_start
 from tsky.contract import search_attributes as sa
-from tsky.contract.id_registry import (
-    ALLOCATE_UPDATE,
-    ID_REGISTRY_WORKFLOW,
-    NEXT_ID_QUERY,
-    AllocateRequest,
-    RegistryState,
-)
+from tsky.contract.id_registry import AllocateRequest, RegistryState
 from tsky.contract.ids import CONTROL_QUEUE, ID_REGISTRY_WORKFLOW_ID, job_workflow_id
-from tsky.contract.job import GRACEFUL_CANCEL_SIGNAL, GracefulCancel, JobPolicy, JobRequest, JobResult, TaskState
+from tsky.contract.job import GracefulCancel, JobPolicy, JobRequest, JobResult, TaskState
+from tsky.contract.names import Query, Signal, Update, WorkflowType
 from tsky.contract.orchestration import Orchestration
 from tsky.ops.uploads import Uploader
 from tsky.ops.uploads import UploadError as UploadError
@@ -50,16 +45,24 @@ _START_CONCURRENCY = 64
 
 
 async def allocate_job_ids(client: Client, count: int) -> int:
-    """Reserve `count` consecutive job ids; returns the first. Safe to retry (one update id)."""
+    """Reserve consecutive job ids from the namespace's id registry (created on first use).
+
+    Args:
+        client: A client from `tsky.client.connect.connect`.
+        count: How many ids to reserve (at least 1).
+
+    Returns:
+        The first id of the range; the others follow it.
+    """
     start: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
-        ID_REGISTRY_WORKFLOW,
+        WorkflowType.ID_REGISTRY,
         RegistryState(),
         id=ID_REGISTRY_WORKFLOW_ID,
         task_queue=CONTROL_QUEUE,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
     )
     return await client.execute_update_with_start_workflow(
-        ALLOCATE_UPDATE,
+        Update.ALLOCATE_JOB_IDS,
         AllocateRequest(count=count),
         start_workflow_operation=start,
         id=f"allocate-{uuid.uuid4()}",
@@ -68,8 +71,18 @@ async def allocate_job_ids(client: Client, count: int) -> int:
 
 
 async def start_job(client: Client, req: JobRequest) -> WorkflowHandle[Any, Any]:
+    """Start the ManagedJob workflow for a prepared request (id allocated, files uploaded, secrets sealed).
+
+    Args:
+        client: A client from `tsky.client.connect.connect`.
+        req: The job's request; `req.job_id` names its workflow (`tsky-job-<id>`).
+
+    Returns:
+        The started workflow's handle. Starting the same id twice raises
+        `temporalio.exceptions.WorkflowAlreadyStartedError`.
+    """
     return await client.start_workflow(
-        job_start.WORKFLOW_TYPE,
+        WorkflowType.MANAGED_JOB,
         req,
         id=job_workflow_id(req.job_id),
         task_queue=CONTROL_QUEUE,
@@ -94,11 +107,28 @@ async def submit(
     progress: Callable[[str], None] | None = None,
     orchestration: Orchestration | None = None,
 ) -> list[int]:
-    """Start `num_jobs` managed jobs running `pipeline`; returns their ids (ranks follow id order).
+    """Launch managed jobs, as `tsky jobs launch` does (without printing or following).
 
-    Local workdir and file mounts are uploaded first (see `tsky.ops.uploads`), one copy per job,
-    and each job's tasks refer to its copy. An `UploadError` (bad `jobs.bucket`, a storage object
-    that cannot be uploaded) is raised before any job id is taken."""
+    Local workdir and file mounts are uploaded first (see `tsky.ops.uploads`), one copy per job, and
+    each job's tasks refer to its copy; task secrets are sealed with the installation's key.
+
+    Args:
+        client: A client from `tsky.client.connect.connect`.
+        settings: The settings (`tsky.spec.settings.load_settings()`): bucket, key, job policy.
+        pipeline: The loaded task or pipeline (`tsky.spec.loader.load_pipeline`).
+        user: Shown in `tsky jobs queue` and given to the job as `SKYPILOT_USER`.
+        user_hash: The submitter's id (`tsky.contract.ids.user_hash`).
+        num_jobs: How many copies to start (`--num-jobs`); each gets its rank in `SKYPILOT_JOB_RANK`.
+        pool: Run on this pool's workers instead of a cluster of its own (`--pool`).
+        priority: Higher runs first when `jobs.controller.max_running_jobs` makes jobs wait.
+        progress: Called with a line to show while files upload.
+
+    Returns:
+        The new jobs' ids, in rank order.
+
+    Raises:
+        UploadError: A file or bucket could not be uploaded; raised before any job id is taken.
+    """
     uploader = Uploader(settings, pipeline, user=user, user_hash=user_hash)
     first = await allocate_job_ids(client, num_jobs)
     secrets = [task.secrets for task in pipeline.tasks]
@@ -152,6 +182,8 @@ def _run_id(job_id: int) -> str:
 
 @dataclass
 class JobRow:
+    """One row of `tsky jobs queue`: a job as its workflow's search attributes and memo describe it."""
+
     job_id: int
     name: str
     user: str
@@ -175,7 +207,7 @@ def _quoted(value: str) -> str:
 
 
 def _query(user: str | None, extra: str = "", schedule: str | None = None) -> str:
-    query = "WorkflowType = 'ManagedJob'"
+    query = f"WorkflowType = '{WorkflowType.MANAGED_JOB}'"
     if user is not None:
         query += f" AND {sa.USER.name} = {_quoted(user)}"
     if schedule is not None:
@@ -184,6 +216,10 @@ def _query(user: str | None, extra: str = "", schedule: str | None = None) -> st
 
 
 async def row_from_execution(execution: WorkflowExecution) -> JobRow:
+    """A job's row from a listed or described ManagedJob execution (no extra call but the memo's decode).
+
+    A workflow closed from outside tsky (terminated in the Web UI) shows FAILED_CONTROLLER, whatever
+    status it last published."""
     attrs = execution.typed_search_attributes
     memo = await execution.memo()
     tasks = [TaskState.model_validate(t) for t in memo.get("tasks", [])]
@@ -222,8 +258,17 @@ async def row_from_execution(execution: WorkflowExecution) -> JobRow:
 async def list_jobs(
     client: Client, *, user: str | None, skip_finished: bool = False, schedule: str | None = None
 ) -> list[JobRow]:
-    """Every managed job (of `user`, or everyone's when None; started by `schedule` when given), newest
-    first. One visibility query."""
+    """Every managed job, newest first, with one visibility query.
+
+    Args:
+        client: A client from `tsky.client.connect.connect`.
+        user: Only this user's jobs; None for everyone's.
+        skip_finished: Only jobs whose workflow still runs.
+        schedule: Only the jobs this schedule started (`tsky jobs schedule`).
+
+    Returns:
+        The jobs' rows. For the latest N of many thousands, `latest_jobs` is cheaper.
+    """
     extra = " AND ExecutionStatus = 'Running'" if skip_finished else ""
     query = _query(user, extra, schedule)
     rows = [await row_from_execution(e) async for e in client.list_workflows(query, page_size=1000)]
@@ -245,7 +290,7 @@ async def next_job_id(client: Client) -> int | None:
     worker) or no job was ever submitted."""
     handle = client.get_workflow_handle(ID_REGISTRY_WORKFLOW_ID)
     try:
-        return await handle.query(NEXT_ID_QUERY, result_type=int, rpc_timeout=timedelta(seconds=5))
+        return await handle.query(Query.NEXT_JOB_ID, result_type=int, rpc_timeout=timedelta(seconds=5))
     except RPCError:
         return None
 
@@ -281,7 +326,15 @@ async def latest_jobs(client: Client, *, user: str | None, limit: int, statuses:
 
 
 async def get_job(client: Client, job_id: int) -> JobRow | None:
-    """One job's row, or None if no such job exists."""
+    """One job's row.
+
+    Args:
+        client: A client from `tsky.client.connect.connect`.
+        job_id: The job's id.
+
+    Returns:
+        Its row, or None if no such job exists in this namespace.
+    """
     handle = client.get_workflow_handle(job_workflow_id(job_id))
     try:
         description = await handle.describe()
@@ -298,6 +351,7 @@ async def missing_jobs(client: Client, job_ids: list[int]) -> list[int]:
 
 
 async def jobs_named(client: Client, name: str, *, running_only: bool) -> list[JobRow]:
+    """The jobs called `name` (`tsky jobs cancel -n`, `logs -n`), oldest first; only running ones if asked."""
     extra = f" AND {sa.JOB_NAME.name} = {_quoted(name)}"
     if running_only:
         extra += " AND ExecutionStatus = 'Running'"
@@ -306,23 +360,38 @@ async def jobs_named(client: Client, name: str, *, running_only: bool) -> list[J
 
 
 async def cancel(client: Client, job_ids: list[int], grace_seconds: float | None = None) -> None:
-    """Request cancellation; the workflows go CANCELLING, tear down, then CANCELLED. With `grace_seconds`
-    (`--graceful`), the running phase gets that long between SIGTERM and SIGKILL: a cancel request carries
-    no parameters, so a signal sent just before it tells the job."""
+    """Cancel jobs: each shows CANCELLING at once, stops its processes, tears its cluster down, and
+    ends CANCELLED. Cancelling an ended job changes nothing.
+
+    Args:
+        client: A client from `tsky.client.connect.connect`.
+        job_ids: The jobs to cancel.
+        grace_seconds: With `--graceful`, how long the running phase gets between SIGTERM and SIGKILL
+            (a cancel request carries no parameters, so a signal sent just before it tells the job).
+    """
     semaphore = asyncio.Semaphore(_START_CONCURRENCY)
 
     async def one(job_id: int) -> None:
         async with semaphore:
             handle = client.get_workflow_handle(job_workflow_id(job_id))
             if grace_seconds is not None:
-                await handle.signal(GRACEFUL_CANCEL_SIGNAL, GracefulCancel(grace_seconds=grace_seconds))
+                await handle.signal(Signal.GRACEFUL_CANCEL, GracefulCancel(grace_seconds=grace_seconds))
             await handle.cancel()
 
     await asyncio.gather(*(one(j) for j in job_ids))
 
 
 async def wait(client: Client, job_id: int) -> JobResult | None:
-    """Block until the job ends; its result, or None if it was cancelled."""
+    """Wait for a job to end.
+
+    Args:
+        client: A client from `tsky.client.connect.connect`.
+        job_id: The job's id.
+
+    Returns:
+        Its result (final status, each task's status, recoveries, attempts), or None if its workflow
+        was cancelled or failed rather than returning one.
+    """
     handle = client.get_workflow_handle(job_workflow_id(job_id), result_type=JobResult)
     from temporalio.client import WorkflowFailureError
 
@@ -333,6 +402,7 @@ async def wait(client: Client, job_id: int) -> JobResult | None:
 
 
 def as_dict(row: JobRow) -> dict[str, Any]:
+    """A row as the JSON object `tsky jobs queue --json` prints."""
     return {
         "job_id": row.job_id,
         "name": row.name,

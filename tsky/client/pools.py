@@ -20,20 +20,10 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError
 
 from tsky.client.jobs import JobRow, row_from_execution
-from tsky.contract import job_start
 from tsky.contract import search_attributes as sa
 from tsky.contract.ids import CONTROL_QUEUE, pool_workflow_id
-from tsky.contract.pool_state import (
-    APPLY_UPDATE,
-    CURRENT_VERSION_QUERY,
-    POOL_WORKFLOW,
-    SNAPSHOT_QUERY,
-    ApplyResult,
-    PoolApply,
-    PoolSnapshot,
-    PoolState,
-    PoolVersion,
-)
+from tsky.contract.names import Query, Update, WorkflowType
+from tsky.contract.pool_state import ApplyResult, PoolApply, PoolSnapshot, PoolState, PoolVersion
 from tsky.ops.pool_queries import pool_runs
 from tsky.spec.task import Task
 
@@ -52,9 +42,21 @@ class PoolUpdateRejected(Exception):
 
 
 async def apply(client: Client, name: str, req: PoolApply) -> ApplyResult:
-    """Create the pool (its workflow) if needed and apply the new version, in one atomic call."""
+    """Create the pool if needed and apply a new version of it, in one atomic call (`tsky jobs pool apply`).
+
+    Args:
+        client: A client from `tsky.client.connect.connect`.
+        name: The pool's name.
+        req: The new version: task, pool spec, sealed secrets, fingerprint (see `fingerprint`).
+
+    Returns:
+        Whether the pool was created, its new version, and whether the workers update in place.
+
+    Raises:
+        PoolUpdateRejected: The pool refused the version; the message says why.
+    """
     start: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
-        POOL_WORKFLOW,
+        WorkflowType.POOL,
         PoolState(name=name),
         id=pool_workflow_id(name),
         task_queue=CONTROL_QUEUE,
@@ -63,7 +65,7 @@ async def apply(client: Client, name: str, req: PoolApply) -> ApplyResult:
     )
     try:
         return await client.execute_update_with_start_workflow(
-            APPLY_UPDATE,
+            Update.POOL_APPLY,
             req,
             start_workflow_operation=start,
             id=f"apply-{uuid.uuid4()}",
@@ -74,38 +76,46 @@ async def apply(client: Client, name: str, req: PoolApply) -> ApplyResult:
 
 
 async def get_pool(client: Client, name: str) -> PoolSnapshot | None:
-    """The pool's snapshot, or None when no such pool is running."""
+    """What `tsky jobs pool status NAME` shows.
+
+    Args:
+        client: A client from `tsky.client.connect.connect`.
+        name: The pool's name.
+
+    Returns:
+        The pool's snapshot (workers, their statuses, the jobs on them), or None if it is not running.
+    """
     if not await pool_runs(client, name):
         return None
-    return await client.get_workflow_handle(pool_workflow_id(name)).query(SNAPSHOT_QUERY, result_type=PoolSnapshot)
+    return await client.get_workflow_handle(pool_workflow_id(name)).query(Query.POOL_SNAPSHOT, result_type=PoolSnapshot)
 
 
 async def current_version(client: Client, name: str) -> PoolVersion | None:
+    """The pool's current configuration (what `apply --workers N` resizes), or None if it is not running."""
     if not await pool_runs(client, name):
         return None
-    return await client.get_workflow_handle(pool_workflow_id(name)).query(
-        CURRENT_VERSION_QUERY, result_type=PoolVersion
-    )
+    return await client.get_workflow_handle(pool_workflow_id(name)).query(Query.POOL_VERSION, result_type=PoolVersion)
 
 
 async def list_pools(client: Client) -> list[PoolSnapshot]:
-    """Every running pool, by name (one visibility query, then one query per pool)."""
-    query = f"WorkflowType = '{POOL_WORKFLOW}' AND ExecutionStatus = 'Running'"
+    """Every running pool's snapshot, sorted by name (one visibility query, then one query per pool)."""
+    query = f"WorkflowType = '{WorkflowType.POOL}' AND ExecutionStatus = 'Running'"
     ids = sorted({e.id async for e in client.list_workflows(query)})
-    snapshots = [await client.get_workflow_handle(i).query(SNAPSHOT_QUERY, result_type=PoolSnapshot) for i in ids]
+    snapshots = [await client.get_workflow_handle(i).query(Query.POOL_SNAPSHOT, result_type=PoolSnapshot) for i in ids]
     return sorted(snapshots, key=lambda p: p.name)
 
 
 async def pool_jobs(client: Client, name: str) -> list[JobRow]:
-    """The pool's jobs still in progress (their workflows running), oldest first."""
+    """The jobs of pool `name` still in progress (their workflows running), oldest first."""
     quoted = "'" + name.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    query = f"WorkflowType = '{job_start.WORKFLOW_TYPE}' AND {sa.POOL.name} = {quoted} AND ExecutionStatus = 'Running'"
+    query = f"WorkflowType = '{WorkflowType.MANAGED_JOB}' AND {sa.POOL.name} = {quoted} AND ExecutionStatus = 'Running'"
     rows = [await row_from_execution(e) async for e in client.list_workflows(query)]
     return sorted((r for r in rows if not r.status.is_terminal()), key=lambda r: r.job_id)
 
 
 async def down(client: Client, name: str) -> None:
-    """Ask the pool to shut down: waiting jobs are told it is gone, every worker is torn down."""
+    """Shut pool `name` down (`tsky jobs pool down`): waiting jobs are told it is gone, every worker is
+    torn down. Returns once asked; the pool ends when its last worker is gone."""
     await client.get_workflow_handle(pool_workflow_id(name)).cancel()
 
 
@@ -115,9 +125,7 @@ async def job_worker(client: Client, job_id: int) -> str | None:
     from tsky.contract.job import JobState
 
     try:
-        state = await client.get_workflow_handle(job_workflow_id(job_id)).query(
-            job_start.STATE_QUERY, result_type=JobState
-        )
+        state = await client.get_workflow_handle(job_workflow_id(job_id)).query(Query.JOB_STATE, result_type=JobState)
     except RPCError:
         return None
     task = state.current_task()

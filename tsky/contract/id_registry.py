@@ -1,13 +1,8 @@
-"""The job-id registry's contract: its workflow type, update, query and their payloads (the workflow is
-`tsky.workflows.id_registry`)."""
+"""The job-id registry's payloads (the workflow is `tsky.workflows.id_registry`; its names are in `names`)."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, Field
-
-ID_REGISTRY_WORKFLOW = "TskyIdRegistry"
-ALLOCATE_UPDATE = "allocate"
-NEXT_ID_QUERY = "next_id"
 
 
 class RegistryState(BaseModel):

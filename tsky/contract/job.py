@@ -53,7 +53,6 @@ class JobPolicy(_Model):
 
 # CLI -> job, sent just before the cancel request (which carries no parameters): stop the running phase
 # gracefully, SIGTERM then SIGKILL only after `grace_seconds` (`tsky jobs cancel --graceful`).
-GRACEFUL_CANCEL_SIGNAL = "graceful_cancel"
 DEFAULT_GRACEFUL_TIMEOUT_SECONDS = 30  # `--graceful` without `--graceful-timeout`
 
 

@@ -16,9 +16,6 @@ from tsky.spec.status import ManagedJobStatus
 _SUMMARY_LIMIT = 200  # bytes: the Web UI's one-line summary
 _DETAILS_LIMIT = 20_000
 
-WORKFLOW_TYPE = "ManagedJob"
-STATE_QUERY = "state"  # the job's full JobState
-
 
 def search_attributes(req: JobRequest) -> TypedSearchAttributes:
     tasks = req.pipeline.tasks

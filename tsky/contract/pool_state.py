@@ -23,16 +23,6 @@ from tsky.spec.requests import Candidate
 from tsky.spec.status import PoolStatus, PoolWorkerStatus
 from tsky.spec.task import Pipeline, Task
 
-POOL_WORKFLOW = "TskyPool"
-POOL_WORKER_WORKFLOW = "TskyPoolWorker"
-REQUEST_SIGNAL = "pool_request"
-RELEASE_SIGNAL = "pool_release"
-SNAPSHOT_QUERY = "snapshot"
-CURRENT_VERSION_QUERY = "current_version"
-APPLY_UPDATE = "apply"
-GRANT_SIGNAL = "pool_grant"
-REPORT_SIGNAL = "pool_worker_report"
-
 W = PoolWorkerStatus
 # A worker that is, or may soon be, able to take jobs.
 LIVE_STATUSES = frozenset({W.PENDING, W.PROVISIONING, W.STARTING, W.READY, W.BUSY})

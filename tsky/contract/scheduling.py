@@ -11,9 +11,6 @@ from tsky.contract.ids import SCHEDULER_WORKFLOW_ID
 
 __all__ = ["SCHEDULER_WORKFLOW_ID"]  # its callers find the scheduler's id here too
 
-SLOT_GRANTED_SIGNAL = "slot_granted"  # scheduler -> job: you may launch
-ACQUIRE_SIGNAL = "acquire"  # job -> scheduler (signal-with-start): SlotRequest
-RELEASE_SIGNAL = "release"  # job -> scheduler: job id; frees its slot or withdraws it from the wait
 WAITING_DETAILS = "Waiting for other jobs to launch"
 
 

@@ -10,14 +10,8 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowQueryFail
 from temporalio.service import RPCError, RPCStatusCode
 
 from tsky.contract.ids import job_workflow_id, pool_worker_cluster_name, pool_worker_from_workflow_id, pool_workflow_id
-from tsky.contract.pool_state import (
-    POOL_WORKER_WORKFLOW,
-    POOL_WORKFLOW,
-    RELEASE_SIGNAL,
-    SNAPSHOT_QUERY,
-    PoolRelease,
-    PoolSnapshot,
-)
+from tsky.contract.names import Query, Signal, WorkflowType
+from tsky.contract.pool_state import PoolRelease, PoolSnapshot
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +19,7 @@ logger = logging.getLogger(__name__)
 async def live_pool_worker_clusters(client: Client) -> set[str]:
     """The clusters of the pool workers whose workflow runs (one visibility query): a pool's worker
     belongs to its worker workflow, not to the jobs it runs, so the sweeper must leave these alone."""
-    query = f"WorkflowType = '{POOL_WORKER_WORKFLOW}' AND ExecutionStatus = 'Running'"
+    query = f"WorkflowType = '{WorkflowType.POOL_WORKER}' AND ExecutionStatus = 'Running'"
     names: set[str] = set()
     async for execution in client.list_workflows(query):
         worker = pool_worker_from_workflow_id(execution.id)
@@ -52,7 +46,7 @@ async def cancel_orphaned_pool_workers(client: Client) -> list[str]:
     `tsky jobs pool down` stops the workers before the pool ends; a pool terminated from outside (the Web
     UI, `temporal workflow terminate`) leaves them running (they are ABANDON children), each holding its
     cluster and watching it forever. Cancelled, a worker tears its cluster down and ends."""
-    query = f"WorkflowType = '{POOL_WORKER_WORKFLOW}' AND ExecutionStatus = 'Running'"
+    query = f"WorkflowType = '{WorkflowType.POOL_WORKER}' AND ExecutionStatus = 'Running'"
     alive: dict[str, bool] = {}
     cancelled: list[str] = []
     async for execution in client.list_workflows(query):
@@ -88,13 +82,13 @@ async def release_workers_of_ended_jobs(client: Client, grace_seconds: float) ->
     A job gives its worker back on every ending it sees; one terminated from outside cannot, and would
     hold the worker (and leave its processes running there) forever. Released as lost, the worker is
     replaced, and its teardown takes whatever the job left behind with it."""
-    query = f"WorkflowType = '{POOL_WORKFLOW}' AND ExecutionStatus = 'Running'"
+    query = f"WorkflowType = '{WorkflowType.POOL}' AND ExecutionStatus = 'Running'"
     now = datetime.now(UTC)
     released: list[str] = []
     async for execution in client.list_workflows(query):
         pool = client.get_workflow_handle(execution.id)
         try:
-            snapshot = await pool.query(SNAPSHOT_QUERY, result_type=PoolSnapshot)
+            snapshot = await pool.query(Query.POOL_SNAPSHOT, result_type=PoolSnapshot)
         except (RPCError, WorkflowQueryFailedError) as err:  # ended since the listing: nothing to release
             logger.info("sweeper: could not ask pool %s for its workers: %s", execution.id, err)
             continue
@@ -105,6 +99,6 @@ async def release_workers_of_ended_jobs(client: Client, grace_seconds: float) ->
             if ended is None or (now - ended).total_seconds() < grace_seconds:
                 continue
             reason = f"Job {worker.job_id} ended without giving its worker back."
-            await pool.signal(RELEASE_SIGNAL, PoolRelease(key=worker.lease, lost=True, reason=reason))
+            await pool.signal(Signal.POOL_RELEASE, PoolRelease(key=worker.lease, lost=True, reason=reason))
             released.append(f"pool '{snapshot.name}' worker {worker.worker_id} (job {worker.job_id})")
     return released

@@ -28,10 +28,14 @@ from pydantic import (
 from tsky.spec.errors import FieldError, unknown_field_message
 from tsky.spec.requests import DEFAULT_DISK_SIZE_GB, Infra, ResourceRequest
 
-DEFAULT_STRATEGY = "EAGER_NEXT_REGION"
+# The `job_recovery` strategies (what each does: tsky.workflows.recovery).
+EAGER_NEXT_REGION = "EAGER_NEXT_REGION"
+FAILOVER = "FAILOVER"
 # "NONE" is tsky's deliberate choice (SkyPilot silently puts the default back): a preemption or a
 # failure ends the job instead of relaunching it.
-STRATEGIES = ("EAGER_NEXT_REGION", "FAILOVER", "NONE")
+NO_RECOVERY = "NONE"
+STRATEGIES = (EAGER_NEXT_REGION, FAILOVER, NO_RECOVERY)
+DEFAULT_STRATEGY = EAGER_NEXT_REGION
 
 # Clouds tsky can launch on, as `infra:` spells them.
 TSKY_CLOUDS = ("aws", "gcp", "k8s", "ssh", "local")

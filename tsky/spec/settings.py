@@ -8,13 +8,23 @@ the same way whatever its own config says.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from tsky.spec.status import ManagedJobStatus
+
+
+def _factory_path(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
+        raise ValueError(f"{value!r} is not `package.module:callable` (e.g. `mycompany.tsky_hooks:addresses`)")
+    return value
+
+
+FactoryPath = Annotated[str, AfterValidator(_factory_path)]  # a callable the worker imports
 
 
 class _Section(BaseModel):
@@ -153,6 +163,10 @@ class GcpSettings(_Section):
     image: str = "projects/debian-cloud/global/images/family/debian-12"
     vpc_name: str = "default"
     use_internal_ips: bool = False  # reach instances on their internal address (the worker runs in the VPC)
+    # How the worker reaches an instance over SSH when not at its own address (NAT, overlay network,
+    # inventory): a `package.module:callable` taking the Settings and returning an AddressResolver
+    # (clouds/addresses.py). None: the instance's public (or internal) address, port 22.
+    ssh_address_resolver: FactoryPath | None = None
     ssh_user: str = "tsky"
     # None: $TSKY_HOME/ssh/tsky-gcp (created on first use); its public half goes in the instances' metadata.
     ssh_private_key: str | None = None
@@ -175,6 +189,7 @@ class AwsSettings(_Section):
     key_name: str | None = None  # an existing EC2 key pair holding ssh_private_key's public half
     security_group: str = "tsky"  # a name (created in the default VPC: SSH open, all traffic within) or an sg- id
     use_internal_ips: bool = False  # reach instances on their private address (the worker runs in the VPC)
+    ssh_address_resolver: FactoryPath | None = None  # as in GcpSettings
     regions: list[str] | None = None  # where listing and teardown-by-name look; None: every EC2 region
     # Seconds for new instances to run and answer SSH (and for terminations to be confirmed).
     provision_timeout: float = Field(default=600, gt=0)

@@ -16,11 +16,11 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    import tsky.workflows.cluster_lifecycle as lifecycle
     from tsky.contract.activity_io import ClusterInfo, ErrorType, JobMeta, PhaseInput, PhaseResult, SyncResult
     from tsky.contract.job import Attempt, TaskState
     from tsky.spec.status import ManagedJobStatus
     from tsky.spec.task import Task
-    from tsky.workflows import cluster_lifecycle as lifecycle
     from tsky.workflows.job_state import JobRun, TaskEnded
     from tsky.workflows.pool_lease import node_key
     from tsky.workflows.recovery import Outcome, OutcomeKind, launch_backoff

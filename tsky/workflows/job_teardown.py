@@ -9,13 +9,13 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
+    import tsky.workflows.cluster_lifecycle as lifecycle
     from tsky.contract.activity_io import ActivityName, CleanupJobInput
     from tsky.contract.ids import LAUNCH_QUEUE
     from tsky.contract.job import TaskState
     from tsky.spec.status import ManagedJobStatus
     from tsky.spec.storage import BucketRef, is_url, parse_bucket_url, storage_store
     from tsky.spec.task import Storage
-    from tsky.workflows import cluster_lifecycle as lifecycle
     from tsky.workflows.job_state import JobRun
     from tsky.workflows.pool_lease import release_worker
     from tsky.workflows.shield import shielded

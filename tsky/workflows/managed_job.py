@@ -26,10 +26,12 @@ from temporalio import workflow
 from temporalio.exceptions import FailureError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
-    from tsky.contract import scheduling
+    import tsky.workflows.cluster_lifecycle as lifecycle
+    import tsky.workflows.orchestration as orch
+    import tsky.workflows.pool_lease as pool_lease
+    import tsky.workflows.running_slot as running_slot
     from tsky.contract.ids import cluster_name
     from tsky.contract.job import (
-        GRACEFUL_CANCEL_SIGNAL,
         Attempt,
         GracefulCancel,
         JobRequest,
@@ -38,14 +40,12 @@ with workflow.unsafe.imports_passed_through():
         TaskState,
         job_result,
     )
-    from tsky.contract.pool_state import GRANT_SIGNAL, PoolGrant
+    from tsky.contract.names import Query, Signal, WorkflowType
+    from tsky.contract.pool_state import PoolGrant
     from tsky.spec.requests import Candidate
     from tsky.spec.status import ManagedJobStatus
     from tsky.spec.storage import writes_back
     from tsky.spec.task import Storage, Task
-    from tsky.workflows import cluster_lifecycle as lifecycle
-    from tsky.workflows import orchestration as orch
-    from tsky.workflows import pool_lease, running_slot
     from tsky.workflows.job_phases import run_phases
     from tsky.workflows.job_state import JobRun, TaskEnded, is_own_bug
     from tsky.workflows.job_teardown import cleanup_job, release_cluster
@@ -59,25 +59,25 @@ _PATCH_CANCEL_IN_ACTIVITY = "cancel-in-activity-shows-cancelling"
 _PATCH_LIVE_MOUNTS = "live-bucket-mounts-flush-on-node"
 
 
-@workflow.defn(name="ManagedJob")
+@workflow.defn(name=WorkflowType.MANAGED_JOB)
 class ManagedJobWorkflow:
     @workflow.init
     def __init__(self, req: JobRequest) -> None:
         self.run_state = JobRun.start(req)
 
-    @workflow.query(description="The job's full state: tasks, statuses, attempts.")
+    @workflow.query(name=Query.JOB_STATE, description="The job's full state: tasks, statuses, attempts.")
     def state(self) -> JobState:
         return self.run_state.job
 
-    @workflow.signal(name=scheduling.SLOT_GRANTED_SIGNAL, description="The scheduler gives the job a running slot.")
+    @workflow.signal(name=Signal.SLOT_GRANTED, description="The scheduler gives the job a running slot.")
     def slot_granted(self) -> None:
         running_slot.slot_granted(self.run_state)
 
-    @workflow.signal(name=GRANT_SIGNAL, description="The job's pool gives it a worker (or says there is none).")
+    @workflow.signal(name=Signal.POOL_GRANT, description="The job's pool gives it a worker (or says there is none).")
     def pool_grant(self, grant: PoolGrant) -> None:
         pool_lease.granted(self.run_state, grant)
 
-    @workflow.signal(name=GRACEFUL_CANCEL_SIGNAL, description="The coming cancel is graceful: SIGTERM, wait, SIGKILL.")
+    @workflow.signal(name=Signal.GRACEFUL_CANCEL, description="The coming cancel is graceful: SIGTERM, wait, SIGKILL.")
     def graceful_cancel(self, request: GracefulCancel) -> None:
         self.run_state.stop_grace = request.grace_seconds
 

@@ -17,9 +17,8 @@ with workflow.unsafe.imports_passed_through():
     from tsky.contract.activity_io import ClusterInfo
     from tsky.contract.ids import pool_workflow_id
     from tsky.contract.job import TaskState
+    from tsky.contract.names import Signal
     from tsky.contract.pool_state import (
-        RELEASE_SIGNAL,
-        REQUEST_SIGNAL,
         PoolGrant,
         PoolRelease,
         PoolRequest,
@@ -61,7 +60,7 @@ async def acquire_worker(run: JobRun, ts: TaskState, attempt: int, recovering: b
     await run.publish()
     while lease.grant is None:
         try:
-            await handle.signal(REQUEST_SIGNAL, request)
+            await handle.signal(Signal.POOL_REQUEST, request)
         except ApplicationError:
             raise TaskEnded(Status.FAILED_NO_RESOURCE, pool_not_found(pool)) from None
         try:
@@ -95,7 +94,7 @@ async def release_worker(run: JobRun, ts: TaskState, lost: bool) -> None:
         reason = f"Lost while running job {run.req.job_id}." if lost else ""
         with contextlib.suppress(ApplicationError):  # a pool that is gone took its workers with it
             await workflow.get_external_workflow_handle(pool_workflow_id(pool)).signal(
-                RELEASE_SIGNAL, PoolRelease(key=key, lost=lost, reason=reason)
+                Signal.POOL_RELEASE, PoolRelease(key=key, lost=lost, reason=reason)
             )
         if cluster is not None:
             run.log(f"Worker {cluster.name} of pool '{pool}' released.")

@@ -22,13 +22,14 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
+    import tsky.workflows.cluster_lifecycle as lifecycle
     from tsky.contract.activity_io import ActivityName, ClusterInfo, JobMeta, WatchClusterInput
     from tsky.contract.ids import WATCH_QUEUE, pool_workflow_id
     from tsky.contract.logs import pool_worker_log_path
-    from tsky.contract.pool_state import POOL_WORKER_WORKFLOW, REPORT_SIGNAL, WorkerInput, WorkerReport
+    from tsky.contract.names import Query, Signal, WorkflowType
+    from tsky.contract.pool_state import WorkerInput, WorkerReport
     from tsky.spec.requests import Candidate
     from tsky.spec.status import PoolWorkerStatus
-    from tsky.workflows import cluster_lifecycle as lifecycle
     from tsky.workflows.shield import to_the_end
 
 W = PoolWorkerStatus
@@ -45,7 +46,7 @@ class _WorkerEnded(Exception):
         self.reason = reason
 
 
-@workflow.defn(name=POOL_WORKER_WORKFLOW)
+@workflow.defn(name=WorkflowType.POOL_WORKER)
 class PoolWorkerWorkflow:
     @workflow.init
     def __init__(self, inp: WorkerInput) -> None:
@@ -57,7 +58,7 @@ class PoolWorkerWorkflow:
         self._pool_gone = False
         self._ending = False  # reporting how it ended: a missing pool no longer matters
 
-    @workflow.query(description="This worker's status.")
+    @workflow.query(name=Query.POOL_WORKER_STATE, description="This worker's status.")
     def state(self) -> str:
         return self.status.value
 
@@ -178,7 +179,9 @@ class PoolWorkerWorkflow:
             gone=gone,
         )
         try:
-            await workflow.get_external_workflow_handle(pool_workflow_id(self.inp.pool)).signal(REPORT_SIGNAL, report)
+            await workflow.get_external_workflow_handle(pool_workflow_id(self.inp.pool)).signal(
+                Signal.POOL_WORKER_REPORT, report
+            )
         except ApplicationError as err:
             self._pool_gone = True
             if not self._ending:

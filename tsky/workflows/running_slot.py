@@ -14,6 +14,7 @@ from temporalio.exceptions import FailureError
 with workflow.unsafe.imports_passed_through():
     from tsky.contract import scheduling
     from tsky.contract.activity_io import ActivityName
+    from tsky.contract.names import Signal
     from tsky.spec.status import ManagedJobStatus
     from tsky.workflows.job_state import JobRun, SlotState
     from tsky.workflows.shield import shielded
@@ -55,7 +56,7 @@ async def give_slot(run: JobRun) -> None:
     async def release() -> None:
         try:
             scheduler = workflow.get_external_workflow_handle(scheduling.SCHEDULER_WORKFLOW_ID)
-            await scheduler.signal(scheduling.RELEASE_SIGNAL, run.req.job_id)
+            await scheduler.signal(Signal.RELEASE_SLOT, run.req.job_id)
         except FailureError as err:  # the scheduler reconciles against ended jobs
             run.log(f"Could not give the running slot back ({err}); the scheduler will notice.")
 

@@ -56,7 +56,7 @@ class ScheduledJobWorkflow:
         )
         try:
             result = await workflow.execute_child_workflow(
-                job_start.WORKFLOW_TYPE,
+                WorkflowType.MANAGED_JOB,
                 req,
                 id=job_workflow_id(req.job_id),
                 task_queue=CONTROL_QUEUE,

@@ -15,10 +15,10 @@ from temporalio import workflow
 from temporalio.common import SearchAttributeUpdate
 
 with workflow.unsafe.imports_passed_through():
+    import tsky.workflows.metrics as metrics
     from tsky.contract import search_attributes as sa
     from tsky.contract.activity_io import ActivityName, ControllerLogInput
     from tsky.contract.job import JobState
-    from tsky.workflows import metrics
     from tsky.workflows.recovery import Outcome
 
 _PUBLISHED_ATTRIBUTES = (sa.STATUS, sa.RECOVERIES, sa.INFRA, sa.STARTED_AT, sa.ENDED_AT)

@@ -1,7 +1,7 @@
 """The `aws` infra: EC2 instances through boto3, reached over SSH with the shared runner (`ssh_runner.py`).
 
-A cluster is a set of instances tagged `tsky-cluster=<name>` (plus job id, task, launch and the owner id,
-so the sweeper can judge orphans), launched in one all-or-nothing `run_instances` call (MinCount =
+A cluster is a set of instances tagged `tsky-cluster=<name>` (plus job id or pool, task, launch and the owner
+id, so the sweeper can judge orphans: `labels.py`), launched in one all-or-nothing `run_instances` call (MinCount =
 MaxCount), on demand or spot (`InstanceMarketOptions`, one-time, terminate on interruption). Provisioning
 is idempotent: it first looks for the cluster's live instances and adopts them, and its `ClientToken` is
 derived from the cluster name, the request and the instances already known, so a retried call returns the
@@ -24,8 +24,8 @@ Unsupported, …) → CapacityError; bad credentials or parameters → PrecheckE
 TransientError. Teardown terminates and waits until EC2 reports every instance terminated.
 
 boto3 blocks, so every call runs in a thread. Credentials come the usual boto3 way (environment, profile,
-SSO, instance role). Test seam: with `TSKY_TEST_SSH_HOSTS` set (never outside tests), each instance is
-reached at one of those loopback sshd endpoints instead of its own address (see `ssh_runner`).
+SSO, instance role). Instances are reached over SSH where `addresses.py`'s resolver says (by default their
+public address, or the private one with `aws.use_internal_ips`).
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ import botocore.exceptions
 from botocore.config import Config
 
 from tsky.contract.activity_io import ClusterInfo, JobMeta, NodeInfo
+from tsky.ops.clouds import labels as keys
+from tsky.ops.clouds.addresses import CloudInstance, address_resolver
 from tsky.ops.clouds.base import (
     CapacityError,
     ClusterRecord,
@@ -51,30 +53,14 @@ from tsky.ops.clouds.base import (
     TransientError,
     owner_of,
 )
-from tsky.ops.clouds.ssh_runner import (
-    SSHNodeAgent,
-    SSHOptions,
-    SSHTarget,
-    clean_stand_in_node,
-    cluster_node,
-    pick_test_endpoint,
-    test_endpoints,
-    wait_reachable,
-)
+from tsky.ops.clouds.labels import Listed, cluster_records
+from tsky.ops.clouds.ssh_runner import SSHNodeAgent, SSHOptions, SSHTarget, cluster_node, wait_reachable
 from tsky.ops.clouds.state_checks import SharedStateChecks
 from tsky.spec.requests import Candidate
 from tsky.spec.settings import AwsSettings, Settings
 from tsky.spec.status import NodeState
 
 NAME = "aws"
-
-TAG_CLUSTER = "tsky-cluster"
-TAG_JOB = "tsky-job-id"
-TAG_TASK = "tsky-task"
-TAG_LAUNCH = "tsky-launch"
-TAG_OWNER = "tsky-owner"
-TAG_POOL = "tsky-pool"
-TAG_TEST_SSH = "tsky-test-ssh"  # the seam's endpoint of an instance (tests only)
 
 LIVE = ("pending", "running")
 STOPPED = ("stopping", "stopped")
@@ -165,6 +151,9 @@ class AwsBackend:
         self.state_check_seconds = self.cfg.state_check_seconds
         self.owner = owner_of(settings)
         self.options = SSHOptions()
+        self.addresses = address_resolver(
+            settings, "aws.ssh_address_resolver", self.cfg.ssh_address_resolver, self.cfg.use_internal_ips
+        )
         self._clients: dict[str, Any] = {}
         self._clients_lock = threading.Lock()
         self._ready: dict[str, tuple[str, str]] = {}  # region -> (key pair name, security group id)
@@ -212,9 +201,9 @@ class AwsBackend:
         found = await self._instances(
             region,
             Filters=[
-                {"Name": f"tag:{TAG_CLUSTER}", "Values": [cluster_name]},
+                {"Name": f"tag:{keys.CLUSTER}", "Values": [cluster_name]},
                 # Another installation in the same account may have a cluster of the same name.
-                {"Name": f"tag:{TAG_OWNER}", "Values": [self.owner]},
+                {"Name": f"tag:{keys.OWNER}", "Values": [self.owner]},
                 {"Name": "instance-state-name", "Values": list(states)},
             ],
         )
@@ -360,36 +349,26 @@ class AwsBackend:
     def node(self, cluster: ClusterInfo, rank: int) -> SSHNodeAgent:
         return cluster_node(self._ssh_target(cluster.nodes[rank]), cluster.name, rank, self.options)
 
-    def _node_info(self, rank: int, instance: dict[str, Any]) -> NodeInfo:
-        endpoint = _tags(instance.get("Tags")).get(TAG_TEST_SSH)
-        if endpoint and test_endpoints():
-            host, _, port = endpoint.rpartition(":")
-            return NodeInfo(
-                rank=rank, ip=host, host_id=instance["InstanceId"], ssh_port=int(port), ssh_user=self.cfg.ssh_user
-            )
-        public, private = instance.get("PublicIpAddress"), instance.get("PrivateIpAddress")
-        ip = private if self.cfg.use_internal_ips or not public else public
-        return NodeInfo(rank=rank, ip=str(ip), host_id=instance["InstanceId"], ssh_port=22, ssh_user=self.cfg.ssh_user)
+    def _instance(self, region: str, cluster_name: str, rank: int, instance: dict[str, Any]) -> CloudInstance:
+        return CloudInstance(
+            backend=NAME,
+            place=region,
+            instance_id=instance["InstanceId"],
+            cluster=cluster_name,
+            rank=rank,
+            public_ip=str(instance.get("PublicIpAddress") or ""),
+            private_ip=str(instance.get("PrivateIpAddress") or ""),
+        )
 
-    async def _assign_test_endpoints(self, region: str, instances: list[dict[str, Any]]) -> None:
-        """Under the seam, give each new instance a loopback sshd endpoint (kept in a tag)."""
-        tagged = await self._instances(region, Filters=[{"Name": "tag-key", "Values": [TAG_TEST_SSH]}])
-        live = {_tags(i.get("Tags"))[TAG_TEST_SSH] for i in tagged if i["State"]["Name"] in NOT_TERMINATED}
-        ever = {_tags(i.get("Tags"))[TAG_TEST_SSH] for i in tagged}
-        for instance in instances:
-            tags = _tags(instance.get("Tags"))
-            if TAG_TEST_SSH in tags:
-                continue
-            endpoint = pick_test_endpoint(live, ever)
-            live.add(endpoint)
-            ever.add(endpoint)
-            await self._call(
-                region,
-                "create_tags",
-                Resources=[instance["InstanceId"]],
-                Tags=[{"Key": TAG_TEST_SSH, "Value": endpoint}],
-            )
-            instance.setdefault("Tags", []).append({"Key": TAG_TEST_SSH, "Value": endpoint})
+    async def _node_info(self, region: str, cluster_name: str, rank: int, instance: dict[str, Any]) -> NodeInfo:
+        address = await self.addresses.address(self._instance(region, cluster_name, rank, instance))
+        return NodeInfo(
+            rank=rank,
+            ip=address.host,
+            host_id=instance["InstanceId"],
+            ssh_port=address.port,
+            ssh_user=self.cfg.ssh_user,
+        )
 
     # -- protocol ------------------------------------------------------------------------------------
 
@@ -411,9 +390,7 @@ class AwsBackend:
             await self._call(region, "terminate_instances", InstanceIds=extra)
             live = live[:num_nodes]
         instances = await self._wait_running(region, [i["InstanceId"] for i in live])
-        if test_endpoints():
-            await self._assign_test_endpoints(region, instances)
-        nodes = [self._node_info(rank, instance) for rank, instance in enumerate(instances)]
+        nodes = [await self._node_info(region, cluster_name, rank, i) for rank, i in enumerate(instances)]
         await asyncio.gather(
             *(wait_reachable(self._ssh_target(n), self.options, self.cfg.provision_timeout) for n in nodes)
         )
@@ -442,12 +419,12 @@ class AwsBackend:
         known: list[dict[str, Any]],
     ) -> list[dict[str, Any]]:
         # The user's labels first: tsky's own tags (which the sweeper relies on) win a clash.
-        tags = {**dict(candidate.labels), "Name": cluster_name, TAG_CLUSTER: cluster_name, TAG_OWNER: self.owner}
+        tags = {**dict(candidate.labels), "Name": cluster_name, keys.CLUSTER: cluster_name, keys.OWNER: self.owner}
         if meta.pool:  # a tsky pool's worker belongs to its pool, not to the jobs it runs one after another
-            tags[TAG_POOL] = meta.pool
+            tags[keys.POOL] = meta.pool
         else:
-            tags |= {TAG_JOB: str(meta.job_id), TAG_TASK: str(meta.task_index)}
-        tags[TAG_LAUNCH] = str(_launch_of(cluster_name))
+            tags |= {keys.JOB: str(meta.job_id), keys.TASK: str(meta.task_index)}
+        tags[keys.LAUNCH] = str(_launch_of(cluster_name))
         tag_list = [{"Key": k, "Value": v} for k, v in tags.items()]
         # The same request for the same cluster state gets the same token: a retried call (the worker died
         # before it saw the answer) returns the first call's reservation instead of launching again.
@@ -515,7 +492,7 @@ class AwsBackend:
         """Every instance this installation has in `region` (terminated ones too, while EC2 still shows
         them: they say why they ended), by id."""
         found = await self._instances(
-            region, Filters=[{"Name": f"tag:{TAG_OWNER}", "Values": [self.owner]}], MaxResults=1000
+            region, Filters=[{"Name": f"tag:{keys.OWNER}", "Values": [self.owner]}], MaxResults=1000
         )
         return {i["InstanceId"]: i for i in found}
 
@@ -564,8 +541,8 @@ class AwsBackend:
 
     async def _teardown_in(self, region: str, cluster_name: str) -> None:
         every = await self._cluster_instances(region, cluster_name, (*NOT_TERMINATED, "terminated"))
-        if test_endpoints():
-            await self._seam_cleanup(cluster_name, every)
+        for rank, instance in enumerate(every):
+            await self.addresses.released(self._instance(region, cluster_name, rank, instance))
         ids = [i["InstanceId"] for i in every if i["State"]["Name"] != "terminated"]
         if not ids:
             return
@@ -580,15 +557,6 @@ class AwsBackend:
                     f"{len(left)} instance(s) of {cluster_name} in {region} still {left[0]['State']['Name']}"
                 )
             await asyncio.sleep(5)
-
-    async def _seam_cleanup(self, cluster_name: str, instances: list[dict[str, Any]]) -> None:
-        """Under the test seam, an instance that is (being) terminated must also lose its processes, as on
-        EC2: the loopback node that stood in for it is cleaned."""
-        for rank, instance in enumerate(instances):
-            if TAG_TEST_SSH not in _tags(instance.get("Tags")):
-                continue
-            target = self._ssh_target(self._node_info(rank, instance))
-            await clean_stand_in_node(target, cluster_name, rank, self.options)
 
     async def list_clusters(self) -> list[ClusterRecord]:
         regions = self._regions()
@@ -606,37 +574,29 @@ class AwsBackend:
         instances = await self._instances(
             region,
             Filters=[
-                {"Name": "tag-key", "Values": [TAG_CLUSTER]},
+                {"Name": "tag-key", "Values": [keys.CLUSTER]},
                 {"Name": "instance-state-name", "Values": list(NOT_TERMINATED)},
             ],
         )
-        groups: dict[str, list[dict[str, Any]]] = {}
-        for instance in instances:
-            groups.setdefault(_tags(instance.get("Tags"))[TAG_CLUSTER], []).append(instance)
-        records = []
-        for name, members in sorted(groups.items()):
-            tags = _tags(members[0].get("Tags"))
-            states = {node_state(i) for i in members}
-            launched = min((i["LaunchTime"] for i in members if i.get("LaunchTime")), default=None)
-            records.append(
-                ClusterRecord(
-                    name=name,
-                    backend=NAME,
-                    region=region,
-                    job_id=int(tags[TAG_JOB]) if tags.get(TAG_JOB, "").isdigit() else None,
-                    nodes=len(members),
-                    state="UP" if states == {NodeState.UP} else sorted(s.value for s in states - {NodeState.UP})[0],
-                    launched_at=launched.timestamp() if launched is not None else None,
-                    owner=tags.get(TAG_OWNER),
-                    pool=tags.get(TAG_POOL),
-                    extra={
-                        "instance_type": str(members[0].get("InstanceType", "")),
-                        "spot": str(members[0].get("InstanceLifecycle") == "spot"),
-                        "instances": ",".join(i["InstanceId"] for i in members),
-                    },
-                )
+        listed = [
+            Listed(
+                place=region,
+                labels=_tags(i.get("Tags")),
+                state=node_state(i),
+                launched_at=i["LaunchTime"].timestamp() if i.get("LaunchTime") else None,
+                resource=i,
             )
-        return records
+            for i in instances
+        ]
+        return cluster_records(NAME, listed, _describe)
+
+
+def _describe(region: str, members: list[dict[str, Any]]) -> tuple[str, dict[str, str]]:
+    return region, {
+        "instance_type": str(members[0].get("InstanceType", "")),
+        "spot": str(members[0].get("InstanceLifecycle") == "spot"),
+        "instances": ",".join(i["InstanceId"] for i in members),
+    }
 
 
 def make_backend(settings: Settings) -> AwsBackend:

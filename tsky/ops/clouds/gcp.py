@@ -1,8 +1,8 @@
 """The `gcp` infra: Compute Engine instances through google-cloud-compute (REST), reached over SSH with the
 shared runner (`ssh_runner.py`).
 
-A cluster is a set of instances `<cluster>-<owner>-<rank>` in one zone, labelled `tsky-cluster`, `tsky-job-id`,
-`tsky-task`, `tsky-launch`, `tsky-rank` and `tsky-owner` (the installation, `base.owner_of`): the sweeper finds
+A cluster is a set of instances `<cluster>-<owner>-<rank>` in one zone, labelled with the cluster, job id,
+task, launch, rank and owner keys of `labels.py` (the owner: the installation, `base.owner_of`): the sweeper finds
 them, and two installations sharing a project never touch each other's instances. Provisioning is
 idempotent: live instances of the cluster are adopted (an insert of an existing name is a 409), stopped or
 dying leftovers are deleted first. Spot instances use the SPOT provisioning model with
@@ -27,9 +27,9 @@ again a few times with backoff; invalid requests, missing images/networks/projec
 Operations are waited for with `*_unary` calls and `ZoneOperationsClient.wait`: the library's own poller
 (behind `insert().result()`) is built without the client options, so with an `api_endpoint` override it
 would poll compute.googleapis.com. Every client call blocks, so it runs in a thread. Credentials: Google's
-application default credentials; anonymous only for a local fake (`gcp.api_endpoint`, tests). Test seam:
-with `TSKY_TEST_SSH_HOSTS` set (never outside tests), each instance is reached at one of those loopback
-sshd endpoints (recorded in a label) instead of its own address.
+application default credentials; anonymous only for a local fake (`gcp.api_endpoint`, tests). Instances are
+reached over SSH where `addresses.py`'s resolver says (by default their external address, or the internal one
+with `gcp.use_internal_ips`).
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import compute_v1
 
 from tsky.contract.activity_io import ClusterInfo, JobMeta, NodeInfo
+from tsky.ops.clouds import labels as keys
+from tsky.ops.clouds.addresses import CloudInstance, address_resolver
 from tsky.ops.clouds.base import (
     CapacityError,
     ClusterRecord,
@@ -59,30 +61,14 @@ from tsky.ops.clouds.base import (
     TransientError,
     owner_of,
 )
-from tsky.ops.clouds.ssh_runner import (
-    SSHNodeAgent,
-    SSHOptions,
-    SSHTarget,
-    clean_stand_in_node,
-    cluster_node,
-    pick_test_endpoint,
-    test_endpoints,
-    wait_reachable,
-)
+from tsky.ops.clouds.labels import Listed, cluster_records
+from tsky.ops.clouds.ssh_runner import SSHNodeAgent, SSHOptions, SSHTarget, cluster_node, wait_reachable
 from tsky.ops.clouds.state_checks import SharedStateChecks
 from tsky.spec.requests import Candidate
 from tsky.spec.settings import GcpSettings, Settings
 from tsky.spec.status import NodeState
 
 NAME = "gcp"
-
-LABEL_CLUSTER = "tsky-cluster"
-LABEL_JOB = "tsky-job-id"
-LABEL_TASK = "tsky-task"
-LABEL_LAUNCH = "tsky-launch"
-LABEL_RANK = "tsky-rank"
-LABEL_OWNER = "tsky-owner"
-LABEL_TEST_SSH = "tsky-test-ssh"  # the seam's endpoint of an instance (tests only), as `127-0-0-5_2222`
 
 LIVE = ("PROVISIONING", "STAGING", "RUNNING")
 PREEMPTED_OPERATION = "compute.instances.preempted"
@@ -165,16 +151,6 @@ def node_state(instance: compute_v1.Instance | None, spot: bool, preempted: bool
     return NodeState.PREEMPTED if spot else NodeState.STOPPED
 
 
-def _seam_label(endpoint: str) -> str:
-    host, _, port = endpoint.rpartition(":")
-    return f"{host.replace('.', '-')}_{port}"
-
-
-def _seam_endpoint(label: str) -> tuple[str, int]:
-    host, _, port = label.rpartition("_")
-    return host.replace("-", "."), int(port)
-
-
 class GcpBackend:
     name = NAME
 
@@ -184,10 +160,12 @@ class GcpBackend:
         self.state_check_seconds = self.cfg.state_check_seconds
         self.owner = owner_of(settings)
         self.options = SSHOptions()
+        self.addresses = address_resolver(
+            settings, "gcp.ssh_address_resolver", self.cfg.ssh_address_resolver, self.cfg.use_internal_ips
+        )
         self._instances: compute_v1.InstancesClient | None = None
         self._operations: compute_v1.ZoneOperationsClient | None = None
         self._project: str | None = self.cfg.project
-        self._seam_used: set[str] = set()
         # project -> every instance of this installation (by `zone/name`), one aggregated list for all watchers
         self.state_checks: SharedStateChecks[str] = SharedStateChecks(self._owned_instances, self.state_check_seconds)
 
@@ -259,8 +237,8 @@ class GcpBackend:
 
     def _filter(self, cluster_name: str | None = None) -> str:
         if cluster_name is None:
-            return f"labels.{LABEL_CLUSTER}:*"
-        return f'(labels.{LABEL_CLUSTER} = "{cluster_name}") (labels.{LABEL_OWNER} = "{self.owner}")'
+            return f"labels.{keys.CLUSTER}:*"
+        return f'(labels.{keys.CLUSTER} = "{cluster_name}") (labels.{keys.OWNER} = "{self.owner}")'
 
     async def _list_zone(self, zone: str, filter_: str) -> list[compute_v1.Instance]:
         instances, _ = self._clients()
@@ -315,27 +293,23 @@ class GcpBackend:
     def node(self, cluster: ClusterInfo, rank: int) -> SSHNodeAgent:
         return cluster_node(self._ssh_target(cluster.nodes[rank]), cluster.name, rank, self.options)
 
-    def _node_info(self, rank: int, instance: compute_v1.Instance) -> NodeInfo:
-        seam = instance.labels.get(LABEL_TEST_SSH)
-        if seam and test_endpoints():
-            host, port = _seam_endpoint(seam)
-            return NodeInfo(rank=rank, ip=host, host_id=instance.name, ssh_port=port, ssh_user=self.cfg.ssh_user)
+    def _instance(self, zone: str, cluster_name: str, rank: int, instance: compute_v1.Instance) -> CloudInstance:
         nic = instance.network_interfaces[0] if instance.network_interfaces else None
-        public = nic.access_configs[0].nat_i_p if nic and nic.access_configs else ""
-        private = nic.network_i_p if nic else ""
-        ip = private if self.cfg.use_internal_ips or not public else public
-        return NodeInfo(rank=rank, ip=ip, host_id=instance.name, ssh_port=22, ssh_user=self.cfg.ssh_user)
+        return CloudInstance(
+            backend=NAME,
+            place=zone,
+            instance_id=instance.name,
+            cluster=cluster_name,
+            rank=rank,
+            public_ip=nic.access_configs[0].nat_i_p if nic and nic.access_configs else "",
+            private_ip=nic.network_i_p if nic else "",
+        )
 
-    async def _seam_endpoint_for_new(self) -> str:
-        """Under the seam, an endpoint no live instance holds (preferring one never used)."""
-        live = {
-            ":".join(map(str, _seam_endpoint(i.labels[LABEL_TEST_SSH])))
-            for _, i in await self._list_all(f"labels.{LABEL_TEST_SSH}:*")
-            if i.status in LIVE
-        }
-        endpoint = pick_test_endpoint(live, live | self._seam_used)
-        self._seam_used.add(endpoint)
-        return endpoint
+    async def _node_info(self, zone: str, cluster_name: str, rank: int, instance: compute_v1.Instance) -> NodeInfo:
+        address = await self.addresses.address(self._instance(zone, cluster_name, rank, instance))
+        return NodeInfo(
+            rank=rank, ip=address.host, host_id=instance.name, ssh_port=address.port, ssh_user=self.cfg.ssh_user
+        )
 
     # -- provisioning ----------------------------------------------------------------------------------
 
@@ -345,19 +319,17 @@ class GcpBackend:
         return f"{base}-{self.owner[:6]}-{rank}"
 
     def instance_resource(
-        self, name: str, rank: int, candidate: Candidate, zone: str, meta: JobMeta, cluster_name: str, seam: str | None
+        self, name: str, rank: int, candidate: Candidate, zone: str, meta: JobMeta, cluster_name: str
     ) -> compute_v1.Instance:
         labels = {
             **dict(candidate.labels),  # the user's first: tsky's own labels (the sweeper's) win a clash
-            LABEL_CLUSTER: cluster_name,
-            LABEL_JOB: str(meta.job_id),
-            LABEL_TASK: str(meta.task_index),
-            LABEL_LAUNCH: launch.group(1) if (launch := re.search(r"-r(\d+)$", cluster_name)) else "0",
-            LABEL_RANK: str(rank),
-            LABEL_OWNER: self.owner,
+            keys.CLUSTER: cluster_name,
+            keys.JOB: str(meta.job_id),
+            keys.TASK: str(meta.task_index),
+            keys.LAUNCH: launch.group(1) if (launch := re.search(r"-r(\d+)$", cluster_name)) else "0",
+            keys.RANK: str(rank),
+            keys.OWNER: self.owner,
         }
-        if seam:
-            labels[LABEL_TEST_SSH] = _seam_label(seam)
         gpu = bool(candidate.accelerator and candidate.accelerator_count > 0)
         if candidate.use_spot:
             scheduling = compute_v1.Scheduling(
@@ -419,8 +391,7 @@ class GcpBackend:
         for rank, name in enumerate(names):
             if name in existing and name not in stale:
                 continue
-            seam = await self._seam_endpoint_for_new() if test_endpoints() else None
-            resource = self.instance_resource(name, rank, candidate, zone, meta, cluster_name, seam)
+            resource = self.instance_resource(name, rank, candidate, zone, meta, cluster_name)
             try:
                 op = await self._send(
                     instances_client.insert_unary, project=project, zone=zone, instance_resource=resource
@@ -432,7 +403,7 @@ class GcpBackend:
             ops.append(op)
         await asyncio.gather(*(self._wait(zone, op, f"creating {cluster_name} in {zone}") for op in ops))
         running = await self._wait_running(zone, cluster_name, names, candidate.use_spot)
-        nodes = [self._node_info(rank, instance) for rank, instance in enumerate(running)]
+        nodes = [await self._node_info(zone, cluster_name, rank, i) for rank, i in enumerate(running)]
         await asyncio.gather(
             *(wait_reachable(self._ssh_target(n), self.options, self.cfg.provision_timeout) for n in nodes)
         )
@@ -463,7 +434,8 @@ class GcpBackend:
             if missing or ended:
                 raise TransientError(f"instance(s) {', '.join(missing + ended)} in {zone} ended while starting")
             instances = [found[n] for n in names]
-            if all(i.status == "RUNNING" and self._node_info(0, i).ip for i in instances):
+            addressed = [self._instance(zone, cluster_name, 0, i) for i in instances]
+            if all(i.status == "RUNNING" for i in instances) and all(a.public_ip or a.private_ip for a in addressed):
                 return instances
             if time.monotonic() > deadline:
                 raise TransientError(f"instances in {zone} not running after {self.cfg.provision_timeout:.0f}s")
@@ -486,7 +458,7 @@ class GcpBackend:
     # -- the protocol ------------------------------------------------------------------------------------
 
     async def _owned_instances(self, project: str) -> dict[str, Any]:
-        found = await self._list_all(f'labels.{LABEL_OWNER} = "{self.owner}"')
+        found = await self._list_all(f'labels.{keys.OWNER} = "{self.owner}"')
         return {f"{zone}/{instance.name}": instance for zone, instance in found}
 
     async def node_states(self, cluster: ClusterInfo, fresh: bool = False) -> list[NodeState]:
@@ -529,53 +501,34 @@ class GcpBackend:
                 found = await self._list_all(self._filter(cluster_name))
             if not found:
                 return
-            if test_endpoints():
-                await self._seam_cleanup(cluster_name, [i for _, i in found])
+            for zone, instance in found:
+                rank = int(instance.labels.get(keys.RANK, "0"))
+                await self.addresses.released(self._instance(zone, cluster_name, rank, instance))
             for zone in sorted({z for z, _ in found}):
                 await self._delete(zone, [i.name for z, i in found if z == zone], f"tearing down {cluster_name}")
             if time.monotonic() > deadline:
                 raise TransientError(f"{len(found)} instance(s) of {cluster_name} still exist after deletion")
 
-    async def _seam_cleanup(self, cluster_name: str, instances: list[compute_v1.Instance]) -> None:
-        """Under the test seam, a deleted instance must also lose its processes, as on GCE: the loopback
-        node that stood in for it is cleaned."""
-        for instance in instances:
-            if LABEL_TEST_SSH not in instance.labels:
-                continue
-            rank = int(instance.labels.get(LABEL_RANK, "0"))
-            target = self._ssh_target(self._node_info(rank, instance))
-            await clean_stand_in_node(target, cluster_name, rank, self.options)
-
     async def list_clusters(self) -> list[ClusterRecord]:
-        groups: dict[tuple[str, str, str], list[compute_v1.Instance]] = {}
-        for zone, instance in await self._list_all(self._filter()):
-            labels = instance.labels
-            key = (zone, labels[LABEL_CLUSTER], labels.get(LABEL_OWNER, "unknown"))
-            groups.setdefault(key, []).append(instance)
-        records = []
-        for (zone, name, owner), members in sorted(groups.items()):
-            labels = members[0].labels
-            lost = [s for s in (node_state(i, _spot(i)) for i in members) if s is not NodeState.UP]
-            launched = [t for t in (_timestamp(i.creation_timestamp) for i in members) if t is not None]
-            job = labels.get(LABEL_JOB, "")
-            records.append(
-                ClusterRecord(
-                    name=name,
-                    backend=NAME,
-                    region=_region_of(zone),
-                    job_id=int(job) if job.isdigit() else None,
-                    nodes=len(members),
-                    state=lost[0].value if lost else "UP",
-                    launched_at=min(launched, default=None),
-                    owner=owner,
-                    extra={
-                        "zone": zone,
-                        "instance_type": _zone_of(members[0].machine_type),
-                        "spot": str(_spot(members[0])),
-                    },
-                )
+        listed = [
+            Listed(
+                place=zone,
+                labels=dict(instance.labels),
+                state=node_state(instance, _spot(instance)),
+                launched_at=_timestamp(instance.creation_timestamp),
+                resource=instance,
             )
-        return records
+            for zone, instance in await self._list_all(self._filter())
+        ]
+        return cluster_records(NAME, listed, _describe)
+
+
+def _describe(zone: str, members: list[compute_v1.Instance]) -> tuple[str, dict[str, str]]:
+    return _region_of(zone), {
+        "zone": zone,
+        "instance_type": _zone_of(members[0].machine_type),
+        "spot": str(_spot(members[0])),
+    }
 
 
 def make_backend(settings: Settings) -> GcpBackend:

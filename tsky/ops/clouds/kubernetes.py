@@ -2,19 +2,16 @@
 
 A cluster is a set of pods `<cluster>-<owner>-<rank>` in the configured namespace of the context named by
 `infra: k8s/<context>` (kubeconfig from KUBECONFIG or ~/.kube/config; the service account when tsky runs
-in a pod, as context `in-cluster`). Pods carry labels `tsky-cluster`, `tsky-job-id`, `tsky-task-index`,
-`tsky-rank`, `tsky-owner` (the installation, `base.owner_of`), so the sweeper finds them and two tsky
+in a pod, as context `in-cluster`). Pods carry the labels of `labels.py` (cluster, job id, task
+index, rank, spot, owner: the installation, `base.owner_of`), so the sweeper finds them and two tsky
 installations sharing a namespace never touch each other's pods.
 
 How phases run: each pod runs an idle entrypoint and tsky execs its phases in it through the pod exec
-API, with the ssh runner's node programs and on-node layout (a mkdir claim for the one start that wins,
-pid / exit / log files, process tags). So a retried watcher on any worker re-attaches to the running phase
-and resumes its log from an offset exactly as on ssh, aws and gcp; setup and run stay separate phases, the
-workdir is copied after provisioning, and a restart on the same pods is just a new phase. (Running setup
-and run as the pod's own command, with logs from the pod log API, would tie a phase to the pod's creation:
-no restart on the same cluster, and the env and secrets of the run phase fixed before provisioning.)
-Exec is a websocket (`v4`/`v5.channel.k8s.io`); data for a command's stdin goes through `head -c N`, so the
-command sees end-of-input without the v5-only stdin close.
+API (`pod_exec.PodAgent`), with the ssh runner's node programs and on-node layout, so setup and run stay
+separate phases, the workdir is copied after provisioning, and a restart on the same pods is just a new
+phase. (Running setup and run as the pod's own command, with logs from the pod log API, would tie a phase
+to the pod's creation: no restart on the same cluster, and the env and secrets of the run phase fixed
+before provisioning.)
 
 Node states (evidence for recovery) come from one pod list per namespace, shared by every watcher of the
 worker (`state_checks.py`): a missing pod, or one being deleted, is GONE; a Failed pod whose reason is an
@@ -26,58 +23,41 @@ Launch errors: a pod Unschedulable for more than `kubernetes.provision_timeout` 
 rejection, is a CapacityError (try elsewhere); a missing namespace or context, a forbidden or invalid
 request, an image that cannot be pulled or lacks bash/tar is a PrecheckError.
 
-Client calls block; they run on this module's thread pool.
+Client calls block; they run on the Kubernetes client's thread pool (`pod_exec.in_thread`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import io
 import json
 import math
 import os
-import tarfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from kubernetes.config.config_exception import ConfigException
-from kubernetes.stream import stream
 from kubernetes.watch.watch import iter_resp_lines
 
-from tsky.contract.activity_io import STOP_GRACE_SECONDS, ClusterInfo, JobMeta, NodeInfo
+from tsky.contract.activity_io import ClusterInfo, JobMeta, NodeInfo
+from tsky.ops.clouds import labels as keys
 from tsky.ops.clouds.base import (
     BackendError,
     CapacityError,
     ClusterRecord,
-    PhaseStatus,
     PrecheckError,
     ThrottledError,
     TransientError,
     owner_of,
 )
-
-# The node programs and their helpers are the ssh runner's: one implementation of the on-node protocol.
-from tsky.ops.clouds.node_programs import (
-    ENV_NAME,
-    PUT,
-    READ_LOG,
-    START,
-    STATUS,
-    STOP,
-    RemoteCommandError,
-    parse_status,
-    remote_path,
-    tar_files,
-)
-from tsky.ops.clouds.phases import PROCESS_TAG_VAR, WRAPPER, env_file_text
-from tsky.ops.clouds.ssh_runner import DEFAULT_WORKDIR, CommandResult, NodeUnreachable
+from tsky.ops.clouds.labels import Listed, cluster_records
+from tsky.ops.clouds.node_programs import RemoteCommandError
+from tsky.ops.clouds.pod_exec import CONTAINER, PodAgent, api_message, in_thread
 from tsky.ops.clouds.state_checks import SharedStateChecks
 from tsky.spec.requests import Candidate
 from tsky.spec.settings import Settings
@@ -85,58 +65,32 @@ from tsky.spec.status import NodeState
 
 NAME = "k8s"
 IN_CLUSTER = "in-cluster"
-CONTAINER = "tsky"
-LABEL_CLUSTER = "tsky-cluster"
-LABEL_JOB = "tsky-job-id"
-LABEL_TASK = "tsky-task-index"
-LABEL_RANK = "tsky-rank"
-LABEL_OWNER = "tsky-owner"
-LABEL_SPOT = "tsky-spot"
 
-NODE_DIR = ".tsky"  # phase files, under the pod's home
 # PID 1 of the pod: idles, and ends at once on SIGTERM so deleting the pod is quick.
 IDLE_COMMAND = ["/bin/sh", "-c", 'trap "exit 0" TERM INT; while :; do sleep 3600 & wait $!; done']
 TERMINATION_GRACE_SECONDS = 5
 START_TIMEOUT = 900.0  # seconds for scheduled pods to pull their image and start
 DELETE_TIMEOUT = 300.0  # seconds for deleted pods to be gone
 WATCH_WINDOW = 5.0  # seconds per watch request
-EXEC_TIMEOUT = 60.0  # bound on each of tsky's own commands in a pod
 
 # Pod reasons that mean the node took the pod away (evicted, shut down, preempted), not that it crashed.
 _LOST_REASONS = {"Evicted", "Preempting", "NodeLost", "Shutdown", "NodeShutdown", "Terminated", "DeadlineExceeded"}
 # Container waiting reasons that no retry will fix.
 _IMAGE_ERRORS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
 _CONFIG_ERRORS = {"CreateContainerConfigError", "CreateContainerError"}
-# Reads stdin through `head -c N` (end of input without closing the stream) from the pod's home.
-_LAUNCH_WITH_INPUT = 'cd "$HOME" 2>/dev/null; n=$1; shift; head -c "$n" | bash -c "$@"'
-_LAUNCH = 'cd "$HOME" 2>/dev/null; exec bash -c "$@"'
-_EXTRACT = 'd=$1; case $d in /*) ;; *) d=$HOME/$d ;; esac; mkdir -p "$d" && tar -x -o -f - -C "$d"'
 _CHECK_IMAGE = 'for c in tar head setsid grep; do command -v $c >/dev/null || { echo "missing $c"; exit 1; }; done'
 
-T = TypeVar("T")
 # Pods are handled as the API's JSON (`_preload_content=False`): no model validation stands between tsky
 # and whatever fields a given API server version sends.
 Pod = dict[str, Any]
-_pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="tsky-k8s")
-
-
-async def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    return await asyncio.get_running_loop().run_in_executor(_pool, functools.partial(fn, *args, **kwargs))
 
 
 def _kubeconfig() -> str:
     return os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
 
 
-def _message(err: ApiException) -> str:
-    try:
-        return str(json.loads(err.body or "")["message"])
-    except (TypeError, ValueError, KeyError):
-        return str(err.reason or err)
-
-
 def _api_error(err: ApiException, what: str) -> BackendError:
-    message = _message(err)
+    message = api_message(err)
     if err.status == 403 and "exceeded quota" in message:
         return CapacityError(f"{what}: {message}")
     if err.status == 429:  # the API server's priority and fairness (or a proxy) says: slow down
@@ -182,133 +136,6 @@ def node_state(pod: Pod | None) -> NodeState:
             return NodeState.GONE
         return NodeState.UP
     return NodeState.UNKNOWN
-
-
-def _exit_code(status: bytes, where: str) -> int:
-    """The exit code from the Status object the API server sends on the exec error channel."""
-    if not status:
-        raise NodeUnreachable(f"{where}: exec ended without a status (connection lost)")
-    try:
-        parsed = json.loads(status)
-    except ValueError as err:
-        raise NodeUnreachable(f"{where}: unreadable exec status {status[:200]!r}") from err
-    if parsed.get("status") == "Success":
-        return 0
-    for cause in (parsed.get("details") or {}).get("causes") or []:
-        if cause.get("reason") == "ExitCode":
-            return int(cause.get("message", "1"))
-    raise RemoteCommandError(f"{where}: exec failed: {parsed.get('message') or parsed}")
-
-
-class PodAgent:
-    """A `NodeAgent` for one pod: the ssh runner's node programs, run through the pod exec API."""
-
-    def __init__(self, backend: KubernetesBackend, context: str, namespace: str, pod: str, tag: str):
-        self.backend = backend
-        self.context = context
-        self.namespace = namespace
-        self.pod = pod
-        self.tag = tag
-
-    def __str__(self) -> str:
-        return f"pod {self.context}/{self.namespace}/{self.pod}"
-
-    def _exec_blocking(self, argv: list[str], data: bytes | None, timeout: float) -> CommandResult:
-        # A fresh ApiClient per exec: `stream()` swaps the client's request method while it connects,
-        # which would hijack any other call sharing that client.
-        api = client.CoreV1Api(client.ApiClient(self.backend.configuration(self.context)))
-        try:
-            ws = stream(
-                api.connect_get_namespaced_pod_exec,
-                self.pod,
-                self.namespace,
-                command=argv,
-                container=CONTAINER,
-                stdin=data is not None,
-                stdout=True,
-                stderr=True,
-                tty=False,
-                _preload_content=False,
-                binary=True,
-            )
-        except ApiException as err:
-            raise NodeUnreachable(f"{self}: exec failed: {_message(err)}") from err
-        try:
-            if data:
-                for start in range(0, len(data), 1 << 20):
-                    ws.write_stdin(data[start : start + (1 << 20)])
-            deadline = time.monotonic() + timeout
-            while ws.is_open():
-                if time.monotonic() > deadline:
-                    raise NodeUnreachable(f"{self}: command timed out after {timeout:.0f}s")
-                ws.update(timeout=1)
-            stdout, stderr, status = ws.read_stdout(0), ws.read_stderr(0), ws.read_channel(3, 0)
-        except BackendError:
-            raise
-        except Exception as err:  # websocket-client's errors: the connection broke
-            raise NodeUnreachable(f"{self}: exec connection failed: {err}") from err
-        finally:
-            ws.close()
-        return CommandResult(_exit_code(status, str(self)), bytes(stdout), bytes(stderr))
-
-    async def run(self, argv: list[str], data: bytes | None = None, timeout: float = EXEC_TIMEOUT) -> CommandResult:
-        """Run `argv` in the pod (from its home when launched through a program); stdin from `data`."""
-        return await _call(self._exec_blocking, argv, data, timeout)
-
-    async def _program(
-        self, program: str, *args: str, data: bytes | None = None, timeout: float = EXEC_TIMEOUT
-    ) -> bytes:
-        if data is None:
-            argv = ["bash", "-c", _LAUNCH, "tsky", program, "tsky", *args]
-        else:
-            argv = ["bash", "-c", _LAUNCH_WITH_INPUT, "tsky", str(len(data)), program, "tsky", *args]
-        result = await self.run(argv, data, timeout)
-        if result.exit_status != 0:
-            err = result.stderr.decode(errors="replace").strip()[-2000:]
-            raise RemoteCommandError(f"{self}: remote command failed with status {result.exit_status}: {err}")
-        return result.stdout
-
-    # -- NodeAgent ---------------------------------------------------------------------------------------
-
-    async def put_files(self, files: dict[str, bytes]) -> None:
-        await self._program(PUT, NODE_DIR, data=tar_files(files))
-
-    async def sync_dir(self, local_src: str, dest: str) -> None:
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
-            for entry in sorted(os.listdir(local_src)):
-                tar.add(os.path.join(local_src, entry), arcname=entry)
-        await self._program(_EXTRACT, remote_path(dest), data=buf.getvalue(), timeout=EXEC_TIMEOUT * 10)
-
-    async def sync_file(self, local_src: str, dest: str) -> None:
-        remote = remote_path(dest)
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
-            tar.add(local_src, arcname=os.path.basename(remote.rstrip("/")))
-        parent = os.path.dirname(remote.rstrip("/")) or "."
-        await self._program(_EXTRACT, parent, data=buf.getvalue(), timeout=EXEC_TIMEOUT * 10)
-
-    async def start_phase(self, phase: str, script: str, env: dict[str, str]) -> int:
-        bad = [key for key in env if not ENV_NAME.match(key)]
-        if bad:
-            raise ValueError(f"invalid environment variable name(s): {', '.join(map(repr, bad))}")
-        full_env = {"PYTHONUNBUFFERED": "1", **env, PROCESS_TAG_VAR: f"{self.tag}:{phase}"}
-        files = {f"{phase}.sh": script.encode(), f"{phase}.env": env_file_text(full_env).encode()}
-        payload = tar_files({**files, "wrapper.sh": WRAPPER.encode()})
-        out = await self._program(START, NODE_DIR, phase, DEFAULT_WORKDIR, data=payload)
-        try:
-            return int(out.split()[-1])
-        except (IndexError, ValueError) as err:
-            raise RemoteCommandError(f"{self}: phase {phase} was claimed but never started") from err
-
-    async def phase_status(self, phase: str) -> PhaseStatus:
-        return parse_status((await self._program(STATUS, NODE_DIR, phase)).decode())
-
-    async def read_log(self, phase: str, offset: int, limit: int) -> bytes:
-        return await self._program(READ_LOG, NODE_DIR, phase, str(int(offset)), str(int(limit)))
-
-    async def stop_phase(self, phase: str, grace: float = STOP_GRACE_SECONDS) -> None:
-        await self._program(STOP, NODE_DIR, phase, self.tag, str(int(grace)), timeout=EXEC_TIMEOUT + grace)
 
 
 class KubernetesBackend:
@@ -362,7 +189,7 @@ class KubernetesBackend:
         return self._apis[context]
 
     def _selector(self, cluster_name: str) -> str:
-        return f"{LABEL_CLUSTER}={cluster_name},{LABEL_OWNER}={self.owner}"
+        return f"{keys.CLUSTER}={cluster_name},{keys.OWNER}={self.owner}"
 
     def pod_name(self, cluster_name: str, rank: int) -> str:
         """Unique per installation: two users' clusters `train-1` never collide in a shared namespace."""
@@ -373,7 +200,9 @@ class KubernetesBackend:
         api = self._api(context)
         try:
             # Raw JSON: with _preload_content=False the client returns the HTTP response.
-            resp: Any = await _call(api.list_namespaced_pod, namespace, label_selector=selector, _preload_content=False)
+            resp: Any = await in_thread(
+                api.list_namespaced_pod, namespace, label_selector=selector, _preload_content=False
+            )
         except ApiException as err:
             raise _api_error(err, f"listing pods in {context}/{namespace}") from err
         listing = json.loads(resp.data)
@@ -390,7 +219,7 @@ class KubernetesBackend:
         done: Callable[[dict[str, Pod]], bool],
     ) -> None:
         """Apply watch events to `pods` for up to `window` seconds (ended by the server), or until
-        `done(pods)`. Blocking: run it through `_call`."""
+        `done(pods)`. Blocking: run it through `in_thread`."""
         try:
             resp: Any = self._api(context).list_namespaced_pod(
                 namespace,
@@ -450,12 +279,12 @@ class KubernetesBackend:
             tolerations.extend(self.config.spot_tolerations)
         labels = {
             **dict(candidate.labels),  # the user's first: tsky's own labels (the sweeper's) win a clash
-            LABEL_CLUSTER: cluster_name,
-            LABEL_JOB: str(meta.job_id),
-            LABEL_TASK: str(meta.task_index),
-            LABEL_RANK: str(rank),
-            LABEL_OWNER: self.owner,
-            LABEL_SPOT: "true" if candidate.use_spot else "false",
+            keys.CLUSTER: cluster_name,
+            keys.JOB: str(meta.job_id),
+            keys.K8S_TASK: str(meta.task_index),
+            keys.RANK: str(rank),
+            keys.OWNER: self.owner,
+            keys.SPOT: "true" if candidate.use_spot else "false",
         }
         spec: dict[str, Any] = {
             "restartPolicy": "Never",
@@ -492,7 +321,7 @@ class KubernetesBackend:
         for rank in range(num_nodes):
             manifest = self.pod_manifest(cluster_name, rank, candidate, meta)
             try:
-                await _call(api.create_namespaced_pod, namespace, manifest, _preload_content=False)
+                await in_thread(api.create_namespaced_pod, namespace, manifest, _preload_content=False)
             except ApiException as err:
                 # 409: a retried provision adopts the pods the first try created.
                 if err.status != 409:
@@ -581,16 +410,22 @@ class KubernetesBackend:
                 left = min(since.values()) + self.config.provision_timeout - time.monotonic()
                 window = max(1.0, min(window, math.ceil(left)))
             settled = functools.partial(self._settled, names=names, since=since, waiting=set(since))
-            await _call(self._watch_until, context, namespace, selector, version, window, pods, settled)
+            await in_thread(self._watch_until, context, namespace, selector, version, window, pods, settled)
 
     # -- the protocol ------------------------------------------------------------------------------------
 
     def node(self, cluster: ClusterInfo, rank: int) -> PodAgent:
         namespace = cluster.extra.get("namespace", self.config.namespace)
-        return PodAgent(self, cluster.region, namespace, cluster.nodes[rank].host_id, tag=f"{cluster.name}/{rank}")
+        return PodAgent(
+            functools.partial(self.configuration, cluster.region),
+            cluster.region,
+            namespace,
+            cluster.nodes[rank].host_id,
+            tag=f"{cluster.name}/{rank}",
+        )
 
     async def _owned_pods(self, place: tuple[str, str]) -> dict[str, Any]:
-        items, _ = await self._list(*place, f"{LABEL_OWNER}={self.owner}")
+        items, _ = await self._list(*place, f"{keys.OWNER}={self.owner}")
         return {_name(p): p for p in items}
 
     async def node_states(self, cluster: ClusterInfo, fresh: bool = False) -> list[NodeState]:
@@ -623,7 +458,7 @@ class KubernetesBackend:
             for pod in items:
                 if not pod["metadata"].get("deletionTimestamp"):
                     try:
-                        await _call(api.delete_namespaced_pod, _name(pod), namespace, _preload_content=False)
+                        await in_thread(api.delete_namespaced_pod, _name(pod), namespace, _preload_content=False)
                     except ApiException as err:
                         if err.status != 404:
                             raise _api_error(err, f"deleting pod {_name(pod)} in {context}/{namespace}") from err
@@ -631,42 +466,30 @@ class KubernetesBackend:
                 raise TransientError(f"pods of {cluster_name} still exist {DELETE_TIMEOUT:.0f}s after deletion")
             remaining = {_name(p): p for p in items}
             gone: Callable[[dict[str, Pod]], bool] = lambda p: not p  # noqa: E731
-            await _call(self._watch_until, context, namespace, selector, version, WATCH_WINDOW, remaining, gone)
+            await in_thread(self._watch_until, context, namespace, selector, version, WATCH_WINDOW, remaining, gone)
 
     async def list_clusters(self) -> list[ClusterRecord]:
         """Every tsky pod group in the namespace of each usable context, whoever launched it (`owner`)."""
-        records: list[ClusterRecord] = []
         namespace = self.config.namespace
+        listed: list[Listed[Pod]] = []
         for context in self.contexts():
-            items, _ = await self._list(context, namespace, LABEL_CLUSTER)
-            groups: dict[tuple[str, str], list[Pod]] = {}
-            for pod in items:
-                labels = pod["metadata"].get("labels") or {}
-                # A pod without an owner label was not made by this code: never ours to sweep.
-                groups.setdefault((labels[LABEL_CLUSTER], labels.get(LABEL_OWNER, "unknown")), []).append(pod)
-            for (name, owner), pods in sorted(groups.items()):
-                labels = pods[0]["metadata"].get("labels") or {}
-                lost = [s for s in map(node_state, pods) if s is not NodeState.UP]
-                created = [t for t in (_timestamp(p["metadata"].get("creationTimestamp")) for p in pods) if t]
-                job = labels.get(LABEL_JOB, "")
-                records.append(
-                    ClusterRecord(
-                        name=name,
-                        backend=NAME,
-                        region=context,
-                        job_id=int(job) if job.isdigit() else None,
-                        nodes=len(pods),
-                        state=lost[0].value if lost else "UP",
-                        launched_at=min(created, default=None),
-                        extra={
-                            "instance_type": "pod",
-                            "spot": str(labels.get(LABEL_SPOT) == "true"),
-                            "namespace": namespace,
-                        },
-                        owner=owner,
-                    )
+            items, _ = await self._list(context, namespace, keys.CLUSTER)
+            listed += [
+                Listed(
+                    place=context,
+                    labels=pod["metadata"].get("labels") or {},
+                    state=node_state(pod),
+                    launched_at=_timestamp(pod["metadata"].get("creationTimestamp")),
+                    resource=pod,
                 )
-        return records
+                for pod in items
+            ]
+
+        def describe(context: str, pods: list[Pod]) -> tuple[str, dict[str, str]]:
+            spot = (pods[0]["metadata"].get("labels") or {}).get(keys.SPOT) == "true"
+            return context, {"instance_type": "pod", "spot": str(spot), "namespace": namespace}
+
+        return cluster_records(NAME, listed, describe)
 
 
 def make_backend(settings: Settings) -> KubernetesBackend:

@@ -20,8 +20,8 @@ raises `NodeUnreachable` (a `TransientError`): callers decide, e.g. the watcher'
 
 API for backends: `SSHTarget`, `SSHOptions`, `SSHNodeAgent(target, cluster_dir, tag)` (the NodeAgent,
 plus `run()` and `terminate()` for teardown), module-level `run()` / `run_program()` for a backend's own
-commands, `wait_reachable()` for booting instances, `close_all()`, and the cloud backends' test seam
-(`test_endpoints()` / `pick_test_endpoint()`, off unless `TSKY_TEST_SSH_HOSTS` is set).
+commands, `wait_reachable()` for booting instances and `close_all()`. Where a cloud instance is reached is
+the backend's address resolver's business (`addresses.py`).
 
 User values reach a shell only through `shlex.quote` (the env file) or as positional arguments; env names
 must be valid shell names. Host keys are not checked (nodes are fresh or listed by the user, as SkyPilot's
@@ -350,8 +350,6 @@ class SSHNodeAgent:
 
 # Where clusters' phase files live on a node, relative to the login home.
 CLUSTERS_DIR = ".tsky/clusters"
-# args: cluster directory. Removes it once its last node's directory is gone (nodes may share a home).
-REMOVE_CLUSTER_DIR = 'rmdir -- "$HOME/$1" 2>/dev/null; exit 0'
 
 
 def cluster_dir(cluster_name: str) -> str:
@@ -366,18 +364,6 @@ def cluster_node(target: SSHTarget, cluster_name: str, rank: int, options: SSHOp
     a watcher on any worker finds the same directory."""
     node_dir = f"{cluster_dir(cluster_name)}/{rank}@{target.host}:{target.port}"
     return SSHNodeAgent(target, node_dir, f"{cluster_name}/{rank}", options=options)
-
-
-async def clean_stand_in_node(target: SSHTarget, cluster_name: str, rank: int, options: SSHOptions) -> None:
-    """Under the test seam a loopback node stands in for a VM: when the VM is deleted its processes and
-    workdir must go too, as they would with the VM."""
-    try:
-        await cluster_node(target, cluster_name, rank, options).terminate(
-            grace=1.0, remove=[DEFAULT_WORKDIR], tag_prefix=f"{cluster_name}/"
-        )
-        await run_program(target, REMOVE_CLUSTER_DIR, [cluster_dir(cluster_name)], options=options)
-    except Exception as err:  # the node may be dead already: that is the point of a teardown
-        logger.info("seam cleanup of %s on %s: %s", cluster_name, target, err)
 
 
 # -- copying files -------------------------------------------------------------------------------------
@@ -484,30 +470,3 @@ async def wait_reachable(target: SSHTarget, options: SSHOptions, timeout: float,
             if time.monotonic() + interval > deadline:
                 raise
         await asyncio.sleep(interval)
-
-
-# The test seam of the cloud backends (never set in production): a comma-separated list of
-# `host:port` sshd endpoints on 127.0.0.0/8 that stand in for the instances' own addresses.
-TEST_HOSTS_VAR = "TSKY_TEST_SSH_HOSTS"
-
-
-def test_endpoints() -> list[str]:
-    """The seam's endpoints (`127.0.0.5:2222`), or [] when the seam is off (always, outside tests)."""
-    value = os.environ.get(TEST_HOSTS_VAR, "")
-    endpoints = [e.strip() for e in value.split(",") if e.strip()]
-    for endpoint in endpoints:
-        host, _, port = endpoint.rpartition(":")
-        if not host.startswith("127.") or not port.isdigit():
-            raise ValueError(f"{TEST_HOSTS_VAR}: {endpoint!r} is not a 127.x.y.z:port endpoint")
-    return endpoints
-
-
-def pick_test_endpoint(in_use: set[str], used_before: set[str]) -> str:
-    """The endpoint for a new instance under the seam: one no instance ever used, else one whose
-    instance is gone; never one a live instance holds."""
-    endpoints = test_endpoints()
-    free = [e for e in endpoints if e not in in_use]
-    fresh = [e for e in free if e not in used_before]
-    if fresh or free:
-        return (fresh or free)[0]
-    raise RuntimeError(f"{TEST_HOSTS_VAR}: every endpoint is held by a live instance ({', '.join(endpoints)})")
