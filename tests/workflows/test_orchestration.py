@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from temporalio import activity
+from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
 from tests.workflows.fakes import FakeCloud, running
@@ -211,3 +212,17 @@ async def test_a_scheduled_run_is_an_ordinary_job_tagged_with_its_schedule() -> 
     assert described.typed_search_attributes.get(sa.SCHEDULE) == "nightly"
     assert memo["schedule"] == "nightly"
     assert outside.events[-1].schedule == "nightly"  # the run keeps the schedule's webhooks
+
+
+async def test_a_cancelled_job_still_posts_its_last_transitions() -> None:
+    cloud, outside = FakeCloud(run_blocks=True), Outside()
+    req = notifying(request(JOB, job_id=9))
+    async with running(cloud, control=[outside.notify]) as env:
+        handle = await env.client.start_workflow(
+            ManagedJobWorkflow.run, req, id=job_workflow_id(9), task_queue=CONTROL_QUEUE
+        )
+        await asyncio.wait_for(cloud.run_started.wait(), 30)
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+    assert [e.status for e in outside.events] == [S.STARTING, S.RUNNING, S.CANCELLING, S.CANCELLED]
