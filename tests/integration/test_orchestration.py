@@ -85,6 +85,8 @@ def test_a_schedule_is_paused_unpaused_and_unknown_ones_are_not_found(tsky_env: 
     assert "Overlap:         buffer-one" in described and "PAUSED (paused with tsky jobs schedule pause)" in described
     again = tsky_env.tsky("jobs", "schedule", "create", "nightly", str(job), "--every", "1h")
     assert again.returncode == 2 and "exists already" in again.stderr
+    no_pool = tsky_env.tsky("jobs", "schedule", "create", "pooled", str(job), "--every", "1h", "--pool", "nope")
+    assert no_pool.returncode == 102 and "Pool 'nope' not found" in no_pool.stderr
     for verb in ("pause", "unpause", "trigger", "delete", "describe"):
         missing = tsky_env.tsky("jobs", "schedule", verb, "nope")
         assert missing.returncode == 102 and "No schedule named 'nope'" in missing.stderr

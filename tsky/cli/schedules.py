@@ -58,6 +58,13 @@ def create(
     gpus: Annotated[str | None, typer.Option("--gpus", help="Accelerators per node, e.g. A100:8.")] = None,
     instance_type: Annotated[str | None, typer.Option("--instance-type", "-t", help="Instance type.")] = None,
     num_nodes: Annotated[int | None, typer.Option("--num-nodes", help="Number of nodes.")] = None,
+    disk_size: Annotated[int | None, typer.Option("--disk-size", help="Boot disk size in GB.")] = None,
+    disk_tier: Annotated[str | None, typer.Option("--disk-tier", help="low, medium, high, ultra, best, none.")] = None,
+    network_tier: Annotated[str | None, typer.Option("--network-tier", help="standard, best or none.")] = None,
+    ports: Annotated[list[str] | None, typer.Option("--ports", help="Ports to open (repeatable).")] = None,
+    image_id: Annotated[str | None, typer.Option("--image-id", help="ami-..., a GCE image, docker:IMAGE.")] = None,
+    priority: Annotated[str | None, typer.Option("--priority", help="-1000..1000: higher runs first.")] = None,
+    pool: Annotated[str | None, typer.Option("--pool", "-p", help="Run each job on a pool's workers.")] = None,
     git_url: Annotated[str | None, typer.Option("--git-url", help="Make the workdir a checkout of this repo.")] = None,
     git_ref: Annotated[str | None, typer.Option("--git-ref", help="Branch, tag or commit of the git workdir.")] = None,
     job_recovery: Annotated[str | None, typer.Option("--job-recovery", help="Recovery strategy.")] = None,
@@ -86,27 +93,33 @@ def create(
     opts = LaunchOptions(
         entrypoint=[str(yaml_path)], name=job_name, yes=True, env=env, env_file=env_file, secret=secret,
         secret_file=secret_file, infra=infra, use_spot=use_spot, cpus=cpus, memory=memory, gpus=gpus,
-        instance_type=instance_type, num_nodes=num_nodes, git_url=git_url, git_ref=git_ref,
-        job_recovery=job_recovery, config=config or [],
+        instance_type=instance_type, num_nodes=num_nodes, disk_size=disk_size, disk_tier=disk_tier,
+        network_tier=network_tier, ports=ports, image_id=image_id, priority=priority, git_url=git_url,
+        git_ref=git_ref, job_recovery=job_recovery, config=config or [], pool=pool,
     )  # fmt: skip
     s = settings() if not config else settings_with(config)
     try:
         pipeline, _ = load(opts)
     except SpecError as err:
         fail(str(err))
+    if pool is not None:
+        from tsky.cli.pools import prepare_pool_launch
+
+        pipeline = prepare_pool_launch(pool, 1, pipeline, yes=True)
     if oa.has_local_files(pipeline):
         fail(
             f"{yaml_path}: a schedule runs later, from the workers, so its tasks cannot use files of this machine "
             "(a local workdir or file_mounts). Use a git workdir (--git-url) or a bucket, then create it again."
         )
-    check_feasible(s, pipeline)
+    if pool is None:
+        check_feasible(s, pipeline)
     orchestration = Orchestration(notify=notify_for(notify, s))
     secrets = [t.secrets for t in pipeline.tasks]
     key = load_key(s.home, create=True) if any(secrets) else None
     sealed = [seal(x, key) if x and key is not None else {} for x in secrets]
     scheduled = ScheduledRun(
         schedule=name, pipeline=pipeline, sealed_secrets=sealed, name=pipeline.name, user=current_user(),
-        priority=pipeline.tasks[0].priority(), orchestration=orchestration,
+        priority=pipeline.tasks[0].priority(), pool=pool, orchestration=orchestration,
     )  # fmt: skip
 
     async def body() -> int:

@@ -104,6 +104,7 @@ class ScheduledRun(_Model):
     name: str
     user: str
     priority: int = 0
+    pool: str | None = None  # run on this pool's workers
     sealed_secrets: list[dict[str, str]] = []  # per task, see tsky.spec.secrets
     orchestration: Orchestration = Orchestration()  # the runs' webhooks (the schedule's name is added per run)
 

@@ -51,6 +51,7 @@ class ScheduledJobWorkflow:
             submitted_at=workflow.now(),
             sealed_secrets=scheduled.sealed_secrets,
             priority=scheduled.priority,
+            pool=scheduled.pool,
             policy=alloc.policy,
             orchestration=scheduled.orchestration.model_copy(update={"schedule": scheduled.schedule}),
         )
