@@ -28,10 +28,14 @@ def schedule_runs(env: TskyEnv, name: str) -> list[dict[str, object]]:
 
 
 def test_a_schedule_every_5s_launches_tagged_jobs_until_it_is_deleted(tsky_env: TskyEnv, worker: WorkerProc) -> None:
-    job = tsky_env.write("tick.yaml", QUICK)
+    project = tsky_env.home.parent / "project"
+    project.mkdir()
+    (project / "hello.txt").write_text("hello from the workdir\n")
+    job = tsky_env.write("tick.yaml", f"name: tick\nworkdir: {project}\nrun: cat hello.txt\n")
     created = tsky_env.tsky("jobs", "schedule", "create", "ticker", str(job), "--every", "5s")
     assert created.returncode == 0, created.stdout + created.stderr
     assert "Schedule 'ticker' created: every 5s" in created.stdout
+    (project / "hello.txt").write_text("changed after the schedule was created\n")  # runs use the schedule's copy
 
     listed = tsky_env.tsky("jobs", "schedule", "list")
     assert "ticker" in listed.stdout and "every 5s" in listed.stdout and "ACTIVE" in listed.stdout
@@ -41,6 +45,7 @@ def test_a_schedule_every_5s_launches_tagged_jobs_until_it_is_deleted(tsky_env: 
     assert all(r["schedule"] == "ticker" and r["name"] == "tick" for r in runs)
     first = min(int(str(r["job_id"])) for r in runs)
     wait_status(tsky_env, first, "SUCCEEDED")
+    assert "hello from the workdir" in tsky_env.tsky("jobs", "logs", str(first), "--no-follow").stdout
     unrelated = tsky_env.tsky("jobs", "launch", "-y", "-d", "-n", "other", "echo", "hi")
     assert unrelated.returncode == 0, unrelated.stderr
     assert all(r["name"] == "tick" for r in schedule_runs(tsky_env, "ticker"))
@@ -53,9 +58,15 @@ def test_a_schedule_every_5s_launches_tagged_jobs_until_it_is_deleted(tsky_env: 
     assert deleted.returncode == 0, deleted.stderr
     count = len(schedule_runs(tsky_env, "ticker"))
     time.sleep(12)  # two more periods: a live schedule would have started more runs
-    assert len(schedule_runs(tsky_env, "ticker")) == count
+    ran = schedule_runs(tsky_env, "ticker")
+    assert len(ran) == count
     assert tsky_env.tsky("jobs", "schedule", "describe", "ticker").returncode == 102
     assert "No schedules" in tsky_env.tsky("jobs", "schedule", "list").stdout
+    # The schedule's copy of the files went with it; each job removed its own copy when it ended.
+    for r in ran:
+        wait_status(tsky_env, int(str(r["job_id"])), "SUCCEEDED")
+    uploads = tsky_env.home / "uploads"
+    wait_until(lambda: not uploads.exists() or not any(uploads.iterdir()), timeout=30, what="no uploads left")
 
 
 def test_bad_schedule_input_exits_2_and_creates_nothing(tsky_env: TskyEnv) -> None:

@@ -22,7 +22,15 @@ from tsky.activities.heartbeat import heartbeating
 from tsky.contract import search_attributes as sa
 from tsky.contract.activity_io import ActivityName
 from tsky.contract.ids import job_workflow_id
-from tsky.contract.orchestration import JobEvent, JobsEnded, NotifyInput, WaitForJobsInput, is_slack_webhook
+from tsky.contract.orchestration import (
+    JobEvent,
+    JobsEnded,
+    NotifyInput,
+    RunUploads,
+    WaitForJobsInput,
+    is_slack_webhook,
+)
+from tsky.ops.uploads import Uploader
 from tsky.spec.secrets import SecretKeyError, load_key, unseal
 from tsky.spec.settings import Settings
 from tsky.spec.status import ManagedJobStatus
@@ -71,6 +79,16 @@ class OrchestrationActivities:
             raise ApplicationError(f"webhook not reached: {type(err).__name__}") from None
         if not 200 <= status < 300:
             raise ApplicationError(f"webhook answered HTTP {status}")
+
+    @activity.defn(name=ActivityName.COPY_RUN_UPLOADS)
+    async def copy_run_uploads(self, inp: RunUploads) -> RunUploads:
+        """One scheduled run's copy of its schedule's uploads (hard links in the file store, server-side
+        copies in a bucket), so the run's job can remove its own when it ends. Idempotent: a retry makes
+        the same copy again."""
+        uploader = Uploader(self.settings, inp.pipeline, user=inp.user, user_hash=inp.user_hash)
+        async with heartbeating("copying uploads", inp.run_id):
+            pipeline, uploads = await asyncio.to_thread(uploader.copy_for, inp.pipeline, inp.uploads, inp.run_id)
+        return RunUploads(pipeline=pipeline, uploads=uploads)
 
     @activity.defn(name=ActivityName.WAIT_FOR_JOBS)
     async def wait_for_jobs(self, inp: WaitForJobsInput) -> JobsEnded:

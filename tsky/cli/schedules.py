@@ -106,27 +106,22 @@ def create(
         from tsky.cli.pools import prepare_pool_launch
 
         pipeline = prepare_pool_launch(pool, 1, pipeline, yes=True)
-    if oa.has_local_files(pipeline):
-        fail(
-            f"{yaml_path}: a schedule runs later, from the workers, so its tasks cannot use files of this machine "
-            "(a local workdir or file_mounts). Use a git workdir (--git-url) or a bucket, then create it again."
-        )
     if pool is None:
         check_feasible(s, pipeline)
     orchestration = Orchestration(notify=notify_for(notify, s))
     secrets = [t.secrets for t in pipeline.tasks]
     key = load_key(s.home, create=True) if any(secrets) else None
     sealed = [seal(x, key) if x and key is not None else {} for x in secrets]
-    scheduled = ScheduledRun(
-        schedule=name, pipeline=pipeline, sealed_secrets=sealed, name=pipeline.name, user=current_user(),
-        priority=pipeline.tasks[0].priority(), pool=pool, orchestration=orchestration,
-    )  # fmt: skip
 
     async def body() -> int:
         client = await client_for(s)
+        scheduled = ScheduledRun(
+            schedule=name, pipeline=pipeline, sealed_secrets=sealed, name=pipeline.name, user=current_user(),
+            priority=pipeline.tasks[0].priority(), pool=pool, orchestration=orchestration,
+        )  # fmt: skip
         try:
-            await oa.create_schedule(client, scheduled, timing, paused=paused)
-        except oa.ScheduleInputError as err:
+            await oa.create_schedule(client, s, scheduled, timing, paused=paused, user_hash=current_user_hash())
+        except (oa.ScheduleInputError, oa.UploadError) as err:
             raise UsageError(str(err)) from None
         console.print(f"Schedule {name!r} created: {timing.describe()}, job {pipeline.name!r}.")
         console.print(f"├── Its runs:        tsky jobs queue --schedule {name}")
@@ -238,7 +233,6 @@ def _simple(what: str, done: str) -> None:
         "pause": "Pause a schedule: no runs start until it is unpaused.",
         "unpause": "Unpause a schedule.",
         "trigger": "Start a run now (the overlap policy applies).",
-        "delete": "Delete a schedule. Its jobs keep running; cancel them with tsky jobs cancel.",
     }[what]
     app.command(what)(command)
 
@@ -246,7 +240,25 @@ def _simple(what: str, done: str) -> None:
 _simple("pause", "paused")
 _simple("unpause", "unpaused")
 _simple("trigger", "triggered: a run starts now")
-_simple("delete", "deleted (its jobs already started keep running)")
+
+
+@app.command()
+def delete(name: Annotated[str, typer.Argument(help="The schedule's name.")]) -> None:
+    """Delete a schedule and its copy of local files. Its jobs keep running; cancel them with tsky jobs cancel."""
+    s = settings()
+
+    async def body() -> int:
+        from tsky.client import orchestration as oa
+
+        client = await client_for(s)
+        try:
+            await oa.delete_schedule(client, s, name)
+        except oa.ScheduleNotFound as err:
+            raise NotFound(str(err)) from None
+        console.print(f"Schedule {name!r} deleted (its jobs already started keep running).")
+        return 0
+
+    raise typer.Exit(run(body()))
 
 
 def relaunch(

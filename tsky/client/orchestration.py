@@ -7,7 +7,9 @@ name. The schedule's id is `tsky-schedule-<name>`; the Temporal Web UI lists it 
 
 from __future__ import annotations
 
+import asyncio
 import re
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,7 +34,8 @@ from tsky.contract.ids import CONTROL_QUEUE, job_workflow_id
 from tsky.contract.job import JobPolicy, JobRequest
 from tsky.contract.names import WorkflowType
 from tsky.contract.orchestration import Orchestration, Relaunch, ScheduledRun
-from tsky.ops.uploads import has_local_files as has_local_files  # for `schedule create`'s check
+from tsky.ops.uploads import Uploader, remove_uploads
+from tsky.ops.uploads import UploadError as UploadError
 from tsky.spec.secrets import SecretKeyError, load_key, seal, unseal
 from tsky.spec.settings import Settings
 from tsky.spec.status import ManagedJobStatus
@@ -123,9 +126,30 @@ class Timing:
         return when + (f" ({self.timezone})" if self.timezone else "")
 
 
-async def create_schedule(client: Client, run: ScheduledRun, timing: Timing, *, paused: bool = False) -> None:
+async def create_schedule(
+    client: Client, settings: Settings, run: ScheduledRun, timing: Timing, *, user_hash: str, paused: bool = False
+) -> None:
+    """Create the schedule. Local workdir and file mounts are uploaded first, as `tsky jobs launch` does, into
+    the schedule's own copy (each run copies it for its job; `delete_schedule` removes it). Raises
+    ScheduleInputError, or UploadError for files that cannot be uploaded."""
     name = run.schedule
     check_name(name)
+    spec, policy = timing.spec(), timing.policy()
+    uploader = Uploader(settings, run.pipeline, user=run.user, user_hash=user_hash)
+    if uploader.needed:
+        pipeline, uploads = await asyncio.to_thread(uploader.upload, f"schedule-{name}-{uuid.uuid4().hex[:8]}")
+        run = run.model_copy(update={"pipeline": pipeline, "uploads": uploads})
+    try:
+        await _create(client, run, spec, policy, timing.describe(), paused)
+    except BaseException:
+        await asyncio.to_thread(remove_uploads, settings, run.uploads)
+        raise
+
+
+async def _create(
+    client: Client, run: ScheduledRun, spec: ScheduleSpec, policy: SchedulePolicy, timing: str, paused: bool
+) -> None:
+    name = run.schedule
     action = ScheduleActionStartWorkflow(
         WorkflowType.SCHEDULED_JOB,
         run,
@@ -133,8 +157,8 @@ async def create_schedule(client: Client, run: ScheduledRun, timing: Timing, *, 
         task_queue=CONTROL_QUEUE,
         static_summary=f"tsky schedule {name}: a run of job {run.name!r}",
     )
-    schedule = Schedule(action=action, spec=timing.spec(), policy=timing.policy(), state=ScheduleState(paused=paused))
-    memo = {"job_name": run.name, "user": run.user, "timing": timing.describe()}
+    schedule = Schedule(action=action, spec=spec, policy=policy, state=ScheduleState(paused=paused))
+    memo = {"job_name": run.name, "user": run.user, "timing": timing}
     try:
         await client.create_schedule(schedule_id(name), schedule, memo=memo)
     except ScheduleAlreadyRunningError:
@@ -194,7 +218,7 @@ async def describe_schedule(client: Client, name: str) -> tuple[ScheduleDescript
 
 
 async def schedule_call(client: Client, name: str, what: str) -> None:
-    """pause | unpause | trigger | delete, with a clear error for an unknown schedule."""
+    """pause | unpause | trigger, with a clear error for an unknown schedule."""
     await describe_schedule(client, name)  # NotFound first, with its message
     h = handle(client, name)
     if what == "pause":
@@ -203,10 +227,19 @@ async def schedule_call(client: Client, name: str, what: str) -> None:
         await h.unpause(note="unpaused with tsky jobs schedule unpause")
     elif what == "trigger":
         await h.trigger()
-    elif what == "delete":
-        await h.delete()
     else:
         raise ValueError(what)
+
+
+async def delete_schedule(client: Client, settings: Settings, name: str) -> None:
+    """Delete the schedule, then its copy of the uploaded files (its runs' jobs have their own copies)."""
+    description, _ = await describe_schedule(client, name)
+    action = description.schedule.action
+    assert isinstance(action, ScheduleActionStartWorkflow)
+    [run] = await client.data_converter.decode(action.args, [ScheduledRun])
+    await handle(client, name).delete()
+    if run.uploads:
+        await asyncio.to_thread(remove_uploads, settings, run.uploads)
 
 
 # -- relaunch ---------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ class ActivityName(StrEnum):
     ENDED_JOBS = "ended_jobs"
     NOTIFY = "notify_webhook"  # tsky.activities.orchestration
     WAIT_FOR_JOBS = "wait_for_jobs"
+    COPY_RUN_UPLOADS = "copy_run_uploads"
 
 
 class ErrorType(StrEnum):

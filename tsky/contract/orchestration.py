@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict
 
 from tsky.spec.status import ManagedJobStatus
+from tsky.spec.storage import UploadLocation
 from tsky.spec.task import Pipeline
 
 
@@ -107,6 +108,19 @@ class ScheduledRun(_Model):
     pool: str | None = None  # run on this pool's workers
     sealed_secrets: list[dict[str, str]] = []  # per task, see tsky.spec.secrets
     orchestration: Orchestration = Orchestration()  # the runs' webhooks (the schedule's name is added per run)
+    # The schedule's own copy of the local workdir and file mounts (removed by `schedule delete`); each
+    # run's job gets a copy of it, removed when that job ends.
+    uploads: list[UploadLocation] = []
+
+
+class RunUploads(_Model):
+    """A pipeline and the uploads its tasks refer to: the schedule's (input), or one run's copy (output)."""
+
+    pipeline: Pipeline
+    uploads: list[UploadLocation]
+    run_id: str = ""  # names the copy (input only)
+    user: str = ""
+    user_hash: str = ""
 
 
 class ScheduledRunResult(_Model):

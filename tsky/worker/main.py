@@ -87,6 +87,7 @@ def build_workers(client: Client, settings: Settings) -> list[Worker]:
                 cluster.cleanup_job,
                 phases.run_setup,
                 sweeper.sweep_clusters,
+                orchestration.copy_run_uploads,
             ],
             max_concurrent_activities=settings.launch_concurrency(),
             **common,

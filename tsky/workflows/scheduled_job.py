@@ -19,14 +19,17 @@ from temporalio.workflow import ChildWorkflowCancellationType, ParentClosePolicy
 with workflow.unsafe.imports_passed_through():
     from tsky.contract import job_start
     from tsky.contract.activity_io import ActivityName, AllocateJobInput, AllocateJobResult
-    from tsky.contract.ids import CONTROL_QUEUE, job_workflow_id
+    from tsky.contract.ids import CONTROL_QUEUE, LAUNCH_QUEUE, job_workflow_id
     from tsky.contract.job import JobRequest, JobResult
     from tsky.contract.names import WorkflowType
-    from tsky.contract.orchestration import ScheduledRun, ScheduledRunResult
+    from tsky.contract.orchestration import RunUploads, ScheduledRun, ScheduledRunResult
     from tsky.spec.status import ManagedJobStatus
 
 _ALLOCATE_TIMEOUT = timedelta(minutes=1)
 _ALLOCATE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
+_COPY_TIMEOUT = timedelta(hours=1)
+_COPY_HEARTBEAT = timedelta(seconds=60)
+_COPY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_attempts=5)  # then this run fails
 
 
 @workflow.defn(name=WorkflowType.SCHEDULED_JOB)
@@ -42,10 +45,30 @@ class ScheduledJobWorkflow:
             retry_policy=_ALLOCATE_RETRY,
             summary=f"allocate a tsky job id for schedule {scheduled.schedule}",
         )
+        pipeline, uploads = scheduled.pipeline, []
+        if scheduled.uploads:
+            run_copy = await workflow.execute_activity(
+                ActivityName.COPY_RUN_UPLOADS,
+                RunUploads(
+                    pipeline=pipeline,
+                    uploads=scheduled.uploads,
+                    run_id=f"{alloc.job_id}-{workflow.uuid4().hex[:8]}",
+                    user=scheduled.user,
+                    user_hash=alloc.user_hash,
+                ),
+                result_type=RunUploads,
+                task_queue=LAUNCH_QUEUE,
+                start_to_close_timeout=_COPY_TIMEOUT,
+                heartbeat_timeout=_COPY_HEARTBEAT,
+                retry_policy=_COPY_RETRY,
+                summary=f"copy schedule {scheduled.schedule}'s files for job {alloc.job_id}",
+            )
+            pipeline, uploads = run_copy.pipeline, run_copy.uploads
         req = JobRequest(
             job_id=alloc.job_id,
             name=scheduled.name,
-            pipeline=scheduled.pipeline,
+            pipeline=pipeline,
+            uploads=uploads,
             user=scheduled.user,
             user_hash=alloc.user_hash,
             submitted_at=workflow.now(),
