@@ -175,6 +175,7 @@ def launch_job(opts: LaunchOptions) -> int:
             priority=pipeline.tasks[0].priority(),
             progress=lambda text: console.print(f"[dim]{text}[/]"),
             orchestration=Orchestration(after=after, after_any=opts.after_any, notify=notify),
+            warn=lambda text: err_console.print(f"[yellow]Warning: {text}[/]"),
         )
         try:
             with spinner("Submitting: waiting for a tsky worker to take the job"):
