@@ -36,7 +36,14 @@ from tests.replay.examples import child_workflow_example
 from tests.workflows.fakes import LOST, PRECHECK, UNREACHABLE, FakeCloud, ended_jobs, serving, time_skipping_env
 from tests.workflows.test_orchestration import JOB as ONE_TASK
 from tests.workflows.test_orchestration import PIPE3, Outside, notifying
-from tests.workflows.test_pool_workflow import LOSE_WHEN_IDLE, POOL, apply_pool, run_pool_job, watch_cluster
+from tests.workflows.test_pool_workflow import (
+    LOSE_WHEN_IDLE,
+    POOL,
+    FlakyLaunchCloud,
+    apply_pool,
+    run_pool_job,
+    watch_cluster,
+)
 from tests.workflows.test_recovery_table import CKPT_JOB, SPOT_JOB, request
 from tests.workflows.test_teardown import FlakyTeardownCloud
 from tsky.activities.job_ids import JobIdActivities
@@ -454,6 +461,16 @@ async def _idle_worker_lost(world: World) -> None:
     keep_pool(world, 1)
 
 
+async def _worker_launch_errors(world: World) -> None:
+    """The worker's launch activity fails past its retries (a cloud outage): it backs off and comes up."""
+    await apply_pool(world.client, "pool:\n  workers: 1\nsetup: echo warm\n")
+    await run_pool_job(world.client, "name: j\nrun: echo hi\n")
+    await down(world)
+    assert len(world.cloud.launches) == 1  # the second launch activity; the first never answered
+    worker = world.client.get_workflow_handle(pool_worker_workflow_id("p", 1))
+    world.keep(WorkflowType.POOL_WORKER, "", worker)
+
+
 async def _setup_fails(world: World) -> None:
     await apply_pool(world.client, "pool:\n  workers: 1\nsetup: exit 1\n")
     await wait_for("three failures in a row", lambda: _gone_workers(world.client, 3))
@@ -694,6 +711,7 @@ SCENARIOS: list[Scenario] = [
     Scenario("failed_prechecks_bucket_cannot_mount", job(CKPT_JOB), cloud(sync_script=[PRECHECK])),
     Scenario("teardown_gave_up", job(SPOT_JOB), lambda: FlakyTeardownCloud(failures=-1)),
     Scenario("pool_does_not_exist", _pool_missing),
+    Scenario("launch_errors_then_backs_off", job(SPOT_JOB), lambda: FlakyLaunchCloud(failures=3)),
     Scenario("preempted_during_setup", job(SETUP), cloud(setup_script=[LOST, [0]])),
     Scenario("setup_failed", job(SETUP), cloud(setup_script=[[2]])),
     Scenario("no_recovery_fails_on_preemption", job(NO_RECOVERY), cloud(run_script=[LOST])),
@@ -721,6 +739,7 @@ SCENARIOS: list[Scenario] = [
     Scenario("job_restarts_on_a_worker_then_down", _pooled, cloud(run_script=[[1], [0]])),
     Scenario("worker_lost_under_a_job", _worker_lost_under_a_job, cloud(run_script=[LOST, [0]])),
     Scenario("idle_worker_preempted", _idle_worker_lost),
+    Scenario("worker_launch_errors_then_backs_off", _worker_launch_errors, lambda: FlakyLaunchCloud(failures=3)),
     Scenario("setup_fails_three_times", _setup_fails, cloud(setup_script=[[1], [1], [1]])),
     Scenario("rolling_update", _rolling_update),
     Scenario("resized_down_then_up", _resized),
