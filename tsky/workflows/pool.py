@@ -28,7 +28,7 @@ from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from tsky.contract.ids import CONTROL_QUEUE, pool_worker_cluster_name, pool_worker_workflow_id
-    from tsky.contract.names import Query, Signal, WorkflowType
+    from tsky.contract.names import Query, Signal, Update, WorkflowType
     from tsky.contract.pool_state import (
         FAILED_FOR_GOOD,
         ApplyResult,
@@ -88,7 +88,7 @@ class PoolWorkflow:
 
     # -- messages --------------------------------------------------------------------------------------
 
-    @workflow.update(name="apply", description="Create, resize or update the pool; returns the new version.")
+    @workflow.update(name=Update.POOL_APPLY, description="Create, resize or update the pool; returns the new version.")
     def apply(self, req: PoolApply) -> ApplyResult:
         st = self.state
         previous = st.version
@@ -202,7 +202,9 @@ class PoolWorkflow:
             queued_jobs=sorted(r.job_id for r in st.queue),
         )
 
-    @workflow.query(description="The current version's configuration (for `apply --workers N`).")
+    @workflow.query(
+        name=Query.POOL_VERSION, description="The current version's configuration (for `apply --workers N`)."
+    )
     def current_version(self) -> PoolVersion | None:
         return self.state.version
 
