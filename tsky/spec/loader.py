@@ -3,6 +3,9 @@
 Everything with a side effect lives here, not in the models: reading files, the caller's environment
 (for `--env K`), checking that local paths exist and making them absolute (the worker that syncs them
 runs elsewhere), and generating a name when none is given.
+
+Why one module of this size: every side effect of reading a spec is here and nowhere else; splitting it
+would spread the one rule (models stay pure) over several files.
 """
 
 from __future__ import annotations
@@ -199,6 +202,13 @@ def _local_source(source: str, path: Path) -> str:
     if not local.exists():
         raise FieldError(
             f"File mount source {source!r} does not exist locally. To fix: check if it exists, and correct the path.",
+            path,
+        )
+    if not local.is_file() and not local.is_dir():
+        kind = "a socket" if local.is_socket() else "a named pipe" if local.is_fifo() else "a device file"
+        raise FieldError(
+            f"File mount source {source!r} is {kind}, which cannot be uploaded: only regular files and "
+            "directories can be mounted. To fix: point the mount at a regular file or a directory.",
             path,
         )
     return str(local)
