@@ -31,6 +31,7 @@ from tsky.spec import job_start
 from tsky.spec import search_attributes as sa
 from tsky.spec.ids import CONTROL_QUEUE, ID_REGISTRY_WORKFLOW_ID, job_workflow_id
 from tsky.spec.job import GRACEFUL_CANCEL_SIGNAL, GracefulCancel, JobPolicy, JobRequest, JobResult, TaskState
+from tsky.spec.lifecycle import Lifecycle
 from tsky.spec.secrets import load_key, seal
 from tsky.spec.settings import Settings
 from tsky.spec.status import ManagedJobStatus
@@ -83,6 +84,7 @@ async def submit(
     num_jobs: int = 1,
     pool: str | None = None,
     priority: int = 0,
+    lifecycle: Lifecycle | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[int]:
     """Start `num_jobs` managed jobs running `pipeline`; returns their ids (ranks follow id order).
@@ -123,6 +125,7 @@ async def submit(
             pool=pool,
             priority=priority,
             policy=policy,
+            lifecycle=lifecycle or Lifecycle(),
         )
         async with semaphore:
             await start_job(client, req)

@@ -110,6 +110,16 @@ def launch(
     ] = None,
     pool: Annotated[str | None, typer.Option("--pool", "-p", help="Run on a pool's workers.")] = None,
     num_jobs: Annotated[int, typer.Option("--num-jobs", help="Submit N copies (ranks 0..N-1).")] = 1,
+    max_duration: Annotated[
+        str | None, typer.Option("--max-duration", help="Stop each task after this wall time: 10h, 30m, 1h30m.")
+    ] = None,
+    keep_on_failure: Annotated[
+        str | None,
+        typer.Option("--keep-on-failure", help="Keep a failed task's cluster this long for debugging: 30m."),
+    ] = None,
+    max_cost: Annotated[
+        str | None, typer.Option("--max-cost", help="Stop the job once its estimated cost passes this many $.")
+    ] = None,
 ) -> None:
     """Launch a managed job from a SkyPilot task YAML (or a pipeline); stream its logs until it ends."""
     from tsky.cli.launching import LaunchOptions, launch_job
@@ -150,6 +160,9 @@ def launch(
         job_recovery=job_recovery,
         pool=pool,
         num_jobs=num_jobs,
+        max_duration=max_duration,
+        keep_on_failure=keep_on_failure,
+        max_cost=max_cost,
     )
     raise typer.Exit(launch_job(options))
 

@@ -33,7 +33,8 @@ from tsky.cli.plan_table import render_pipeline_plan, render_plan
 from tsky.cli.waiting import spinner, with_worker
 from tsky.spec.activity_io import PlanResult
 from tsky.spec.envs import env_overrides, secret_overrides
-from tsky.spec.errors import SpecError
+from tsky.spec.errors import FieldError, SpecError
+from tsky.spec.lifecycle import Lifecycle, parse_dollars, parse_duration
 from tsky.spec.loader import apply_overrides, load_pipeline
 from tsky.spec.requests import Candidate
 from tsky.spec.settings import Settings
@@ -72,6 +73,10 @@ class LaunchOptions:
     job_recovery: str | None = None
     pool: str | None = None
     num_jobs: int = 1
+    # Lifecycle limits (docs/lifecycle.md); None: the settings' default.
+    max_duration: str | None = None
+    keep_on_failure: str | None = None
+    max_cost: str | None = None
 
 
 def _is_yaml(entrypoint: list[str]) -> bool:
@@ -113,7 +118,24 @@ def load(opts: LaunchOptions) -> tuple[Pipeline, list[str]]:
         workdir=opts.workdir,
         git_url=opts.git_url,
         git_ref=opts.git_ref,
+        max_duration=opts.max_duration,
     )
+
+
+def lifecycle(opts: LaunchOptions, s: Settings) -> Lifecycle:
+    """The job's lifecycle limits: the flags, else the settings (`jobs.keep_on_failure`, `jobs.max_cost`,
+    `jobs.spot_fallback_after`)."""
+    jobs = s.jobs
+    keep = opts.keep_on_failure if opts.keep_on_failure is not None else jobs.keep_on_failure
+    try:
+        hold = parse_duration(keep) if keep is not None else None
+    except FieldError as err:
+        raise SpecError(err.message, path="--keep-on-failure") from None
+    try:
+        budget = parse_dollars(opts.max_cost) if opts.max_cost is not None else jobs.max_cost
+    except FieldError as err:
+        raise SpecError(err.message, path="--max-cost") from None
+    return Lifecycle(keep_on_failure_seconds=hold, max_cost=budget, spot_fallback_after=jobs.spot_fallback_after)
 
 
 def launch_job(opts: LaunchOptions) -> int:
@@ -122,6 +144,7 @@ def launch_job(opts: LaunchOptions) -> int:
     s = settings() if not opts.config else settings_with(opts.config)
     try:
         pipeline, warnings = load(opts)
+        limits = lifecycle(opts, s)
     except SpecError as err:
         fail(str(err))
     for warning in warnings:
@@ -161,6 +184,7 @@ def launch_job(opts: LaunchOptions) -> int:
             num_jobs=opts.num_jobs,
             pool=opts.pool,
             priority=pipeline.tasks[0].priority(),
+            lifecycle=limits,
             progress=lambda text: console.print(f"[dim]{text}[/]"),
         )
         try:
