@@ -159,6 +159,11 @@ class JobRow:
     closed: bool
     tasks: list[TaskState] = field(default_factory=list)
 
+    @property
+    def cancellable(self) -> bool:
+        """Still running, or ended FAILED with its cluster kept for debugging (a cancel ends the hold)."""
+        return not self.closed and (not self.status.is_terminal() or any(t.held_until for t in self.tasks))
+
 
 def _quoted(value: str) -> str:
     """A visibility-query string literal (names are validated, but never trust them in a query)."""
@@ -312,6 +317,7 @@ async def wait(client: Client, job_id: int) -> JobResult | None:
 
 
 def as_dict(row: JobRow) -> dict[str, Any]:
+    now = datetime.now(UTC)
     return {
         "job_id": row.job_id,
         "name": row.name,
@@ -325,4 +331,10 @@ def as_dict(row: JobRow) -> dict[str, Any]:
         "pool": row.pool or None,
         "infra": row.infra or None,
         "tasks": [t.model_dump(mode="json", exclude={"attempts"}) for t in row.tasks],
+        # Estimated from catalog prices (docs/lifecycle.md); the clusters billing now included.
+        "cost": {
+            "total_usd": round(sum(t.cost(now) for t in row.tasks), 6),
+            "wasted_usd": round(sum(t.wasted_cost_usd for t in row.tasks), 6),
+            "hourly_usd": sum(t.hourly_price for t in row.tasks if t.billing_since is not None),
+        },
     }

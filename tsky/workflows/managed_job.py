@@ -57,6 +57,7 @@ with workflow.unsafe.imports_passed_through():
         TaskState,
         job_result,
     )
+    from tsky.spec.lifecycle import dollars, running_cost
     from tsky.spec.pool_state import (
         GRANT_SIGNAL,
         RELEASE_SIGNAL,
@@ -73,6 +74,7 @@ with workflow.unsafe.imports_passed_through():
     from tsky.spec.task import Storage, Task
     from tsky.workflows import metrics
     from tsky.workflows.calls import call_activity, start_activity
+    from tsky.workflows.limits import attempt_cost_line, debug_access, limit_reason, next_limit
     from tsky.workflows.recovery import Action, Outcome, OutcomeKind, decide, launch_backoff, launch_order
     from tsky.workflows.shield import shielded as _shielded
 
@@ -96,6 +98,11 @@ _PATCH_SYNC_RETRY_ON_RECOVERY = "sync-precheck-retried-on-recovery"
 # A cancel during setup/run is handled by the workflow (stop the phase, then tear down) instead of being
 # passed to the watcher.
 _PATCH_STOP_PHASE_ON_CANCEL = "cancel-stops-phase-from-workflow"
+# Lifecycle limits (tsky.workflows.limits): a timer for max_duration / max_cost beside the attempts, a debug
+# hold before the teardown of a failed task, a re-plan on on-demand instances after N preemptions.
+_PATCH_LIFECYCLE_LIMITS = "lifecycle-limit-timers"
+_PATCH_KEEP_ON_FAILURE = "lifecycle-keep-on-failure-hold"
+_PATCH_SPOT_FALLBACK = "lifecycle-spot-fallback-on-demand"
 
 # Watching a phase is retried without end (a dead worker must never kill a job); only the policy's
 # own error types stop it.
@@ -172,6 +179,10 @@ class ManagedJobWorkflow:
         self._grant: PoolGrant | None = None
         # How long a cancel gives the running phase between SIGTERM and SIGKILL (`cancel --graceful`).
         self._stop_grace = STOP_GRACE_SECONDS
+        # Bumped whenever a cluster starts or stops billing: the limit timer is then computed again.
+        self._billing_epoch = 0
+        # Why the attempts were stopped by a lifecycle limit (the task then ends FAILED with it).
+        self._limit_hit: str | None = None
 
     @workflow.query(description="The job's full state: tasks, statuses, attempts.")
     def state(self) -> JobState:
@@ -224,6 +235,11 @@ class ManagedJobWorkflow:
                 # On every ending, once the clusters are gone: the job's uploads and ephemeral buckets.
                 await self._cleanup_job()
         self._log(f"Job finished: {self.job.status.value}.")
+        if any(t.cost_usd for t in self.job.tasks):
+            self._log(
+                f"Job cost: {dollars(self.job.cost(workflow.now()))}, wasted {dollars(self.job.wasted_cost())} "
+                "(estimated from catalog prices, which are approximate)."
+            )
         await self._publish()
         return job_result(self.job)
 
@@ -298,29 +314,70 @@ class ManagedJobWorkflow:
             return
         bug = False
         try:
-            await self._run_attempts(index, task, ts)
+            await self._run_attempts_within_limits(index, task, ts)
         except _TaskEnded as ended:
             self._finish(ts, ended.status, ended.reason)
             self._log(f"Task {index} ({ts.name}) {ended.status.value}: {ended.reason}")
         except BaseException as err:
             bug = is_own_bug(err)
-            if is_cancelled_exception(err):
+            if is_cancelled_exception(err) and self._limit_hit is not None:
+                # Stopped by a lifecycle limit, not by the user: the task fails with the limit as reason.
+                self._finish(ts, Status.FAILED, self._limit_hit)
+                self._log(f"Task {index} ({ts.name}) FAILED: {self._limit_hit}.")
+                self._limit_hit = None
+            elif is_cancelled_exception(err):
                 if isinstance(err, FailureError) and not workflow.patched(_PATCH_CANCEL_IN_ACTIVITY):
                     raise  # histories from before the fix went straight to cleanup from a cancelled activity
                 self._record_cancel(index, ts)
                 await self._publish()
                 raise
-            if not isinstance(err, FailureError):
+            elif not isinstance(err, FailureError):
                 raise
-            # An activity failed past its retries (e.g. the plan could not be computed): SkyPilot's
-            # FAILED_CONTROLLER, with the cause.
-            reason = f"Unexpected error: {err.cause or err}"
-            self._finish(ts, Status.FAILED_CONTROLLER, reason)
-            self._log(f"Task {index} ({ts.name}) FAILED_CONTROLLER: {reason}")
+            else:
+                # An activity failed past its retries (e.g. the plan could not be computed): SkyPilot's
+                # FAILED_CONTROLLER, with the cause.
+                reason = f"Unexpected error: {err.cause or err}"
+                self._finish(ts, Status.FAILED_CONTROLLER, reason)
+                self._log(f"Task {index} ({ts.name}) FAILED_CONTROLLER: {reason}")
         finally:
             if not bug:
                 await self._release_cluster(ts)
         await self._publish()
+
+    async def _run_attempts_within_limits(self, index: int, task: Task, ts: TaskState) -> None:
+        """Run the task's attempts; with a max_duration or max_cost, beside them a durable timer to the
+        nearest limit, set again whenever a cluster starts or stops billing (no polling). On expiry the
+        attempts are stopped as by a cancel (the phase stopped, the cluster torn down) and the task FAILS."""
+        limited = task.max_duration is not None or self.req.lifecycle.max_cost is not None
+        if not limited or not workflow.patched(_PATCH_LIFECYCLE_LIMITS):
+            await self._run_attempts(index, task, ts)
+            return
+        attempts = asyncio.create_task(self._run_attempts(index, task, ts))
+        try:
+            while not attempts.done():
+                limit = next_limit(self.job, ts, task, self.req.lifecycle, workflow.now())
+                epoch = self._billing_epoch
+
+                def changed(epoch: int = epoch) -> bool:
+                    return attempts.done() or self._billing_epoch != epoch
+
+                try:
+                    await workflow.wait_condition(
+                        changed,
+                        timeout=timedelta(seconds=limit.seconds) if limit else None,
+                        timeout_summary=f"{limit.kind} limit" if limit else None,
+                    )
+                except TimeoutError:
+                    assert limit is not None
+                    self._limit_hit = limit_reason(limit, self.job, task, self.req.lifecycle, workflow.now())
+                    self._log(f"Task {index} ({ts.name}) {self._limit_hit}: stopping it.")
+                    attempts.cancel()
+                    break
+        except asyncio.CancelledError:
+            if attempts.done():
+                raise
+            attempts.cancel()  # the user's cancel goes to the attempts, which stop and clean up
+        await attempts
 
     async def _run_attempts(self, index: int, task: Task, ts: TaskState) -> None:
         recovery = task.job_recovery()
@@ -338,6 +395,13 @@ class ManagedJobWorkflow:
                     self._cluster, chosen = await self._acquire_worker(index, ts, attempt.index, recovering)
                 else:
                     candidates = candidates or await self._plan(index, task, ts)
+                    if self._falls_back_to_on_demand(task, ts, candidates):
+                        ts.on_demand_since_attempt = len(ts.attempts)
+                        self._log(
+                            f"Task {index} ({ts.name}) was preempted {self._preemptions(ts)} time(s): launching it "
+                            "on on-demand instances from now on (spot_fallback_after)."
+                        )
+                        candidates = await self._plan(index, task.on_demand(), ts)
                     self._cluster, chosen = await self._launch(
                         index, task, ts, candidates, launch, recovery.strategy or "", lost_region, recovering
                     )
@@ -349,6 +413,7 @@ class ManagedJobWorkflow:
             attempt.started_at = workflow.now()
             ts.attempts.append(attempt)
             ts.attempt_count = len(ts.attempts)
+            self._start_billing(ts, attempt.candidate.hourly_cost if attempt.candidate else 0.0)
             self._enter_running(ts, recovering)
             self._log(f"Task {index} ({ts.name}) attempt {attempt.index} running on {self._cluster.name}.")
             self._log(f"Job status: JobStatus.{'SETTING_UP' if task.setup else 'RUNNING'}")
@@ -368,6 +433,7 @@ class ManagedJobWorkflow:
             attempt.ended_at = workflow.now()
             attempt.cause = decision.cause
             attempt.exit_codes = list(outcome.exit_codes)
+            self._end_attempt_billing(ts)
             lost = outcome.kind is not OutcomeKind.EXITED
             if decision.action is Action.FINISH:
                 assert decision.status is not None
@@ -375,21 +441,102 @@ class ManagedJobWorkflow:
                     # Ended before its worker is free: a pool never shows more jobs RUNNING than workers.
                     self._finish(ts, decision.status, decision.reason or None)
                     await self._publish()
+                if outcome.kind is OutcomeKind.EXITED:  # a user error; a preemption never holds
+                    await self._hold_for_debugging(index, ts, decision.status, decision.reason, cluster)
                 await self._release_cluster(ts, lost=lost)
                 self._finish(ts, decision.status, decision.reason or None)
                 self._log_cluster_job_status(outcome)
                 self._log(f"Task {index} ({ts.name}) {decision.status.value}. {decision.reason}".rstrip())
+                self._log_attempt_cost(index, ts)
                 return
             restarts += decision.counts_restart
             recovering = True
             self._set(ts, Status.RECOVERING, decision.reason)
             self._log_cluster_job_status(outcome)
             self._log(f"Task {index} ({ts.name}) recovering: {decision.reason}")
+            self._log_attempt_cost(index, ts)
             await self._publish()
             if decision.action is Action.RELAUNCH:
                 lost_region = self._cluster.region
                 await self._release_cluster(ts, lost=lost)
                 launch += 1
+
+    # -- lifecycle: cost, debug hold, spot fallback (tsky.workflows.limits) ------------------------------
+
+    def _start_billing(self, ts: TaskState, hourly: float) -> None:
+        ts.hourly_price = hourly
+        ts.billing_since = workflow.now()
+        self._billing_epoch += 1
+
+    def _stop_billing(self, ts: TaskState, wasted: bool) -> float:
+        """Add what the cluster cost since billing started to the task; returns that amount."""
+        if ts.billing_since is None:
+            return 0.0
+        cost = running_cost(ts.hourly_price, (workflow.now() - ts.billing_since).total_seconds())
+        ts.cost_usd += cost
+        ts.wasted_cost_usd += cost if wasted else 0.0
+        ts.billing_since = None
+        self._billing_epoch += 1
+        return cost
+
+    def _end_attempt_billing(self, ts: TaskState) -> None:
+        """The current attempt ended (its cause is set): its cost goes in its history."""
+        attempt = ts.current_attempt()
+        if attempt is not None and ts.billing_since is not None:
+            attempt.cost_usd = self._stop_billing(ts, attempt.wasted)
+
+    def _log_attempt_cost(self, index: int, ts: TaskState) -> None:
+        """The ended attempt's cost in the controller log. Always logged next to another line, so it never
+        adds a controller-log write (a command) of its own."""
+        attempt = ts.current_attempt()
+        if attempt is not None and attempt.cost_usd is not None:
+            self._log(attempt_cost_line(index, ts, attempt, self.job, workflow.now()))
+
+    async def _hold_for_debugging(
+        self, index: int, ts: TaskState, status: ManagedJobStatus, reason: str, cluster: ClusterInfo
+    ) -> None:
+        """`--keep-on-failure`: after the task's program failed (FAILED, FAILED_SETUP), keep the cluster for
+        the hold so the user can get on it. The task is FAILED already; the timer, a cancel or a limit ends
+        the hold, and the teardown follows as on every other path."""
+        hold = self.req.lifecycle.keep_on_failure_seconds
+        user_error = status in (Status.FAILED, Status.FAILED_SETUP)
+        if hold is None or not user_error or self.req.pool is not None or not workflow.patched(_PATCH_KEEP_ON_FAILURE):
+            return
+        until = workflow.now() + timedelta(seconds=hold)
+        self._finish(ts, status, reason or None)
+        ts.held_until = until
+        ts.details = f"kept for debugging until {until:%H:%M} UTC"
+        self._start_billing(ts, ts.hourly_price)
+        self._log(
+            f"Task {index} ({ts.name}) {status.value}; its cluster {cluster.name} is kept for debugging until "
+            f"{until:%Y-%m-%d %H:%M:%S} UTC: {debug_access(cluster)}. `tsky jobs cancel {self.req.job_id}` ends "
+            "the hold."
+        )
+        await self._publish()
+        try:
+            await workflow.sleep(timedelta(seconds=hold), summary="keep on failure")
+            self._log(f"Debug hold of {cluster.name} over.")
+        except asyncio.CancelledError:
+            # The cancel ends the hold; the task stays FAILED (its own outcome) and is torn down next.
+            self._log(f"Debug hold of {cluster.name} ended by {'a limit' if self._limit_hit else 'a cancel'}.")
+        finally:
+            self._stop_billing(ts, wasted=True)
+            ts.held_until = None
+            ts.details = None
+
+    def _preemptions(self, ts: TaskState) -> int:
+        return sum(a.cause == "preempted" for a in ts.attempts)
+
+    def _falls_back_to_on_demand(self, task: Task, ts: TaskState, candidates: list[Candidate]) -> bool:
+        """Whether this launch is the one that moves the task to on-demand instances (once per task)."""
+        after = task.job_recovery().fallback_after(self.req.lifecycle.spot_fallback_after)
+        return (
+            after is not None
+            and ts.on_demand_since_attempt is None
+            and self._preemptions(ts) >= after
+            and any(c.use_spot for c in candidates)
+            and workflow.patched(_PATCH_SPOT_FALLBACK)
+        )
 
     async def _plan(self, index: int, task: Task, ts: TaskState) -> list[Candidate]:
         self._set(ts, Status.STARTING, "Planning")
@@ -788,10 +935,15 @@ class ManagedJobWorkflow:
         attempt = ts.current_attempt()
         if attempt is not None and attempt.ended_at is None:
             attempt.ended_at = workflow.now()
-            attempt.cause = "cancelled"
+            attempt.cause = self._limit_hit or "cancelled"
+            self._end_attempt_billing(ts)
         self._leave_running(ts)
-        self._set(ts, Status.CANCELLING, "Cancellation requested; cleaning up.")
-        self._log(f"Cancellation requested for task {index} ({ts.name}); cleaning up.")
+        if self._limit_hit is not None:
+            ts.details = f"Stopping: {self._limit_hit}; cleaning up."
+        else:
+            self._set(ts, Status.CANCELLING, "Cancellation requested; cleaning up.")
+            self._log(f"Cancellation requested for task {index} ({ts.name}); cleaning up.")
+        self._log_attempt_cost(index, ts)
 
     def _leave_running(self, ts: TaskState) -> None:
         if ts.running_since is not None:
@@ -802,6 +954,7 @@ class ManagedJobWorkflow:
         if ts.status.is_terminal() and status is not Status.FAILED_CONTROLLER:
             return  # a terminal status is never overwritten, except by a controller failure
         self._leave_running(ts)
+        self._stop_billing(ts, wasted=status is not Status.SUCCEEDED)  # an attempt cut short (e.g. a precheck)
         ts.status = status
         ts.details = None
         ts.end_at = workflow.now()
@@ -863,9 +1016,11 @@ class ManagedJobWorkflow:
             f"{(t.details or t.failure_reason or '').replace('|', '/')} |"
             for t in self.job.tasks
         )
+        now = workflow.now()
+        cost = f"\n\nEstimated cost: {dollars(self.job.cost(now))} (wasted {dollars(self.job.wasted_cost())})"
         return (
             f"**Job {self.req.job_id}** `{self.req.name}` — **{self.job.status.value}**\n\n"
-            "| task | name | status | recoveries | infra | details |\n|---|---|---|---|---|---|\n" + rows
+            "| task | name | status | recoveries | infra | details |\n|---|---|---|---|---|---|\n" + rows + cost
         )
 
     # -- helpers ---------------------------------------------------------------------------------------
