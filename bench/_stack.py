@@ -30,9 +30,9 @@ import yaml
 from temporalio.client import Client
 
 from tests.harness import NO_CLOUD_METADATA
+from tsky.client.connect import connect
+from tsky.client.embedded import start_server
 from tsky.spec.settings import Settings, load_settings
-from tsky.worker.client import connect
-from tsky.worker.embedded import start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -189,7 +189,7 @@ class Stack:
         for proc in [*self.extra_procs, *self.worker_procs]:
             _stop(proc, timeout=40)
         try:
-            from tsky.activities.clouds.local import LocalBackend
+            from tsky.ops.clouds.local import LocalBackend
 
             backend = LocalBackend(self.settings)
 
@@ -212,7 +212,7 @@ class Stack:
         """Pids of the job processes tagged with this installation (local clusters' tags end in
         `@<owner id>`), and with `with_home` every other process carrying this stack's TSKY_HOME."""
         home = f"TSKY_HOME={self.home}\0".encode()
-        from tsky.spec.ids import owner_id
+        from tsky.contract.ids import owner_id
 
         owner = owner_id(None, "default", socket.gethostname(), str(self.home))
         tag = re.compile(rb"TSKY_PROCESS_TAG=[^\0]*@" + owner.encode() + rb"\0")

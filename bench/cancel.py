@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._stack import Stack, count_status, machine, tagged_processes, wait_for
-from tsky.cli import api
+from tsky.client import jobs as api
 from tsky.spec.loader import load_pipeline
 
 

@@ -35,13 +35,13 @@ from pathlib import Path
 from temporalio.client import Client
 
 from bench._stack import Stack, machine
-from tsky.activities.clouds.local import LocalBackend, preempt_job
-from tsky.cli import api
-from tsky.cli.api import JobRow
-from tsky.spec.ids import job_workflow_id
-from tsky.spec.job import JobState
+from tsky.client import jobs as api
+from tsky.client.jobs import JobRow
+from tsky.contract.ids import job_workflow_id
+from tsky.contract.job import JobState
+from tsky.contract.logs import phase_log_key
+from tsky.ops.clouds.local import LocalBackend, preempt_job
 from tsky.spec.loader import load_pipeline
-from tsky.spec.logs import phase_log_key
 from tsky.spec.status import ManagedJobStatus
 from tsky.workflows.managed_job import ManagedJobWorkflow
 

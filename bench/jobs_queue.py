@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._stack import Stack, count, machine
-from tsky.cli import api
+from tsky.client import jobs as api
 from tsky.spec.loader import load_pipeline
 
 CLOSED = "WorkflowType = 'ManagedJob' AND ExecutionStatus != 'Running'"

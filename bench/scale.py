@@ -1,16 +1,18 @@
 """How many managed jobs one small machine runs: N sleeping jobs through the public API.
 
-    python bench/scale.py [--jobs 2000] [--workers 1] [--trivial 300] [--infra local|ssh]
+    python bench/scale.py [--jobs 2000] [--workers 1] [--trivial 300] [--infra local|ssh|aws]
 
 `--infra local` (the default) runs them on the local simulator. `--infra ssh` runs them on N real sshd
 nodes on 127.x addresses (one per job: an ssh host holds one cluster at a time; needs root, as the backend
 tests do), listed in an ssh node pool file as a user would write it, and counts the SSH commands the nodes
 ran (their sshd logs at DEBUG1 name each one); it measures the local simulator with the same N first, so
-both figures come from the same run.
+both figures come from the same run. `--infra aws` runs them on instances of moto's EC2, reached over SSH
+on N sshd nodes standing in for them (`bench/scale_aws.py`), and also counts the EC2 calls the worker
+makes, by operation; it too measures the local simulator first.
 
 It starts its own dev server (SQLite file, as the embedded default) and worker process(es) in a temp
 TSKY_HOME, measures the engine's bare throughput with a trivial one-activity workflow, submits N jobs
-with `tsky.cli.api.submit(num_jobs=N)`, waits until all are RUNNING (each job then blocks on a shared
+with `tsky.client.jobs.submit(num_jobs=N)`, waits until all are RUNNING (each job then blocks on a shared
 lock the benchmark holds, so none ends early), measures what N running jobs cost at rest, releases them
 and waits until all are SUCCEEDED. It prints figures, never pass/fail, and cleans up every process,
 cluster and file it made.
@@ -39,10 +41,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import trivial
+from bench import scale_aws, trivial
 from bench._stack import Stack, count, count_status, machine, metric, scrape, tagged_processes, wait_for
-from tsky.cli import api
-from tsky.spec.ids import user_hash
+from tsky.client import jobs as api
+from tsky.contract.ids import user_hash
 from tsky.spec.loader import load_pipeline
 
 CLOSED = "WorkflowType = 'ManagedJob' AND ExecutionStatus != 'Running'"
@@ -58,7 +60,9 @@ def ssh_commands(node_dirs: list[Path]) -> int:
     return total
 
 
-async def bench(args: argparse.Namespace, stack: Stack, infra: str, node_dirs: list[Path]) -> dict[str, float]:
+async def bench(
+    args: argparse.Namespace, stack: Stack, infra: str, node_dirs: list[Path], aws: scale_aws.AwsWorld | None = None
+) -> dict[str, float]:
     f: dict[str, float] = {}
     client = await stack.client()
     if args.trivial:
@@ -74,7 +78,7 @@ async def bench(args: argparse.Namespace, stack: Stack, infra: str, node_dirs: l
     gate.touch()
     # A name of its own: local clusters are named after their job, and process tags after the cluster.
     name = f"bench-{uuid.uuid4().hex[:6]}"
-    resources = "resources: {infra: ssh/bench}\n" if infra == "ssh" else ""
+    resources = "resources: {infra: ssh/bench}\n" if infra == "ssh" else scale_aws.RESOURCES if aws else ""
     pipeline = load_pipeline(f"name: {name}\n{resources}run: exec flock -s {gate} true\n")
     user = getpass.getuser()
     with gate.open() as held:
@@ -107,8 +111,11 @@ async def bench(args: argparse.Namespace, stack: Stack, infra: str, node_dirs: l
             ssh_commands(node_dirs),
             time.monotonic(),
         )
+        api_calls = aws.counter.snapshot() if aws else None
         await asyncio.sleep(args.rest)
         span = time.monotonic() - t_rest
+        if aws and api_calls is not None:
+            f |= scale_aws.api_figures(api_calls, aws.counter.snapshot(), span)
         f["ssh_commands_per_s"] = (ssh_commands(node_dirs) - commands) / span
         f["rest_cpu_worker_pct"] = 100 * (stack.sampler.cpu("workers") - cpu_w) / span
         f["rest_cpu_server_pct"] = 100 * (stack.sampler.cpu("server") - cpu_s) / span
@@ -157,8 +164,10 @@ def report(args: argparse.Namespace, f: dict[str, float], where: str, infra: str
         f"of one core; {f['heartbeats_per_s']:.1f} heartbeat RPCs/s; {int(f['job_processes'])} job processes",
         f"workflow tasks over 5 s (the SDK's warning; 10 s is their timeout): {int(f['slow_workflow_tasks'])}",
     ]
-    if infra == "ssh":
+    if infra in ("ssh", "aws"):
         lines.append(f"SSH commands at rest:     {f['ssh_commands_per_s']:.1f} per second ({n} nodes)")
+    if infra == "aws":
+        lines.append(scale_aws.report_line(f, n))
     print("\n" + "\n".join(lines))
 
 
@@ -172,7 +181,7 @@ def main() -> None:
                         "'{jobs: {sweeper: {enabled: false}}}'")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--keep", action="store_true", help="keep the temp TSKY_HOME (logs) for a look")
-    parser.add_argument("--infra", choices=["local", "ssh"], default="local")
+    parser.add_argument("--infra", choices=["local", "ssh", "aws"], default="local")
     args = parser.parse_args()
     where = machine()
     print(f"machine at start: {where}", flush=True)
@@ -181,10 +190,15 @@ def main() -> None:
         print(f"-- {infra} infra", flush=True)
         with contextlib.ExitStack() as cleanup:
             node_dirs = cleanup.enter_context(ssh_pool(args.jobs)) if infra == "ssh" else []
-            with Stack(workers=args.workers, config=config, keep=args.keep) as stack:
+            aws = cleanup.enter_context(scale_aws.aws_world(args.jobs)) if infra == "aws" else None
+            stack_config = config | aws.config if aws else config
+            with Stack(workers=args.workers, config=stack_config, keep=args.keep) as stack:
                 if infra == "ssh":
                     write_pool(stack.home, node_dirs)
-                figures = asyncio.run(bench(args, stack, infra, [d for d, _ in node_dirs] if node_dirs else []))
+                if aws:
+                    aws.attach(stack.home)
+                dirs = aws.node_dirs if aws else [d for d, _ in node_dirs]
+                figures = asyncio.run(bench(args, stack, infra, dirs, aws))
         load = " ".join(f"{x:.2f}" for x in os.getloadavg())
         report(args, figures, f"{where}; load average at the end {load}", infra)
 

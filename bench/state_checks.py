@@ -35,8 +35,9 @@ for _var, _value in {
 os.environ.pop("AWS_PROFILE", None)
 
 from bench._stack import free_port  # noqa: E402
-from tsky.activities.clouds.aws import TAG_CLUSTER, TAG_OWNER, AwsBackend  # noqa: E402
-from tsky.spec.activity_io import ClusterInfo, NodeInfo  # noqa: E402
+from tsky.contract.activity_io import ClusterInfo, NodeInfo  # noqa: E402
+from tsky.ops.clouds import labels as keys  # noqa: E402
+from tsky.ops.clouds.aws import AwsBackend  # noqa: E402
 from tsky.spec.settings import Settings  # noqa: E402
 
 REGION = "us-east-1"
@@ -62,13 +63,13 @@ async def measure(url: str, jobs: int, seconds: float, interval: float) -> dict[
     )
     ec2 = boto3.client("ec2", endpoint_url=url, region_name=REGION)
     image = ec2.register_image(Name=f"bench-{jobs}", RootDeviceName="/dev/sda1")["ImageId"]
-    tags = [{"Key": TAG_OWNER, "Value": backend.owner}]
+    tags = [{"Key": keys.OWNER, "Value": backend.owner}]
     launched = ec2.run_instances(
         ImageId=image,
         InstanceType="m5.large",
         MinCount=jobs,
         MaxCount=jobs,
-        TagSpecifications=[{"ResourceType": "instance", "Tags": [*tags, {"Key": TAG_CLUSTER, "Value": "bench"}]}],
+        TagSpecifications=[{"ResourceType": "instance", "Tags": [*tags, {"Key": keys.CLUSTER, "Value": "bench"}]}],
     )["Instances"]
     clusters = [
         ClusterInfo(

@@ -1,5 +1,5 @@
 """A Temporal workflow of your own that trains, then evaluates only if training succeeded, each step a
-tsky managed job started as a child workflow (tsky.workflows.child).
+tsky managed job started as a child workflow (tsky.client.child).
 
     python examples/child_workflow.py                  # train, then eval: both jobs SUCCEEDED
     python examples/child_workflow.py --fail-training  # train FAILED: eval is never started
@@ -20,9 +20,9 @@ from pydantic import BaseModel
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from tsky.spec.job import JobResult
+    from tsky.client.child import ChildJob, execute_managed_job
+    from tsky.contract.job import JobResult
     from tsky.spec.status import ManagedJobStatus
-    from tsky.workflows.child import ChildJob, execute_managed_job
 
 TASK_QUEUE = "train-then-eval"
 

@@ -22,5 +22,6 @@ fi
 .venv/bin/ruff check tsky tests bench examples
 .venv/bin/ruff format --check tsky tests bench examples
 .venv/bin/mypy tsky
+.venv/bin/lint-imports  # the layers of docs/architecture.md (contracts in pyproject.toml)
 # Everything above installed the real parts (sshd, rsync...): a test skipping for want of one fails.
 TSKY_REQUIRE_REAL_PARTS="${TSKY_REQUIRE_REAL_PARTS:-1}" .venv/bin/pytest -q --durations=15 "$@"

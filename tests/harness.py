@@ -26,8 +26,8 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.api.workflowservice.v1 import RegisterNamespaceRequest
 from temporalio.client import Client
 
-from tsky.spec import search_attributes
-from tsky.worker.client import DATA_CONVERTER
+from tsky.client.connect import DATA_CONVERTER
+from tsky.contract import search_attributes
 
 BIN = Path(sys.executable).parent
 TSKY = str(BIN / "tsky")
@@ -267,7 +267,7 @@ def new_namespace() -> str:
 
 def teardown_local_clusters(home: Path) -> None:
     """Kill whatever a failed test left running on the local infra (never leak processes)."""
-    from tsky.activities.clouds.local import LocalBackend
+    from tsky.ops.clouds.local import LocalBackend
     from tsky.spec.settings import load_settings
 
     backend = LocalBackend(load_settings(home))

@@ -17,7 +17,7 @@ from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client
 
 from tests.harness import DevServer
-from tsky.spec import search_attributes
+from tsky.contract import search_attributes
 from tsky.spec.settings import LogsSettings, WorkerSettings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,8 +11,8 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from tsky.activities import watch
-from tsky.activities.clouds.base import PhaseStatus
-from tsky.spec.activity_io import ClusterInfo, ErrorType, JobMeta, NodeInfo, PhaseInput
+from tsky.contract.activity_io import ClusterInfo, ErrorType, JobMeta, NodeInfo, PhaseInput
+from tsky.ops.clouds.base import PhaseStatus
 from tsky.spec.settings import Settings
 from tsky.spec.status import NodeState
 from tsky.spec.task import Task

@@ -245,7 +245,7 @@ class FakeCompute:
             for nic in instance.get("networkInterfaces", []):
                 nic["networkIP"] = f"10.128.0.{number}"
                 for access in nic.get("accessConfigs", []):
-                    access["natIP"] = f"203.0.113.{number}"  # TEST-NET-3: never reached (the seam is)
+                    access["natIP"] = f"203.0.113.{number}"  # TEST-NET-3: never reached (the stand-in nodes are)
             self.instances[(project, zone, name)] = instance
             op["targetId"] = instance["id"]
             return 200, copy.deepcopy(op)

@@ -1,4 +1,5 @@
-"""The `aws` backend against moto's EC2 (real HTTP), its nodes reached over real SSH through the test seam:
+"""The `aws` backend against moto's EC2 (real HTTP), its nodes reached over real SSH on sshd nodes standing in
+for the instances (`stand_ins.py`, through the address resolver setting):
 on-demand and spot clusters, adoption, node states (a spot interruption injected in moto), capacity and
 precheck errors, teardown that leaves nothing behind."""
 
@@ -12,14 +13,15 @@ import botocore.exceptions
 import pytest
 import pytest_asyncio
 
+from tests.backends import stand_ins
 from tests.backends.conftest import MotoEC2
 from tests.backends.sshd import SSHNodes
-from tsky.activities.clouds import ssh_runner
-from tsky.activities.clouds.aws import TAG_CLUSTER, AwsBackend, node_state
-from tsky.activities.clouds.base import CapacityError, PrecheckError
-from tsky.spec.activity_io import JobMeta
+from tsky.contract.activity_io import JobMeta
+from tsky.ops.clouds import ssh_runner
+from tsky.ops.clouds.aws import AwsBackend, node_state
+from tsky.ops.clouds.base import CapacityError, PrecheckError
 from tsky.spec.requests import Candidate
-from tsky.spec.settings import Settings
+from tsky.spec.settings import Settings, SettingsError, load_settings
 from tsky.spec.status import NodeState
 
 pytestmark = pytest.mark.asyncio
@@ -38,9 +40,9 @@ def aws_config(moto: MotoEC2, nodes: SSHNodes, **extra: Any) -> dict[str, Any]:
     }
 
 
-def seam(monkeypatch: pytest.MonkeyPatch, nodes: SSHNodes, count: int) -> None:
-    started = [nodes.start() for _ in range(count)]
-    monkeypatch.setenv(ssh_runner.TEST_HOSTS_VAR, ",".join(n.endpoint for n in started))
+def stand_in_nodes(home: Path, nodes: SSHNodes, count: int) -> dict[str, str]:
+    """`count` new sshd nodes standing in for the instances of the tsky home `home`: the aws setting."""
+    return stand_ins.use(home, [nodes.start().endpoint for _ in range(count)])
 
 
 def meta(job_id: int) -> JobMeta:
@@ -60,10 +62,10 @@ async def pool() -> AsyncIterator[None]:
 
 
 async def test_on_demand_and_spot_clusters_states_and_teardown(
-    moto_ec2: MotoEC2, ssh_nodes: SSHNodes, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pool: None
+    moto_ec2: MotoEC2, ssh_nodes: SSHNodes, tmp_path: Path, pool: None
 ) -> None:
-    seam(monkeypatch, ssh_nodes, 4)
-    backend = AwsBackend(Settings(home=tmp_path, aws=aws_config(moto_ec2, ssh_nodes)))
+    nodes = stand_in_nodes(tmp_path, ssh_nodes, 4)
+    backend = AwsBackend(Settings(home=tmp_path, aws=aws_config(moto_ec2, ssh_nodes, **nodes)))
 
     od = await backend.provision("od-1", candidate(), 2, meta(1))
     assert od.backend == "aws" and od.zone == "us-east-1a" and len(od.nodes) == 2 and not od.use_spot
@@ -71,13 +73,13 @@ async def test_on_demand_and_spot_clusters_states_and_teardown(
     described = {i["InstanceId"]: i for i in moto_ec2.instances("od-1")}
     assert set(described) == set(ids)
     tags = {t["Key"]: t["Value"] for t in described[ids[0]]["Tags"]}
-    assert tags[TAG_CLUSTER] == "od-1" and tags["tsky-job-id"] == "1" and tags["tsky-task"] == "0"
+    assert tags["tsky-cluster"] == "od-1" and tags["tsky-job-id"] == "1" and tags["tsky-task"] == "0"
     assert tags["tsky-launch"] == "0" and tags["tsky-owner"] == backend.owner
     assert described[ids[0]]["KeyName"].startswith("tsky-")
     assert await backend.provision("od-1", candidate(), 2, meta(1)) == od  # adopted, nothing new launched
     assert len(moto_ec2.instances("od-1")) == 2
 
-    # The nodes are real: phases run over SSH on the seam's sshd nodes.
+    # The nodes are real: phases run over SSH on the stand-in sshd nodes.
     agent = backend.node(od, 1)
     await agent.start_phase("run-a0", "echo hello from rank 1", {})
     assert (await agent.phase_status("run-a0")).started
@@ -114,7 +116,7 @@ async def test_on_demand_and_spot_clusters_states_and_teardown(
     assert await backend.list_clusters() == []
     assert await backend.node_states(od, fresh=True) == [NodeState.GONE, NodeState.GONE]
     await backend.teardown("od-1", od)  # idempotent
-    # The seam cleaned the loopback nodes as EC2 would have: no process of either cluster is left.
+    # Told of the deletions, the stand-ins cleaned their nodes as EC2 would have: no process of either cluster is left.
     for node in ssh_nodes.nodes:
         assert not (node.home / ".tsky" / "clusters" / "od-1").exists()
     # Key pair and security group are shared by every cluster: kept, and reused by the next launch.
@@ -126,10 +128,10 @@ async def test_on_demand_and_spot_clusters_states_and_teardown(
 
 
 async def test_capacity_precheck_and_launch_failures(
-    moto_ec2: MotoEC2, ssh_nodes: SSHNodes, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pool: None
+    moto_ec2: MotoEC2, ssh_nodes: SSHNodes, tmp_path: Path, pool: None
 ) -> None:
-    seam(monkeypatch, ssh_nodes, 1)
-    backend = AwsBackend(Settings(home=tmp_path, aws=aws_config(moto_ec2, ssh_nodes)))
+    nodes = stand_in_nodes(tmp_path, ssh_nodes, 1)
+    backend = AwsBackend(Settings(home=tmp_path, aws=aws_config(moto_ec2, ssh_nodes, **nodes)))
     codes: list[str] = []
 
     def refuse(params: dict[str, Any], **_: Any) -> None:
@@ -153,17 +155,32 @@ async def test_capacity_precheck_and_launch_failures(
     assert moto_ec2.instances("cap-1") == []
 
     # No image configured and none of Canonical's in this (fake) region: say how to fix it.
-    bare = AwsBackend(Settings(home=tmp_path, aws=aws_config(moto_ec2, ssh_nodes, ami=None)))
+    bare = AwsBackend(Settings(home=tmp_path, aws=aws_config(moto_ec2, ssh_nodes, ami=None, **nodes)))
     with pytest.raises(PrecheckError, match=r"set aws\.ami"):
         await bare.provision("img-1", candidate(), 1, meta(1))
 
+    # A resolver the worker cannot import: a precheck error naming the setting.
+    with pytest.raises(PrecheckError, match=r"aws\.ssh_address_resolver: cannot load 'tsky_nowhere:addresses'"):
+        AwsBackend(
+            Settings(home=tmp_path, aws=aws_config(moto_ec2, ssh_nodes, ssh_address_resolver="tsky_nowhere:addresses"))
+        )
+
     # A node that never answers SSH: the launch fails (transient), and teardown by name leaves nothing.
-    monkeypatch.setenv(ssh_runner.TEST_HOSTS_VAR, "127.0.0.1:9")
-    slow = AwsBackend(Settings(home=tmp_path, aws=aws_config(moto_ec2, ssh_nodes, provision_timeout=1)))
+    dead = stand_ins.use(tmp_path, ["127.0.0.1:9"])
+    slow = AwsBackend(Settings(home=tmp_path, aws=aws_config(moto_ec2, ssh_nodes, provision_timeout=1, **dead)))
     with pytest.raises(ssh_runner.NodeUnreachable):
         await slow.provision("ssh-1", candidate(), 1, meta(1))
     await slow.teardown("ssh-1", None)
     assert all(i["State"]["Name"] == "terminated" for i in moto_ec2.instances("ssh-1"))
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_a_resolver_setting_that_is_not_a_factory_path_is_named(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("aws:\n  ssh_address_resolver: my_addresses.py\n")
+    with pytest.raises(
+        SettingsError, match=r"aws\.ssh_address_resolver: .*'my_addresses\.py' is not `package\.module:callable`"
+    ):
+        load_settings(tmp_path)
 
 
 @pytest.mark.filterwarnings("ignore")

@@ -1,5 +1,5 @@
 """Managed jobs on AWS end to end through the CLI: instances provisioned on moto's EC2, setup and run over
-real SSH to sshd nodes standing in for them (the `TSKY_TEST_SSH_HOSTS` seam), a spot interruption
+real SSH to sshd nodes standing in for them (`stand_ins.py`, through the address resolver setting), a spot interruption
 injected in moto, recovery, teardown; nothing left behind."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.backends import stand_ins
 from tests.backends.conftest import MotoEC2
 from tests.backends.sshd import SSHNodes
 from tests.backends.test_aws import aws_config
 from tests.harness import TskyEnv, WorkerProc, wait_until
 from tests.integration.test_jobs_cli import no_tagged_processes, queue_json, wait_status
-from tsky.activities.clouds.ssh_runner import TEST_HOSTS_VAR
 
 pytestmark = pytest.mark.integration
 
@@ -27,9 +27,9 @@ run: echo "Hello, SkyPilot!"
 
 def aws_world(env: TskyEnv, moto: MotoEC2, nodes: SSHNodes, count: int) -> WorkerProc:
     """Config pointing the aws infra at moto, and a worker that reaches instances through `count` sshd nodes."""
-    endpoints = [nodes.start().endpoint for _ in range(count)]
-    env.configure({"aws": aws_config(moto, nodes)})
-    return env.start_worker({TEST_HOSTS_VAR: ",".join(endpoints)})
+    stand_in_nodes = stand_ins.use(env.home, [nodes.start().endpoint for _ in range(count)])
+    env.configure({"aws": aws_config(moto, nodes, **stand_in_nodes)})
+    return env.start_worker()
 
 
 def test_hello_on_aws(tsky_env: TskyEnv, moto_ec2: MotoEC2, ssh_nodes: SSHNodes) -> None:

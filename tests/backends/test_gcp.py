@@ -1,7 +1,7 @@
 """The `gcp` backend against the fake Compute Engine REST API (`fake_gce.py`: no GCE emulator exists), its
-nodes reached over real SSH through the test seam: on-demand and spot clusters with their labels, metadata
-and scheduling, adoption, node states (a SPOT preemption flipped by the test), capacity and precheck
-errors, teardown that leaves nothing behind."""
+nodes reached over real SSH on sshd nodes standing in for the instances (`stand_ins.py`): on-demand and
+spot clusters with their labels, metadata and scheduling, adoption, node states (a SPOT preemption flipped
+by the test), capacity and precheck errors, teardown that leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -14,13 +14,14 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from tests.backends import stand_ins
 from tests.backends.fake_gce import FakeCompute
 from tests.backends.sshd import SSHNodes
 from tests.integration.test_jobs_cli import no_tagged_processes
-from tsky.activities.clouds import ssh_runner
-from tsky.activities.clouds.base import CapacityError, PrecheckError
-from tsky.activities.clouds.gcp import GcpBackend
-from tsky.spec.activity_io import JobMeta
+from tsky.contract.activity_io import JobMeta
+from tsky.ops.clouds import ssh_runner
+from tsky.ops.clouds.base import CapacityError, PrecheckError
+from tsky.ops.clouds.gcp import GcpBackend
 from tsky.spec.requests import Candidate
 from tsky.spec.settings import Settings
 from tsky.spec.status import NodeState
@@ -55,9 +56,9 @@ def gcp_config(gce: FakeCompute, key: Path | None = None, **extra: Any) -> dict[
     }
 
 
-def seam(monkeypatch: pytest.MonkeyPatch, nodes: SSHNodes, count: int) -> None:
-    started = [nodes.start() for _ in range(count)]
-    monkeypatch.setenv(ssh_runner.TEST_HOSTS_VAR, ",".join(n.endpoint for n in started))
+def stand_in_nodes(home: Path, nodes: SSHNodes, count: int) -> dict[str, str]:
+    """`count` new sshd nodes standing in for the instances of the tsky home `home`: the gcp setting."""
+    return stand_ins.use(home, [nodes.start().endpoint for _ in range(count)])
 
 
 def meta(job_id: int) -> JobMeta:
@@ -77,10 +78,10 @@ def candidate(**kwargs: Any) -> Candidate:
 
 
 async def test_on_demand_and_spot_clusters_states_and_teardown(
-    gce: FakeCompute, ssh_nodes: SSHNodes, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pool: None
+    gce: FakeCompute, ssh_nodes: SSHNodes, tmp_path: Path, pool: None
 ) -> None:
-    seam(monkeypatch, ssh_nodes, 3)
-    backend = GcpBackend(Settings(home=tmp_path, gcp=gcp_config(gce, ssh_nodes.client_key)))
+    nodes = stand_in_nodes(tmp_path, ssh_nodes, 3)
+    backend = GcpBackend(Settings(home=tmp_path, gcp=gcp_config(gce, ssh_nodes.client_key, **nodes)))
 
     od = await backend.provision("od-1", candidate(), 2, meta(1))
     assert (od.backend, od.region, od.zone, od.use_spot, len(od.nodes)) == (
@@ -155,10 +156,10 @@ async def test_on_demand_and_spot_clusters_states_and_teardown(
 
 
 async def test_a_terminated_spot_vm_is_preempted(
-    gce: FakeCompute, ssh_nodes: SSHNodes, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pool: None
+    gce: FakeCompute, ssh_nodes: SSHNodes, tmp_path: Path, pool: None
 ) -> None:
-    seam(monkeypatch, ssh_nodes, 1)
-    backend = GcpBackend(Settings(home=tmp_path, gcp=gcp_config(gce, ssh_nodes.client_key)))
+    nodes = stand_in_nodes(tmp_path, ssh_nodes, 1)
+    backend = GcpBackend(Settings(home=tmp_path, gcp=gcp_config(gce, ssh_nodes.client_key, **nodes)))
     spot = await backend.provision("stop-3", candidate(use_spot=True), 1, meta(3))
     gce.preempt(spot.nodes[0].host_id, delete=False)  # a STOP termination action keeps it TERMINATED
     assert await backend.node_states(spot, fresh=True) == [NodeState.PREEMPTED]
@@ -195,10 +196,10 @@ async def test_capacity_and_precheck_errors_leave_nothing(gce: FakeCompute, tmp_
 
 
 async def test_resource_labels_become_instance_labels(
-    gce: FakeCompute, ssh_nodes: SSHNodes, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pool: None
+    gce: FakeCompute, ssh_nodes: SSHNodes, tmp_path: Path, pool: None
 ) -> None:
-    seam(monkeypatch, ssh_nodes, 1)
-    backend = GcpBackend(Settings(home=tmp_path, gcp=gcp_config(gce, ssh_nodes.client_key)))
+    nodes = stand_in_nodes(tmp_path, ssh_nodes, 1)
+    backend = GcpBackend(Settings(home=tmp_path, gcp=gcp_config(gce, ssh_nodes.client_key, **nodes)))
     info = await backend.provision("lab-1", candidate(labels=(("team", "ml"), ("tsky-cluster", "mine"))), 1, meta(1))
     instance = gce.instance(info.nodes[0].host_id)
     assert instance is not None

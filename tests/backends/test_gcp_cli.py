@@ -1,6 +1,6 @@
 """Managed jobs on GCP end to end through the CLI: instances on the fake Compute Engine API (`fake_gce.py`:
 no GCE emulator exists), setup and run over real SSH to sshd nodes standing in for them (the
-`TSKY_TEST_SSH_HOSTS` seam), a SPOT preemption flipped in the fake, recovery, teardown; nothing left."""
+address resolver setting, `stand_ins.py`), a SPOT preemption flipped in the fake, recovery, teardown; nothing left."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.backends import stand_ins
 from tests.backends.fake_gce import FakeCompute
 from tests.backends.sshd import SSHNode, SSHNodes
 from tests.backends.test_gcp import gcp_config
 from tests.harness import TskyEnv, wait_until
 from tests.integration.test_jobs_cli import no_tagged_processes, queue_json, wait_status
-from tsky.activities.clouds.ssh_runner import TEST_HOSTS_VAR
 
 pytestmark = pytest.mark.integration
 
@@ -53,8 +53,8 @@ def gce(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeCompute
 def gcp_world(env: TskyEnv, gce: FakeCompute, nodes: SSHNodes, count: int) -> list[SSHNode]:
     """Config pointing the gcp infra at the fake, and a worker that reaches instances through sshd nodes."""
     started = [nodes.start() for _ in range(count)]
-    env.configure({"gcp": gcp_config(gce, nodes.client_key)})
-    env.start_worker({TEST_HOSTS_VAR: ",".join(n.endpoint for n in started)})
+    env.configure({"gcp": gcp_config(gce, nodes.client_key, **stand_ins.use(env.home, [n.endpoint for n in started]))})
+    env.start_worker()
     return started
 
 
@@ -84,7 +84,7 @@ def test_hello_on_gcp(tsky_env: TskyEnv, gce: FakeCompute, ssh_nodes: SSHNodes) 
 def test_spot_job_survives_a_preemption_flipped_in_the_fake(
     tsky_env: TskyEnv, gce: FakeCompute, ssh_nodes: SSHNodes, tmp_path: Path
 ) -> None:
-    stand_ins = gcp_world(tsky_env, gce, ssh_nodes, 2)
+    nodes = gcp_world(tsky_env, gce, ssh_nodes, 2)
     started, flag = tmp_path / "started", tmp_path / "finish"
     job = tsky_env.write(
         "spot.yaml",
@@ -107,8 +107,8 @@ run: |
 
     # GCE takes the VM back: a preempted operation, the instance deleted, the machine (its stand-in) dead.
     gce.preempt(name)
-    endpoint = instance["labels"]["tsky-test-ssh"]
-    next(n for n in stand_ins if n.endpoint.replace(".", "-").replace(":", "_") == endpoint).kill()
+    endpoint = stand_ins.holding(tsky_env.home, "gcp", name)
+    next(n for n in nodes if n.endpoint == endpoint).kill()
     flag.touch()
     wait_status(tsky_env, 1, "SUCCEEDED", timeout=120)
 

@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 
 from tests.backends.fake_k8s import FakeKube
-from tsky.activities.clouds.base import CapacityError, PhaseStatus, PrecheckError
-from tsky.activities.clouds.kubernetes import KubernetesBackend, PodAgent
-from tsky.spec.activity_io import ClusterInfo, JobMeta
+from tsky.contract.activity_io import ClusterInfo, JobMeta
+from tsky.ops.clouds.base import CapacityError, PhaseStatus, PrecheckError
+from tsky.ops.clouds.kubernetes import KubernetesBackend
+from tsky.ops.clouds.pod_exec import PodAgent
 from tsky.spec.requests import Candidate
 from tsky.spec.settings import Settings
 from tsky.spec.status import NodeState
@@ -211,8 +212,8 @@ async def test_installations_sharing_a_namespace_never_touch_each_others_pods(ku
 
 
 async def test_planner_offers_declared_gpus_and_spot_on_allowed_contexts(kube: FakeKube, tmp_path: Path) -> None:
-    from tsky.activities.infra_check import check_infra
-    from tsky.activities.planning import plan_for_task
+    from tsky.ops.infra_check import check_infra
+    from tsky.ops.planning import plan_for_task
     from tsky.spec.loader import load_pipeline
 
     s = settings(tmp_path, allowed_contexts=["fake", "gone"], node_shapes={"fake": {"accelerators": {"A100": 8}}})

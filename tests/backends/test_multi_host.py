@@ -30,8 +30,8 @@ import yaml
 from tests.backends.sshd import SSHNodes
 from tests.emulators import Emulator
 from tests.harness import FAST_CONFIG, TSKY, TskyEnv, deep_merge, wait_until
-from tsky.spec.activity_io import ActivityName
-from tsky.worker.codec import new_key
+from tsky.client.codec import new_key
+from tsky.contract.activity_io import ActivityName
 
 pytestmark = pytest.mark.integration
 

@@ -12,11 +12,11 @@ import pytest_asyncio
 import yaml
 
 from tests.backends.sshd import SSHNode, SSHNodes
-from tsky.activities.clouds import ssh_runner
-from tsky.activities.clouds.base import CapacityError, PrecheckError
-from tsky.activities.clouds.ssh import SSHBackend
-from tsky.activities.clouds.ssh_runner import NodeUnreachable, SSHOptions
-from tsky.spec.activity_io import ClusterInfo, JobMeta, NodeInfo
+from tsky.contract.activity_io import ClusterInfo, JobMeta, NodeInfo
+from tsky.ops.clouds import ssh_runner
+from tsky.ops.clouds.base import CapacityError, PrecheckError
+from tsky.ops.clouds.ssh import SSHBackend
+from tsky.ops.clouds.ssh_runner import NodeUnreachable, SSHOptions
 from tsky.spec.requests import Candidate
 from tsky.spec.settings import load_settings
 from tsky.spec.status import NodeState

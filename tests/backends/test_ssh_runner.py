@@ -15,8 +15,8 @@ import pytest_asyncio
 
 from tests.backends.sshd import SSHNode, SSHNodes
 from tests.integration.test_jobs_cli import no_tagged_processes
-from tsky.activities.clouds import ssh_runner
-from tsky.activities.clouds.ssh_runner import NodeUnreachable, SSHNodeAgent, SSHOptions, SSHTarget
+from tsky.ops.clouds import ssh_runner
+from tsky.ops.clouds.ssh_runner import NodeUnreachable, SSHNodeAgent, SSHOptions, SSHTarget
 
 pytestmark = pytest.mark.asyncio
 

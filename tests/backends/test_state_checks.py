@@ -15,17 +15,19 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from temporalio.testing import ActivityEnvironment
 
+from tests.backends import stand_ins
 from tests.backends.conftest import MotoEC2
 from tests.backends.fake_gce import FakeCompute
 from tests.backends.fake_k8s import FakeKube
 from tests.backends.sshd import SSHNodes
 from tsky.activities import watch
-from tsky.activities.clouds import ssh_runner
-from tsky.activities.clouds.aws import TAG_CLUSTER, TAG_OWNER, AwsBackend
-from tsky.activities.clouds.base import CapacityError, PhaseStatus, PrecheckError, ThrottledError, TransientError
-from tsky.activities.clouds.gcp import GcpBackend
-from tsky.activities.clouds.kubernetes import KubernetesBackend
-from tsky.spec.activity_io import ClusterInfo, JobMeta, NodeInfo, PhaseInput, PhaseResult
+from tsky.contract.activity_io import ClusterInfo, JobMeta, NodeInfo, PhaseInput, PhaseResult
+from tsky.ops.clouds import labels as keys
+from tsky.ops.clouds import ssh_runner
+from tsky.ops.clouds.aws import AwsBackend
+from tsky.ops.clouds.base import CapacityError, PhaseStatus, PrecheckError, ThrottledError, TransientError
+from tsky.ops.clouds.gcp import GcpBackend
+from tsky.ops.clouds.kubernetes import KubernetesBackend
 from tsky.spec.requests import Candidate
 from tsky.spec.settings import Settings
 from tsky.spec.status import NodeState
@@ -82,7 +84,7 @@ def launch_clusters(moto: MotoEC2, owner: str, names: list[str], image: str) -> 
     watching them, and needs no SSH."""
     clusters = []
     for name in names:
-        tags = [{"Key": TAG_CLUSTER, "Value": name}, {"Key": TAG_OWNER, "Value": owner}]
+        tags = [{"Key": keys.CLUSTER, "Value": name}, {"Key": keys.OWNER, "Value": owner}]
         [instance] = moto.client().run_instances(
             ImageId=image,
             InstanceType="m5.large",
@@ -277,11 +279,11 @@ async def test_gce_quota_inside_an_operation_is_capacity(gce: FakeCompute, tmp_p
 
 
 async def test_gce_slow_and_throttled_launch_still_succeeds(
-    gce: FakeCompute, ssh_nodes: SSHNodes, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    gce: FakeCompute, ssh_nodes: SSHNodes, tmp_path: Path
 ) -> None:
-    node = ssh_nodes.start()
-    monkeypatch.setenv(ssh_runner.TEST_HOSTS_VAR, node.endpoint)
-    backend = GcpBackend(gcp_settings(gce, tmp_path, ssh_user="root", ssh_private_key=str(ssh_nodes.client_key)))
+    node = stand_ins.use(tmp_path, [ssh_nodes.start().endpoint])
+    key = str(ssh_nodes.client_key)
+    backend = GcpBackend(gcp_settings(gce, tmp_path, ssh_user="root", ssh_private_key=key, **node))
     gce.operation_polls = 4  # the insert stays RUNNING for four looks, then PROVISIONING → STAGING → RUNNING
     gce.faults["insert"] = [(403, "rateLimitExceeded")]
     gce.faults["operation"] = [(429, "rateLimitExceeded"), (503, "backendError")]

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tsky.activities import infra_check
 from tsky.cli.main import app
+from tsky.ops import infra_check
 
 
 def test_check_names_the_extra_of_a_missing_sdk(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

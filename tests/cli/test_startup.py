@@ -50,7 +50,7 @@ def test_the_worker_local_and_ssh_backends_load_without_a_cloud_sdk() -> None:
     """The light install (no extras) runs the embedded default and SSH node pools: nothing on that path
     imports a cloud SDK at module level."""
     probe = (
-        "import sys, tsky.worker.main, tsky.activities.clouds.local, tsky.activities.clouds.ssh, tsky.cli.main;"
+        "import sys, tsky.worker.main, tsky.ops.clouds.local, tsky.ops.clouds.ssh, tsky.cli.main;"
         "print(sorted(m for m in sys.modules if m.startswith(('boto3', 'botocore', 'google.cloud', 'kubernetes'))))"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)

@@ -8,8 +8,9 @@ from datetime import timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from tsky.spec.activity_io import ActivityName
-    from tsky.spec.scheduling import RELEASE_SIGNAL, SCHEDULER_WORKFLOW_ID, SLOT_GRANTED_SIGNAL, SlotRequest
+    from tsky.contract.activity_io import ActivityName
+    from tsky.contract.names import Signal
+    from tsky.contract.scheduling import SCHEDULER_WORKFLOW_ID, SlotRequest
 
 
 @workflow.defn(name="ManagedJob")
@@ -18,7 +19,7 @@ class SlotOnlyJob:
         self.granted = False
         self.finished = False
 
-    @workflow.signal(name=SLOT_GRANTED_SIGNAL)
+    @workflow.signal(name=Signal.SLOT_GRANTED)
     def slot_granted(self) -> None:
         self.granted = True
 
@@ -37,4 +38,4 @@ class SlotOnlyJob:
         )
         await workflow.wait_condition(lambda: self.granted)
         await workflow.wait_condition(lambda: self.finished)
-        await workflow.get_external_workflow_handle(SCHEDULER_WORKFLOW_ID).signal(RELEASE_SIGNAL, req.job_id)
+        await workflow.get_external_workflow_handle(SCHEDULER_WORKFLOW_ID).signal(Signal.RELEASE_SLOT, req.job_id)

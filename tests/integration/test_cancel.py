@@ -17,8 +17,8 @@ import pytest
 
 from tests.harness import TSKY, TskyEnv, WorkerProc, wait_until
 from tests.integration.test_jobs_cli import no_tagged_processes, queue_json, wait_status
-from tsky.spec import search_attributes as sa
-from tsky.spec.ids import job_workflow_id
+from tsky.contract import search_attributes as sa
+from tsky.contract.ids import job_workflow_id
 
 pytestmark = pytest.mark.integration
 

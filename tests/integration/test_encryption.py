@@ -18,7 +18,7 @@ from google.protobuf.message import Message
 from temporalio.api.common.v1 import Payload
 
 from tests.harness import TSKY, TskyEnv, WorkerProc, free_port, wait_until
-from tsky.worker.codec import new_key
+from tsky.client.codec import new_key
 
 COMMAND_MARK = "cmd-marker-5c1e"
 ENV_MARK = "env-marker-77ab"

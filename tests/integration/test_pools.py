@@ -19,11 +19,12 @@ import pytest
 from tests.harness import DevServer, TskyEnv, WorkerProc, wait_until, world_on
 from tests.integration.test_jobs_cli import no_tagged_processes, queue_json, wait_status
 from tests.integration.test_sweeper import local_only, sweeper_state
-from tsky.cli import api, pool_api
-from tsky.spec.ids import pool_workflow_id
-from tsky.spec.pool_state import PoolSnapshot, PoolState, WorkerState
+from tsky.client import jobs as api
+from tsky.client import pools as pool_api
+from tsky.client.connect import DATA_CONVERTER
+from tsky.contract.ids import pool_workflow_id
+from tsky.contract.pool_state import PoolSnapshot, PoolState, WorkerState
 from tsky.spec.status import PoolWorkerStatus
-from tsky.worker.client import DATA_CONVERTER
 
 pytestmark = pytest.mark.integration
 

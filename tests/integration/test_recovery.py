@@ -12,7 +12,7 @@ import pytest
 
 from tests.harness import TskyEnv, WorkerProc, wait_until
 from tests.integration.test_jobs_cli import wait_status
-from tsky.cli.api import get_job
+from tsky.client.jobs import get_job
 
 pytestmark = pytest.mark.integration
 

@@ -15,9 +15,9 @@ from temporalio.worker import Worker
 from tests.harness import TskyEnv
 from tests.integration.scheduler_fakes import SlotOnlyJob
 from tsky.activities.scheduling import ended_jobs, request_slot
-from tsky.spec import search_attributes as sa
-from tsky.spec.ids import CONTROL_QUEUE, SCHEDULER_WORKFLOW_ID, job_workflow_id
-from tsky.spec.scheduling import SchedulerState, SchedulerStatus, SlotRequest
+from tsky.contract import search_attributes as sa
+from tsky.contract.ids import CONTROL_QUEUE, SCHEDULER_WORKFLOW_ID, job_workflow_id
+from tsky.contract.scheduling import SchedulerState, SchedulerStatus, SlotRequest
 from tsky.worker.main import workflow_runner
 from tsky.workflows.scheduler import SchedulerWorkflow
 

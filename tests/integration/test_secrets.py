@@ -20,7 +20,7 @@ import pytest
 
 from tests.harness import TSKY, DevServer, TskyEnv, wait_until, world_on
 from tests.integration.test_jobs_cli import queue_json, wait_status
-from tsky.spec.ids import job_workflow_id
+from tsky.contract.ids import job_workflow_id
 from tsky.spec.secrets import SEALED_PREFIX
 
 pytestmark = pytest.mark.integration

@@ -14,9 +14,9 @@ import pytest
 
 from tests.harness import TskyEnv, wait_until
 from tests.integration.test_jobs_cli import job_status, no_tagged_processes, wait_status
-from tsky.activities.clouds.local import LocalBackend
-from tsky.spec.activity_io import ClusterInfo, JobMeta
-from tsky.spec.ids import SWEEPER_WORKFLOW_ID
+from tsky.contract.activity_io import ClusterInfo, JobMeta
+from tsky.contract.ids import SWEEPER_WORKFLOW_ID
+from tsky.ops.clouds.local import LocalBackend
 from tsky.spec.requests import Candidate
 from tsky.spec.settings import load_settings
 from tsky.workflows.sweeper import SweeperState, SweeperWorkflow

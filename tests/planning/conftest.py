@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.planning.helpers import offline_env
-from tsky.activities.catalog import Catalog, load_catalog
+from tsky.ops.catalog import Catalog, load_catalog
 from tsky.spec.settings import Settings
 
 

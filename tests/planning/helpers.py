@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tsky.activities.catalog import Catalog
-from tsky.activities.infra_check import EnabledInfra, InfraStatus
-from tsky.activities.planning import HostFacts, plan
-from tsky.spec.activity_io import PlanResult
+from tsky.contract.activity_io import PlanResult
+from tsky.ops.catalog import Catalog
+from tsky.ops.infra_check import EnabledInfra, InfraStatus
+from tsky.ops.planning import HostFacts, plan
 from tsky.spec.requests import ResourceRequest
 from tsky.spec.settings import Settings
 from tsky.spec.task import TaskRequests

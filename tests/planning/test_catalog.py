@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tsky.activities.catalog import (
+from tsky.ops.catalog import (
     Catalog,
     CatalogError,
     CloudCatalog,
@@ -28,7 +28,7 @@ GPUS = {"T4", "L4", "A10G", "V100", "A100", "A100-80GB", "H100", "H200"}
 def test_bundled_catalog_is_dated_sourced_and_compact() -> None:
     data = bundled_catalog()
     assert data.as_of and data.sources and "approximate" in data.note.lower()
-    size = resources.files("tsky.activities").joinpath("data/catalog.json").read_bytes()
+    size = resources.files("tsky.ops").joinpath("data/catalog.json").read_bytes()
     assert len(size) < 1_000_000
     assert set(data.clouds) == {"aws", "gcp"}
     assert set(data.clouds["aws"].regions) >= AWS_REGIONS

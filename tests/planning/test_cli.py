@@ -17,9 +17,9 @@ import typer
 from moto.server import ThreadedMotoServer
 from typer.testing import CliRunner, Result
 
-from tsky.activities.catalog import CloudCatalog, bundled_catalog, load_catalog, override_path
-from tsky.activities.catalog_aws import refresh_aws
 from tsky.cli.infra import register
+from tsky.ops.catalog import CloudCatalog, bundled_catalog, load_catalog, override_path
+from tsky.ops.catalog_aws import refresh_aws
 
 TSKY = str(Path(sys.executable).with_name("tsky"))
 

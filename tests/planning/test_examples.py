@@ -10,12 +10,12 @@ import pytest
 from rich.console import Console
 from temporalio.testing import ActivityEnvironment
 
-from tsky.activities.catalog import Catalog
-from tsky.activities.infra_check import InfraStatus
 from tsky.activities.plan_activity import PlanningActivities
-from tsky.activities.planning import plan_for_task
 from tsky.cli.plan_table import render_pipeline_plan, render_plan
-from tsky.spec.activity_io import JobMeta, PlanInput, PlanResult
+from tsky.contract.activity_io import JobMeta, PlanInput, PlanResult
+from tsky.ops.catalog import Catalog
+from tsky.ops.infra_check import InfraStatus
+from tsky.ops.planning import plan_for_task
 from tsky.spec.loader import load_pipeline
 from tsky.spec.settings import Settings
 from tsky.spec.task import Task

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tsky.activities.infra_check import NodeShape, check_infra, enabled_infra
+from tsky.ops.infra_check import NodeShape, check_infra, enabled_infra
 from tsky.spec.settings import Settings
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 
 from tests.planning.helpers import HOST, disabled, enabled, run
-from tsky.activities.catalog import Catalog, Offer
-from tsky.activities.infra_check import EnabledInfra, NodeShape
-from tsky.activities.planning import MAX_CANDIDATES
+from tsky.ops.catalog import Catalog, Offer
+from tsky.ops.infra_check import EnabledInfra, NodeShape
+from tsky.ops.planning import MAX_CANDIDATES
 from tsky.spec.requests import Infra, ResourceRequest
 from tsky.spec.settings import LocalInstanceType, LocalRegion, LocalSettings, Settings
 

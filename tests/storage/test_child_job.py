@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tsky.client.child import ChildJob
 from tsky.spec.secrets import load_key, unseal
-from tsky.workflows.child import ChildJob
 
 
 def test_load_seals_secrets_and_uploads_local_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,9 +15,9 @@ import pytest
 from tests.harness import TskyEnv
 from tests.integration.test_jobs_cli import queue_json
 from tests.storage.conftest import Emulator
-from tsky.spec.job import JobRequest
+from tsky.client.connect import DATA_CONVERTER
+from tsky.contract.job import JobRequest
 from tsky.spec.storage import Storage
-from tsky.worker.client import DATA_CONVERTER
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tsky.activities.storage import (
+from tsky.ops.storage import (
     LocalStore,
     ObjectStore,
     StoreError,

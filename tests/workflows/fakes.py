@@ -12,13 +12,15 @@ from typing import Any
 from temporalio import activity
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from tests.harness import BIN
-from tsky.spec import search_attributes
-from tsky.spec.activity_io import (
+from tsky.client.connect import DATA_CONVERTER
+from tsky.contract import search_attributes
+from tsky.contract.activity_io import (
     ActivityName,
     CleanupJobInput,
     ClusterInfo,
@@ -37,9 +39,9 @@ from tsky.spec.activity_io import (
     SyncResult,
     TeardownInput,
 )
-from tsky.spec.ids import CONTROL_QUEUE, LAUNCH_QUEUE, WATCH_QUEUE
+from tsky.contract.ids import CONTROL_QUEUE, LAUNCH_QUEUE, WATCH_QUEUE, job_workflow_id
+from tsky.contract.scheduling import EndedJobsInput
 from tsky.spec.requests import Candidate
-from tsky.worker.client import DATA_CONVERTER
 from tsky.worker.main import workflow_runner
 from tsky.workflows import WORKFLOWS
 
@@ -166,8 +168,20 @@ class FakeCloud:
     async def controller_log(self, inp: ControllerLogInput) -> None:
         self.log.extend(inp.lines)
 
-    def activities(self) -> list[object]:
+    def activities(self) -> list[Callable[..., Any]]:
         return [self.plan, self.launch, self.sync, self.setup, self.run, self.stop, self.teardown, self.cleanup_job]
+
+
+@activity.defn(name=ActivityName.ENDED_JOBS)
+async def ended_jobs(inp: EndedJobsInput) -> list[int]:
+    """The scheduler's reconcile: the real activity asks visibility, which the time-skipping server lacks,
+    so ask each job's workflow instead."""
+    ended = []
+    for job_id in inp.job_ids:
+        description = await activity.client().get_workflow_handle(job_workflow_id(job_id)).describe()
+        if description.close_time is not None:
+            ended.append(job_id)
+    return ended
 
 
 LOST = ErrorType.CLUSTER_LOST.value
@@ -190,6 +204,31 @@ async def time_skipping_env() -> WorkflowEnvironment:
 
 
 @asynccontextmanager
+async def serving(
+    client: Client,
+    cloud: FakeCloud,
+    *,
+    control: Sequence[Callable[..., Any]] = (),
+    launch: Sequence[Callable[..., Any]] = (),
+    watch: Sequence[Callable[..., Any]] = (),
+) -> AsyncIterator[None]:
+    """tsky's three task queues served by the real workflows and `cloud`'s fakes (plus any extra
+    activities per queue), on whatever server `client` talks to."""
+    async with (
+        Worker(
+            client,
+            task_queue=CONTROL_QUEUE,
+            workflows=WORKFLOWS,
+            activities=[cloud.controller_log, *control],
+            workflow_runner=workflow_runner(),
+        ),
+        Worker(client, task_queue=LAUNCH_QUEUE, activities=[*cloud.activities(), *launch]),
+        Worker(client, task_queue=WATCH_QUEUE, activities=[cloud.run, cloud.stop, *watch]),
+    ):
+        yield
+
+
+@asynccontextmanager
 async def running(
     cloud: FakeCloud,
     *,
@@ -202,17 +241,7 @@ async def running(
     the next."""
     env = await time_skipping_env()
     try:
-        async with (
-            Worker(
-                env.client,
-                task_queue=CONTROL_QUEUE,
-                workflows=WORKFLOWS,
-                activities=[cloud.controller_log, *control],
-                workflow_runner=workflow_runner(),
-            ),
-            Worker(env.client, task_queue=LAUNCH_QUEUE, activities=[*cloud.activities(), *launch]),
-            Worker(env.client, task_queue=WATCH_QUEUE, activities=[cloud.run, cloud.stop, *watch]),
-        ):
+        async with serving(env.client, cloud, control=control, launch=launch, watch=watch):
             yield env
     finally:
         await env.shutdown()

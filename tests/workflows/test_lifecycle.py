@@ -13,8 +13,8 @@ from temporalio.client import WorkflowHandle
 
 from tests.workflows.fakes import LOST, REGION_A, REGION_B, FakeCloud, running
 from tests.workflows.test_recovery_table import _wait_state
-from tsky.spec.ids import CONTROL_QUEUE
-from tsky.spec.job import JobPolicy, JobRequest, JobResult, JobState
+from tsky.contract.ids import CONTROL_QUEUE
+from tsky.contract.job import JobPolicy, JobRequest, JobResult, JobState
 from tsky.spec.lifecycle import Lifecycle
 from tsky.spec.loader import load_pipeline
 from tsky.spec.status import ManagedJobStatus as S

@@ -11,8 +11,8 @@ from temporalio.exceptions import ApplicationError
 
 from tests.workflows.fakes import FakeCloud, running
 from tests.workflows.test_recovery_table import _expect_cancelled, request, run_job
-from tsky.spec.activity_io import ActivityName, ErrorType, SyncInput, SyncResult
-from tsky.spec.ids import CONTROL_QUEUE
+from tsky.contract.activity_io import ActivityName, ErrorType, SyncInput, SyncResult
+from tsky.contract.ids import CONTROL_QUEUE
 from tsky.spec.status import ManagedJobStatus as S
 from tsky.spec.storage import BucketRef, BucketURL, UploadLocation
 from tsky.workflows.managed_job import ManagedJobWorkflow

@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from tsky.contract.pool_state import AutoscalerState, PoolRequest, PoolState, PoolVersion, WorkerState
 from tsky.spec.loader import load_pipeline
 from tsky.spec.pool import PoolSpec
-from tsky.spec.pool_state import AutoscalerState, PoolRequest, PoolState, PoolVersion, WorkerState
 from tsky.spec.status import PoolStatus
 from tsky.spec.status import PoolWorkerStatus as W
 from tsky.workflows.pool_policy import MAX_FAILURES_IN_A_ROW, autoscale, initial_target, plan, pool_status

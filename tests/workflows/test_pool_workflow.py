@@ -15,12 +15,12 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests.workflows.fakes import LOST, FakeCloud
 from tests.workflows.fakes import running as fakes_running
-from tsky.cli.pool_api import fingerprint
-from tsky.spec.activity_io import ActivityName, WatchClusterInput
-from tsky.spec.ids import CONTROL_QUEUE, job_workflow_id, pool_workflow_id
-from tsky.spec.job import JobRequest, JobResult
+from tsky.client.pools import fingerprint
+from tsky.contract.activity_io import ActivityName, WatchClusterInput
+from tsky.contract.ids import CONTROL_QUEUE, job_workflow_id, pool_workflow_id
+from tsky.contract.job import JobRequest, JobResult
+from tsky.contract.pool_state import PoolApply, PoolSnapshot, PoolState
 from tsky.spec.loader import load_pipeline, load_pool
-from tsky.spec.pool_state import PoolApply, PoolSnapshot, PoolState
 from tsky.spec.status import ManagedJobStatus as S
 from tsky.workflows.managed_job import ManagedJobWorkflow
 from tsky.workflows.pool import PoolWorkflow

@@ -14,8 +14,8 @@ from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import CancelledError
 
 from tests.workflows.fakes import LOST, PRECHECK, REGION_B, UNREACHABLE, FakeCloud, running
-from tsky.spec.ids import CONTROL_QUEUE
-from tsky.spec.job import JobPolicy, JobRequest, JobResult, JobState
+from tsky.contract.ids import CONTROL_QUEUE
+from tsky.contract.job import JobPolicy, JobRequest, JobResult, JobState
 from tsky.spec.loader import load_pipeline
 from tsky.spec.status import ManagedJobStatus as S
 from tsky.workflows.managed_job import ManagedJobWorkflow

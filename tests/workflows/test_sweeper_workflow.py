@@ -14,10 +14,10 @@ from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
 
 from tests.workflows.fakes import time_skipping_env
-from tsky.activities.clouds.base import ClusterRecord
-from tsky.activities.sweeper import ClusterView, JobLookup, Survey
-from tsky.spec.activity_io import ActivityName, SweepInput, SweepResult
-from tsky.spec.ids import CONTROL_QUEUE, LAUNCH_QUEUE, SWEEPER_WORKFLOW_ID
+from tsky.contract.activity_io import ActivityName, SweepInput, SweepResult
+from tsky.contract.ids import CONTROL_QUEUE, LAUNCH_QUEUE, SWEEPER_WORKFLOW_ID
+from tsky.ops.clouds.base import ClusterRecord
+from tsky.ops.sweeping import ClusterView, JobLookup, Survey
 from tsky.spec.settings import Settings
 from tsky.worker.main import workflow_runner
 from tsky.workflows import WORKFLOWS

@@ -17,10 +17,11 @@ from temporalio.testing import ActivityEnvironment
 
 from tests.workflows.fakes import FakeCloud, running
 from tests.workflows.test_recovery_table import SPOT_JOB, request
-from tsky.activities import sweeper as sweeping
-from tsky.activities.clouds.base import ClusterRecord
-from tsky.spec.activity_io import ActivityName, SweepInput, TeardownInput
-from tsky.spec.ids import CONTROL_QUEUE
+from tsky.activities import sweeper
+from tsky.contract.activity_io import ActivityName, SweepInput, TeardownInput
+from tsky.contract.ids import CONTROL_QUEUE
+from tsky.ops import sweeping
+from tsky.ops.clouds.base import ClusterRecord
 from tsky.spec.settings import Settings
 from tsky.spec.status import ManagedJobStatus as S
 from tsky.workflows.managed_job import ManagedJobWorkflow
@@ -116,12 +117,13 @@ async def test_teardown_failing_past_the_give_up_window_fails_controller_then_th
             return []
 
         monkeypatch.setattr(sweeping, "list_all_clusters", listed)
-        monkeypatch.setattr(sweeping, "get_backend", lambda name, settings: Backend())
-        for helper in ("cancel_orphaned_pool_workers", "release_workers_of_ended_jobs", "live_pool_worker_clusters"):
-            monkeypatch.setattr(sweeping, helper, no_pools)
+        monkeypatch.setattr(sweeping, "live_pool_worker_clusters", no_pools)
+        monkeypatch.setattr(sweeper, "get_backend", lambda name, settings: Backend())
+        for helper in ("cancel_orphaned_pool_workers", "release_workers_of_ended_jobs"):
+            monkeypatch.setattr(sweeper, helper, no_pools)
         settings = Settings(home=tmp_path, jobs={"sweeper": {"grace_seconds": 0}})
-        sweeper = sweeping.SweeperActivities(settings, env.client)
-        swept = await ActivityEnvironment().run(sweeper.sweep_clusters, SweepInput(orphans_since={}))
+        activities = sweeper.SweeperActivities(settings, env.client)
+        swept = await ActivityEnvironment().run(activities.sweep_clusters, SweepInput(orphans_since={}))
     assert swept.torn_down == ["local/a/train-1"]
     assert cloud.live_clusters() == set()
 

@@ -10,7 +10,7 @@ import pytest
 
 from tests.workflows.fakes import FakeCloud, running
 from tests.workflows.test_recovery_table import SPOT_JOB, request
-from tsky.spec.ids import CONTROL_QUEUE
+from tsky.contract.ids import CONTROL_QUEUE
 from tsky.spec.requests import Candidate
 from tsky.spec.status import ManagedJobStatus as S
 from tsky.workflows.managed_job import ManagedJobWorkflow

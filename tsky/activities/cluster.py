@@ -15,13 +15,8 @@ from pathlib import Path
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from tsky.activities.clouds import get_backend
-from tsky.activities.clouds.base import CapacityError, PrecheckError
 from tsky.activities.heartbeat import heartbeating
-from tsky.activities.mounts import FileSync, storages
-from tsky.activities.storage import delete_prefix, get_store
-from tsky.activities.uploads import uploads_root
-from tsky.spec.activity_io import (
+from tsky.contract.activity_io import (
     ActivityName,
     CleanupJobInput,
     ErrorType,
@@ -32,6 +27,11 @@ from tsky.spec.activity_io import (
     SyncResult,
     TeardownInput,
 )
+from tsky.ops.clouds import get_backend
+from tsky.ops.clouds.base import CapacityError, PrecheckError
+from tsky.ops.mounts import FileSync, storages
+from tsky.ops.storage import delete_prefix, get_store
+from tsky.ops.uploads import uploads_root
 from tsky.spec.settings import Settings
 
 logger = activity.logger

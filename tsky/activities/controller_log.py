@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from temporalio import activity
 
-from tsky.activities.log_store import log_store
-from tsky.spec.activity_io import ActivityName, ControllerLogInput
-from tsky.spec.logs import controller_log_key
+from tsky.contract.activity_io import ActivityName, ControllerLogInput
+from tsky.contract.logs import controller_log_key
+from tsky.ops.log_store import log_store
 from tsky.spec.settings import Settings
 
 

@@ -19,13 +19,11 @@ from temporalio import activity
 from temporalio.client import Client, WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy
 
-from tsky.spec.activity_io import ActivityName, AllocateJobInput, AllocateJobResult, JobResultInput
-from tsky.spec.ids import CONTROL_QUEUE, ID_REGISTRY_WORKFLOW_ID, job_workflow_id, user_hash
-from tsky.spec.job import JobPolicy, JobResult, JobState, job_result
+from tsky.contract.activity_io import ActivityName, AllocateJobInput, AllocateJobResult, JobResultInput
+from tsky.contract.ids import CONTROL_QUEUE, ID_REGISTRY_WORKFLOW_ID, job_workflow_id, user_hash
+from tsky.contract.job import JobPolicy, JobResult, JobState, job_result
+from tsky.contract.names import Update, WorkflowType
 from tsky.spec.settings import Settings
-
-_REGISTRY_WORKFLOW = "TskyIdRegistry"  # tsky.workflows.id_registry.IdRegistryWorkflow
-_ALLOCATE_UPDATE = "allocate"
 
 
 class JobIdActivities:
@@ -37,14 +35,14 @@ class JobIdActivities:
     async def allocate_job_id(self, inp: AllocateJobInput) -> AllocateJobResult:
         # By name, like every workflow-facing call here: activities never import workflow code.
         start: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
-            _REGISTRY_WORKFLOW,
+            WorkflowType.ID_REGISTRY,
             {"next_id": 1},
             id=ID_REGISTRY_WORKFLOW_ID,
             task_queue=CONTROL_QUEUE,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         )
         job_id = await self.client.execute_update_with_start_workflow(
-            _ALLOCATE_UPDATE,
+            Update.ALLOCATE_JOB_IDS,
             {"count": 1},
             start_workflow_operation=start,
             id=f"allocate-{inp.request_id}",

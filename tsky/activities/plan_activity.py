@@ -7,8 +7,8 @@ import asyncio
 from temporalio import activity
 
 from tsky.activities.heartbeat import heartbeating
-from tsky.activities.planning import plan_for_task
-from tsky.spec.activity_io import ActivityName, PlanInput, PlanResult
+from tsky.contract.activity_io import ActivityName, PlanInput, PlanResult
+from tsky.ops.planning import plan_for_task
 from tsky.spec.settings import Settings
 
 

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from tsky.activities.clouds import get_backend
-from tsky.activities.clouds.base import Backend, NodeAgent, PhaseStatus
-from tsky.activities.environment import task_environment
 from tsky.activities.heartbeat import ThrottledHeartbeat
-from tsky.activities.log_store import LogStore, log_store
-from tsky.spec.activity_io import ActivityName, ClusterInfo, ErrorType, PhaseInput, PhaseResult, StopPhaseInput
-from tsky.spec.logs import phase_log_key
+from tsky.contract.activity_io import ActivityName, ClusterInfo, ErrorType, PhaseInput, PhaseResult, StopPhaseInput
+from tsky.contract.logs import phase_log_key
+from tsky.ops.clouds import get_backend
+from tsky.ops.clouds.base import Backend, NodeAgent, PhaseStatus
+from tsky.ops.environment import task_environment
+from tsky.ops.log_store import LogStore, log_store
 from tsky.spec.secrets import SecretKeyError, load_key, unseal
 from tsky.spec.settings import Settings
 

@@ -12,7 +12,7 @@ from tsky.spec.settings import Settings
 from tsky.spec.status import JobExitCode
 
 if TYPE_CHECKING:
-    from tsky.activities.sweeper import ClusterView
+    from tsky.client.clusters import ClusterView
 
 debug_app = typer.Typer(help="Tools for trying recovery on the local simulator.", no_args_is_help=True)
 
@@ -28,9 +28,9 @@ def status(
     if all_infra:
         run(_status_all_infra(s))
         return
-    from tsky.activities.clouds import get_backend
+    from tsky.client.clusters import local_clusters
 
-    records = asyncio.run(get_backend("local", s).list_clusters())
+    records = asyncio.run(local_clusters(s))
     if not records:
         console.print("No live clusters.")
         return
@@ -54,8 +54,8 @@ def status(
 async def _status_all_infra(s: Settings) -> None:
     from datetime import UTC, datetime
 
-    from tsky.activities.sweeper import UNKNOWN_JOB, survey
-    from tsky.worker.client import ConnectError, connect
+    from tsky.client.clusters import UNKNOWN_JOB, survey
+    from tsky.client.connect import ConnectError, connect
 
     try:
         client = await connect(s)
@@ -113,10 +113,10 @@ def preempt(
 
 
 async def _preempt_when_up(s: Settings, job_id: int | None, name: str | None) -> list[str]:
-    from tsky.activities.clouds.local import preempt_job
-    from tsky.cli import api
     from tsky.cli.common import client_for
     from tsky.cli.jobs import _resolve_job as resolve_job
+    from tsky.client import jobs as api
+    from tsky.client.clusters import preempt_job
 
     client = await client_for(s, start=False)
     resolved = await resolve_job(client, job_id, name, running_only=True)
@@ -136,9 +136,9 @@ async def _preempt_when_up(s: Settings, job_id: int | None, name: str | None) ->
 
 
 async def _preempt_pool_worker(s: Settings, job_id: int) -> list[str]:
-    from tsky.activities.clouds.local import preempt_cluster_named
     from tsky.cli.common import client_for
-    from tsky.cli.pool_api import job_worker
+    from tsky.client.clusters import preempt_cluster_named
+    from tsky.client.pools import job_worker
 
     name = await job_worker(await client_for(s, start=False), job_id)
     return [name] if name is not None and preempt_cluster_named(s, name) else []

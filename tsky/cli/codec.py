@@ -1,4 +1,4 @@
-"""`tsky codec keygen` and `tsky codec-server`: end-to-end payload encryption (see tsky.worker.codec)."""
+"""`tsky codec keygen` and `tsky codec-server`: end-to-end payload encryption (see tsky.client.codec)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ codec_app = typer.Typer(help="End-to-end encryption of Temporal payloads.", no_a
 @codec_app.command()
 def keygen() -> None:
     """Print a new encryption key: set it as TSKY_ENCRYPTION_KEY on every worker and CLI."""
-    from tsky.worker.codec import new_key
+    from tsky.client.codec import new_key
 
     console.out(new_key(), highlight=False)
 
@@ -37,8 +37,8 @@ def codec_server(
 
     Needs the encryption key(s), like any tsky client. Set TSKY_CODEC_SERVER_TOKEN to require
     `Authorization: Bearer <token>`."""
+    from tsky.client.codec import codec_for
     from tsky.spec.settings import SettingsError
-    from tsky.worker.codec import codec_for
     from tsky.worker.codec_server import make_server
 
     s = settings()

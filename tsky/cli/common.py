@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from tsky.spec.ids import user_hash
+from tsky.contract.ids import user_hash
 from tsky.spec.settings import Settings, SettingsError, load_settings, merge_settings
 from tsky.spec.status import JobExitCode
 
@@ -78,15 +78,16 @@ def settings_with(configs: list[str]) -> Settings:
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a command's async body; the errors a user can cause become clean messages."""
     from tsky.cli.waiting import NoWorkerError
-    from tsky.worker.client import ConnectError
-    from tsky.worker.codec import CodecKeyError
-    from tsky.worker.embedded import EmbeddedError
+    from tsky.client.codec import CodecKeyError
+    from tsky.client.connect import ConnectError
+    from tsky.client.embedded import EmbeddedError
+    from tsky.client.pools import PoolUpdateRejected
 
     try:
         return asyncio.run(coro)
     except NotFound as err:
         fail(str(err), code=JobExitCode.NOT_FOUND)
-    except (UsageError, SettingsError, CodecKeyError) as err:
+    except (UsageError, SettingsError, CodecKeyError, PoolUpdateRejected) as err:
         fail(str(err))
     except (ConnectError, EmbeddedError, NoWorkerError) as err:
         fail(str(err), code=1)
@@ -97,8 +98,8 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 async def client_for(s: Settings, *, start: bool = True) -> Client:
     """Connect, starting the embedded server and worker first when they are not running."""
-    from tsky.worker.client import connect
-    from tsky.worker.embedded import ensure_up, read_server_state, worker_outdated
+    from tsky.client.connect import connect
+    from tsky.client.embedded import ensure_up, read_server_state, worker_outdated
 
     if s.embedded and start:
         from tsky.cli.waiting import spinner
@@ -127,7 +128,7 @@ def ui_base(s: Settings) -> str | None:
     if s.temporal.ui_url:
         return s.temporal.ui_url.rstrip("/")
     if s.embedded:
-        from tsky.worker.embedded import read_server_state
+        from tsky.client.embedded import read_server_state
 
         state = read_server_state(s)
         return state.ui_url if state else None

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from rich.console import Console
 from temporalio.client import Client
 
-from tsky.activities.log_store import LogStore, log_store
-from tsky.cli.api import JobRow, get_job
 from tsky.cli.waiting import with_worker
-from tsky.spec.logs import controller_log_key, phase_log_key
+from tsky.client.jobs import JobRow, get_job
+from tsky.client.logs import LogStore, log_store
+from tsky.contract.logs import controller_log_key, phase_log_key
 from tsky.spec.settings import Settings
 from tsky.spec.status import ManagedJobStatus
 

@@ -8,9 +8,19 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from tsky.activities.catalog import CATALOG_CLOUDS, CatalogError, Offer, bundled_catalog, load_catalog
-from tsky.activities.infra_check import INFRA_NAMES, EnabledInfra, check_infra
-from tsky.activities.planning import INFRA_ALIASES, detect_host, infra_offers
+from tsky.client.infra import (
+    CATALOG_CLOUDS,
+    INFRA_ALIASES,
+    INFRA_NAMES,
+    CatalogError,
+    EnabledInfra,
+    Offer,
+    bundled_catalog,
+    check_infra,
+    detect_host,
+    infra_offers,
+    load_catalog,
+)
 from tsky.spec.requests import CLOUD_DISPLAY, Infra
 from tsky.spec.settings import Settings, SettingsError, load_settings
 from tsky.spec.status import JobExitCode
@@ -235,8 +245,8 @@ def catalog_refresh(cloud: str, regions: list[str] | None) -> None:
         console.print(Text("Refreshing the AWS catalog needs boto3: pip install 'tsky[aws]'.", style="red"))
         raise typer.Exit(2) from err
 
-    from tsky.activities.catalog import write_cloud_catalog
-    from tsky.activities.catalog_aws import NoAwsCredentials, refresh_aws
+    from tsky.client.aws_catalog import NoAwsCredentials, refresh_aws
+    from tsky.client.infra import write_cloud_catalog
 
     settings = _settings()
     try:

@@ -28,10 +28,10 @@ from tsky.cli.common import (
     with_status_colors,
     workflow_url,
 )
-from tsky.spec.activity_io import STOP_GRACE_SECONDS
+from tsky.contract.activity_io import STOP_GRACE_SECONDS
+from tsky.contract.ids import job_workflow_id
+from tsky.contract.job import DEFAULT_GRACEFUL_TIMEOUT_SECONDS, TaskState
 from tsky.spec.errors import FieldError
-from tsky.spec.ids import job_workflow_id
-from tsky.spec.job import DEFAULT_GRACEFUL_TIMEOUT_SECONDS, TaskState
 from tsky.spec.lifecycle import dollars
 from tsky.spec.settings import Settings
 from tsky.spec.status import JobExitCode, ManagedJobStatus
@@ -39,7 +39,7 @@ from tsky.spec.status import JobExitCode, ManagedJobStatus
 if TYPE_CHECKING:
     from temporalio.client import Client
 
-    from tsky.cli import api
+    from tsky.client import jobs as api
     from tsky.spec.requests import Infra
 
 app = typer.Typer(help="Managed jobs: launch, queue, logs, cancel.", no_args_is_help=True)
@@ -332,7 +332,7 @@ def queue(
             console.clear()
 
     async def show(client: Client) -> None:
-        from tsky.cli import api  # the Temporal client: imported only by commands that talk to it
+        from tsky.client import jobs as api  # the Temporal client: imported only by commands that talk to it
 
         user = None if all_users else current_user()
         filtered = window is not None or where is not None
@@ -375,7 +375,7 @@ def queue(
 
 async def _pool_workers(client: Client, rows: list[api.JobRow]) -> dict[int, tuple[int, str]]:
     """Job id -> (worker id, worker cluster) for the shown pool jobs now on a worker (one query per pool)."""
-    from tsky.cli import pool_api
+    from tsky.client import pools as pool_api
 
     workers: dict[int, tuple[int, str]] = {}
     for pool in sorted({r.pool for r in rows if r.pool and not r.closed}):
@@ -446,7 +446,7 @@ def _local_date(flag: str, text: str) -> datetime:
 async def _resolve_job(client: object, job_id: int | None, name: str | None, *, running_only: bool) -> int:
     from temporalio.client import Client
 
-    from tsky.cli import api
+    from tsky.client import jobs as api
 
     assert isinstance(client, Client)
     if job_id is not None and name is not None:
@@ -492,7 +492,7 @@ def logs(
     s = settings()
 
     async def body() -> int:
-        from tsky.cli import api  # the Temporal client: imported only by commands that talk to it
+        from tsky.client import jobs as api  # the Temporal client: imported only by commands that talk to it
 
         client = await client_for(s)
         resolved = await _resolve_job(client, job_id, name, running_only=True)
@@ -531,8 +531,8 @@ def _task_index(row: api.JobRow, task: str | None) -> int | None:
 
 async def _sync_down(s: Settings, row: api.JobRow) -> int:
     """Copy the job's logs from the log store, laid out as their keys (task-N/attempt-M/run.log...)."""
-    from tsky.activities.log_store import log_store
-    from tsky.spec.logs import controller_log_key, phase_log_key
+    from tsky.client.logs import log_store
+    from tsky.contract.logs import controller_log_key, phase_log_key
 
     logs = log_store(s)
     target = Path.home() / "sky_logs" / "managed_jobs" / f"job-{row.job_id}"
@@ -553,8 +553,8 @@ async def _sync_down(s: Settings, row: api.JobRow) -> int:
 
 
 async def _print_attempt(s: Settings, row: api.JobRow, task_index: int | None, attempt: int) -> int:
-    from tsky.activities.log_store import log_store
-    from tsky.spec.logs import phase_log_key
+    from tsky.client.logs import log_store
+    from tsky.contract.logs import phase_log_key
 
     task = row.tasks[task_index or 0]
     if not 0 <= attempt < task.attempt_count:
@@ -620,7 +620,7 @@ def cancel(
     s = settings()
 
     async def body() -> int:
-        from tsky.cli import api  # the Temporal client: imported only by commands that talk to it
+        from tsky.client import jobs as api  # the Temporal client: imported only by commands that talk to it
 
         client = await client_for(s)
         missing: list[int] = []  # never allocated: a typo, so not found (102); an ended job is a no-op
@@ -647,7 +647,7 @@ def cancel(
             targets = [matches[0].job_id]
             what = f"managed job {name!r}"
         elif pool is not None:
-            from tsky.cli.pool_api import pool_jobs
+            from tsky.client.pools import pool_jobs
 
             targets = [r.job_id for r in await pool_jobs(client, pool)]
             what = f"managed jobs in pool {pool!r}"

@@ -13,9 +13,6 @@ from pathlib import Path
 import typer
 import yaml
 
-from tsky.activities.catalog import CATALOG_CLOUDS
-from tsky.activities.infra_check import check_infra
-from tsky.activities.planning import plan_for_task
 from tsky.cli.common import (
     UsageError,
     client_for,
@@ -31,7 +28,8 @@ from tsky.cli.common import (
 from tsky.cli.jobs import print_finished, print_submitted
 from tsky.cli.plan_table import render_pipeline_plan, render_plan
 from tsky.cli.waiting import spinner, with_worker
-from tsky.spec.activity_io import PlanResult
+from tsky.client.infra import CATALOG_CLOUDS, check_infra, plan_for_task
+from tsky.contract.activity_io import PlanResult
 from tsky.spec.envs import env_overrides, secret_overrides
 from tsky.spec.errors import FieldError, SpecError
 from tsky.spec.lifecycle import Lifecycle, parse_dollars, parse_duration
@@ -168,9 +166,9 @@ def launch_job(opts: LaunchOptions) -> int:
 
     async def body() -> int:
         # Temporal and the uploaders only now: a dry run or a refused launch never imports them.
-        from tsky.activities.uploads import UploadError
-        from tsky.cli import api
         from tsky.cli.follow import follow
+        from tsky.client import jobs as api
+        from tsky.client.jobs import UploadError
 
         client = await client_for(s)
         if opts.num_jobs > 1 and opts.pool is None:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.text import Text
 
-from tsky.spec.activity_io import PlanResult
+from tsky.contract.activity_io import PlanResult
 from tsky.spec.requests import Candidate
 
 CHECK = "✔"

@@ -1,4 +1,4 @@
-"""`tsky jobs pool ...`: apply, status, down, logs — SkyPilot's pool commands and output (reference §1.6).
+"""`tsky jobs pool ...`: apply, status, down, logs — SkyPilot's pool commands and output (docs/pools.md).
 
 Also the pool side of `tsky jobs launch -p NAME` (its notices, `prepare_pool_launch`).
 """
@@ -30,13 +30,13 @@ from tsky.cli.common import (
     settings,
     table,
 )
+from tsky.contract.job import JobPolicy
+from tsky.contract.logs import pool_worker_log_key
+from tsky.contract.pool_state import PoolApply, PoolSnapshot, PoolVersion, WorkerState, as_pool_job
 from tsky.spec.envs import env_overrides, secret_overrides
 from tsky.spec.errors import SpecError
-from tsky.spec.job import JobPolicy
 from tsky.spec.loader import apply_overrides, load_pool
-from tsky.spec.logs import pool_worker_log_key
 from tsky.spec.pool import PoolSpec
-from tsky.spec.pool_state import PoolApply, PoolSnapshot, PoolVersion, WorkerState, as_pool_job
 from tsky.spec.requests import requested_label
 from tsky.spec.secrets import load_key, seal
 from tsky.spec.settings import Settings
@@ -130,8 +130,8 @@ def apply(
     num_nodes: Annotated[int | None, typer.Option("--num-nodes", help="Number of nodes per worker.")] = None,
 ) -> None:
     """Create a pool from a pool YAML, or update it (a new version): workers are set up once, then take jobs."""
-    from tsky.activities.planning import plan_for_task
     from tsky.cli.plan_table import render_plan
+    from tsky.client.infra import plan_for_task
 
     if mode == "blue_green":
         fail(
@@ -167,7 +167,7 @@ def apply(
             spec, task, warnings = _load(pool_yaml, name, flags)
         except SpecError as err:
             fail(str(err))
-        from tsky.cli import pool_api
+        from tsky.client import pools as pool_api
 
         sealed = seal(task.secrets, load_key(s.home, create=True)) if task.secrets else {}
         req = PoolApply(
@@ -209,7 +209,7 @@ def apply(
         typer.confirm(f"Applying config to pool {name!r}. Proceed?", default=True, abort=True)
 
     async def body() -> None:
-        from tsky.cli import pool_api  # the Temporal client: only for commands that talk to it
+        from tsky.client import pools as pool_api  # the Temporal client: only for commands that talk to it
 
         client = await client_for(s)
         result = await pool_api.apply(client, name, req)
@@ -225,7 +225,7 @@ def apply(
 
 
 async def _current(s: Settings, name: str) -> PoolVersion:
-    from tsky.cli import pool_api
+    from tsky.client import pools as pool_api
 
     client = await client_for(s)
     version = await pool_api.current_version(client, name)
@@ -305,7 +305,7 @@ def status(
     s = settings()
 
     async def body() -> None:
-        from tsky.cli import pool_api  # the Temporal client: only for commands that talk to it
+        from tsky.client import pools as pool_api  # the Temporal client: only for commands that talk to it
 
         client = await client_for(s)
         pools = await pool_api.list_pools(client)
@@ -353,7 +353,8 @@ def down(
     s = settings()
 
     async def body() -> int:
-        from tsky.cli import api, pool_api  # the Temporal client: only for commands that talk to it
+        from tsky.client import jobs as api  # the Temporal client: only for commands that talk to it
+        from tsky.client import pools as pool_api
 
         client = await client_for(s)
         existing = {p.name: p for p in await pool_api.list_pools(client)}
@@ -391,7 +392,7 @@ def down(
 
 
 async def _wait_jobs_ended(client: Client, pools: list[str]) -> None:
-    from tsky.cli import pool_api
+    from tsky.client import pools as pool_api
 
     deadline = time.monotonic() + _DOWN_WAIT_SECONDS
     while time.monotonic() < deadline:
@@ -442,12 +443,12 @@ _SETTING_UP = frozenset({"PENDING", "PROVISIONING", "STARTING"})
 async def _worker_setup_logs(s: Settings, pool: str, ids: list[int], tail: int | None, follow: bool) -> int:
     """Print the workers' setup logs from the log store; with `follow`, keep streaming while any of them
     is still being set up. Without ids: every worker the pool has."""
-    from tsky.activities.log_store import log_store
+    from tsky.client.logs import log_store
 
     store = log_store(s)
     snapshot = None
     if not ids or follow:
-        from tsky.cli import pool_api  # the Temporal client: only when the pool must be asked
+        from tsky.client import pools as pool_api  # the Temporal client: only when the pool must be asked
 
         client = await client_for(s)
         snapshot = await pool_api.get_pool(client, pool)
@@ -478,7 +479,7 @@ async def _worker_setup_logs(s: Settings, pool: str, ids: list[int], tail: int |
 async def _follow_pool_controller(s: Settings, pool: str, follow: bool) -> int:
     """One line per worker state the pool reports (and per change, with follow), until Ctrl-C or the
     pool is gone: tsky's pool keeps its decisions in its workflow, not in a log file."""
-    from tsky.cli import pool_api  # the Temporal client: only for commands that talk to it
+    from tsky.client import pools as pool_api  # the Temporal client: only for commands that talk to it
 
     client = await client_for(s)
     seen: dict[int, str] = {}
@@ -513,7 +514,7 @@ def prepare_pool_launch(pool: str, num_jobs: int, pipeline: Pipeline, *, yes: bo
     s = settings()
 
     async def exists() -> bool:
-        from tsky.cli import pool_api  # the Temporal client: only for commands that talk to it
+        from tsky.client import pools as pool_api  # the Temporal client: only for commands that talk to it
 
         client = await client_for(s)
         return await pool_api.get_pool(client, pool) is not None

@@ -11,6 +11,7 @@ from urllib.parse import quote
 import typer
 
 from tsky.cli.common import console, fail, settings, ui_base
+from tsky.contract.names import WorkflowType
 from tsky.spec.settings import Settings
 
 server_app = typer.Typer(help="The embedded Temporal server and worker daemon.", no_args_is_help=True)
@@ -24,7 +25,7 @@ def _external(s: Settings) -> str:
 
 
 def _print_status(s: Settings) -> bool:
-    from tsky.worker.embedded import read_server_state, read_worker_state, worker_outdated
+    from tsky.client.embedded import read_server_state, read_worker_state, worker_outdated
 
     server = read_server_state(s)
     worker = read_worker_state(s)
@@ -68,7 +69,7 @@ def _print_status(s: Settings) -> bool:
 @server_app.command()
 def up() -> None:
     """Start the embedded Temporal server and worker (harmless if they already run)."""
-    from tsky.worker.embedded import EmbeddedError, start_server, start_worker
+    from tsky.client.embedded import EmbeddedError, start_server, start_worker
 
     s = settings()
     if not s.embedded:
@@ -86,7 +87,7 @@ def up() -> None:
 @server_app.command()
 def down() -> None:
     """Stop the embedded worker and server (jobs resume when they start again)."""
-    from tsky.worker.embedded import stop_all
+    from tsky.client.embedded import stop_all
 
     s = settings()
     if not s.embedded:
@@ -118,7 +119,7 @@ def worker() -> None:
 
     s = settings()
     if s.embedded:
-        from tsky.worker.embedded import start_server
+        from tsky.client.embedded import start_server
 
         start_server(s)
     asyncio.run(run_worker(s))
@@ -132,7 +133,7 @@ def dashboard(
     base = ui_base(s)
     if base is None:
         fail("No Web UI known: start the embedded stack (`tsky server up`) or set TSKY_TEMPORAL_UI_URL.")
-    query = quote("WorkflowType = 'ManagedJob'")
+    query = quote(f"WorkflowType = '{WorkflowType.MANAGED_JOB}'")
     url = f"{base}/namespaces/{s.temporal.namespace}/workflows?query={query}"
     console.print(url)
     if not no_browser:

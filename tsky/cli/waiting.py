@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, TypeVar
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from tsky.cli.common import err_console
-from tsky.spec.ids import CONTROL_QUEUE
+from tsky.contract.ids import CONTROL_QUEUE
 from tsky.spec.settings import Settings
 
 if TYPE_CHECKING:  # the Temporal SDK is imported by the waits themselves: `--dryrun` never loads it
@@ -94,7 +94,7 @@ def _no_worker_message(s: Settings, why: str) -> str:
 async def _revive_embedded_stack(s: Settings) -> None:
     """Restart the embedded server or worker if either died (or the worker lost its server): reading two
     pid files, cheap enough for every check."""
-    from tsky.worker.embedded import ensure_up
+    from tsky.client.embedded import ensure_up
 
     await asyncio.to_thread(ensure_up, s)
 

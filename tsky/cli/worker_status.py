@@ -15,8 +15,8 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from tsky.spec.ids import LAUNCH_QUEUE, SCHEDULER_WORKFLOW_ID
-from tsky.spec.scheduling import SchedulerStatus
+from tsky.contract.ids import LAUNCH_QUEUE, SCHEDULER_WORKFLOW_ID
+from tsky.contract.scheduling import SchedulerStatus
 from tsky.spec.settings import Settings
 from tsky.worker.process import parse_identity
 
@@ -64,7 +64,7 @@ async def running_limit(client: Client) -> SchedulerStatus | None:
 
 def print_live_status(console: Console, s: Settings) -> None:
     """Print the workers' limits and the running-jobs limit, or why they could not be asked."""
-    from tsky.worker.client import ConnectError, connect
+    from tsky.client.connect import ConnectError, connect
 
     async def ask() -> tuple[list[LiveWorker], SchedulerStatus | str | None]:
         client = await connect(s)

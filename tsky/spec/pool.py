@@ -1,4 +1,4 @@
-"""`pool:`: a set of warm workers that run `setup` once and then take managed jobs (§5 of the reference).
+"""`pool:`: a set of warm workers that run `setup` once and then take managed jobs (docs/pools.md).
 
 A pool YAML is a task YAML plus a `pool:` section. `PoolSpec` holds that section and its own rules;
 `check_pool_task` adds the rules about the rest of the task (no ports, no `ordered`, no job_recovery,

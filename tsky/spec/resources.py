@@ -2,7 +2,7 @@
 
 The model keeps what the user wrote (accelerators as a string, a set-like dict or an ordered list;
 `any_of` / `ordered` entries) in a canonical spelling, so a spec dumps back to YAML that reads like the
-original and loads to an equal spec. `resolve()` does SkyPilot's resolution (§8 of the reference): outer
+original and loads to an equal spec. `resolve()` does SkyPilot's resolution (docs/yaml.md): outer
 fields are defaults for each `any_of` / `ordered` entry (labels merged), an accelerator dict is a set of
 alternatives and a list an ordered preference, and both multiply with the entries.
 """
@@ -28,10 +28,14 @@ from pydantic import (
 from tsky.spec.errors import FieldError, unknown_field_message
 from tsky.spec.requests import DEFAULT_DISK_SIZE_GB, Infra, ResourceRequest
 
-DEFAULT_STRATEGY = "EAGER_NEXT_REGION"
+# The `job_recovery` strategies (what each does: tsky.workflows.recovery).
+EAGER_NEXT_REGION = "EAGER_NEXT_REGION"
+FAILOVER = "FAILOVER"
 # "NONE" is tsky's deliberate choice (SkyPilot silently puts the default back): a preemption or a
 # failure ends the job instead of relaunching it.
-STRATEGIES = ("EAGER_NEXT_REGION", "FAILOVER", "NONE")
+NO_RECOVERY = "NONE"
+STRATEGIES = (EAGER_NEXT_REGION, FAILOVER, NO_RECOVERY)
+DEFAULT_STRATEGY = EAGER_NEXT_REGION
 
 # Clouds tsky can launch on, as `infra:` spells them.
 TSKY_CLOUDS = ("aws", "gcp", "k8s", "ssh", "local")

@@ -8,13 +8,23 @@ the same way whatever its own config says.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tsky.spec.lifecycle import format_duration, parse_duration
+
+
+def _factory_path(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
+        raise ValueError(f"{value!r} is not `package.module:callable` (e.g. `mycompany.tsky_hooks:addresses`)")
+    return value
+
+
+FactoryPath = Annotated[str, AfterValidator(_factory_path)]  # a callable the worker imports
 
 
 class _Section(BaseModel):
@@ -62,7 +72,7 @@ class SweeperSettings(_Section):
 
 
 class LogsSettings(_Section):
-    """Where job and controller logs live (see tsky.activities.log_store)."""
+    """Where job and controller logs live (see tsky.ops.log_store)."""
 
     # `local`: $TSKY_HOME/logs on the worker (one host). `s3://bucket/prefix` or `gs://bucket/prefix`: any
     # host with access reads them (S3-compatible stores: AWS_ENDPOINT_URL).
@@ -155,6 +165,10 @@ class GcpSettings(_Section):
     image: str = "projects/debian-cloud/global/images/family/debian-12"
     vpc_name: str = "default"
     use_internal_ips: bool = False  # reach instances on their internal address (the worker runs in the VPC)
+    # How the worker reaches an instance over SSH when not at its own address (NAT, overlay network,
+    # inventory): a `package.module:callable` taking the Settings and returning an AddressResolver
+    # (clouds/addresses.py). None: the instance's public (or internal) address, port 22.
+    ssh_address_resolver: FactoryPath | None = None
     ssh_user: str = "tsky"
     # None: $TSKY_HOME/ssh/tsky-gcp (created on first use); its public half goes in the instances' metadata.
     ssh_private_key: str | None = None
@@ -177,6 +191,7 @@ class AwsSettings(_Section):
     key_name: str | None = None  # an existing EC2 key pair holding ssh_private_key's public half
     security_group: str = "tsky"  # a name (created in the default VPC: SSH open, all traffic within) or an sg- id
     use_internal_ips: bool = False  # reach instances on their private address (the worker runs in the VPC)
+    ssh_address_resolver: FactoryPath | None = None  # as in GcpSettings
     regions: list[str] | None = None  # where listing and teardown-by-name look; None: every EC2 region
     # Seconds for new instances to run and answer SSH (and for terminations to be confirmed).
     provision_timeout: float = Field(default=600, gt=0)
@@ -207,7 +222,7 @@ class TemporalSettings(_Section):
     tls_key: str | None = None
     tls_ca: str | None = None
     ui_url: str | None = None
-    # End-to-end payload encryption (see tsky.worker.codec): base64 keys, comma-separated, the first encrypts.
+    # End-to-end payload encryption (see tsky.client.codec): base64 keys, comma-separated, the first encrypts.
     encryption_key: str | None = None
     encryption_key_file: str | None = None  # one base64 key per line, after encryption_key's
 

@@ -1,4 +1,4 @@
-"""Statuses users see, with SkyPilot's names and meanings (reference §2.1), and the CLI exit codes (§1.1)."""
+"""Statuses users see, with SkyPilot's names and meanings, and the CLI exit codes (docs/recovery.md)."""
 
 from __future__ import annotations
 

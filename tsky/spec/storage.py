@@ -149,7 +149,7 @@ def storage_store(storage: Storage, backend: str) -> str:
 def writes_back(storage: Storage, backend: str) -> bool:
     """True for the mounts that workflows started before live bucket mounts upload after the task's
     phases (MOUNT / MOUNT_CACHED of an object store); kept so that their histories replay. New
-    executions skip that step: the phases flush their own mounts (`tsky/activities/fuse.py`)."""
+    executions skip that step: the phases flush their own mounts (`tsky/ops/fuse.py`)."""
     if storage.mode == "COPY":
         return False
     return not (backend == "local" and storage_store(storage, backend) == "local")

@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payloads
 
-from tsky.worker.codec import CodecKeyError, EncryptionCodec
+from tsky.client.codec import CodecKeyError, EncryptionCodec
 
 _MAX_BODY = 64 * 1024 * 1024
 

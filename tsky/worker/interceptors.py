@@ -19,7 +19,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
 
-from tsky.spec.activity_io import ActivityName, LaunchResult
+from tsky.contract.activity_io import ActivityName, LaunchResult
 
 WORKER_SHUTDOWN = "WorkerShutdown"
 

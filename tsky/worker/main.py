@@ -21,7 +21,7 @@ from tsky.activities.plan_activity import PlanningActivities
 from tsky.activities.pool import PoolActivities
 from tsky.activities.sweeper import SweeperActivities
 from tsky.activities.watch import PhaseActivities
-from tsky.spec.ids import CONTROL_QUEUE, LAUNCH_QUEUE, WATCH_QUEUE
+from tsky.contract.ids import CONTROL_QUEUE, LAUNCH_QUEUE, WATCH_QUEUE
 from tsky.spec.settings import Settings
 from tsky.worker.interceptors import WorkerInterceptor
 from tsky.worker.metrics import start_gauges
@@ -32,10 +32,12 @@ logger = logging.getLogger("tsky.worker")
 
 
 def workflow_runner() -> SandboxedWorkflowRunner:
-    """Our pure spec package is shared with the sandbox instead of re-imported for every workflow run:
+    """Our pure spec and contract packages are shared with the sandbox instead of re-imported for every workflow run:
     tens of KB per cached workflow instead of megabytes."""
     compile_workflow_modules()
-    return SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules("tsky.spec"))
+    return SandboxedWorkflowRunner(
+        restrictions=SandboxRestrictions.default.with_passthrough_modules("tsky.spec", "tsky.contract")
+    )
 
 
 def build_workers(client: Client, settings: Settings) -> list[Worker]:
@@ -62,7 +64,7 @@ def build_workers(client: Client, settings: Settings) -> list[Worker]:
                 controller_log.append_controller_log,
                 scheduling.request_slot,
                 scheduling.ended_jobs,
-                # For workflows that start managed jobs as children (tsky.workflows.child).
+                # For workflows that start managed jobs as children (tsky.client.child).
                 job_ids.allocate_job_id,
                 job_ids.job_result,
             ],
@@ -100,7 +102,7 @@ def build_workers(client: Client, settings: Settings) -> list[Worker]:
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    from tsky.worker.client import connect
+    from tsky.client.connect import connect
     from tsky.worker.sweeper import ensure_sweeper
 
     raise_open_files_limit()

@@ -13,7 +13,8 @@ import logging
 from temporalio.client import Client
 from temporalio.runtime import Runtime
 
-from tsky.spec import search_attributes as sa
+from tsky.contract import search_attributes as sa
+from tsky.contract.names import WorkflowType
 from tsky.spec.status import ManagedJobStatus
 
 logger = logging.getLogger("tsky.worker")
@@ -32,7 +33,8 @@ async def report_jobs_by_status(client: Client, runtime: Runtime, interval: floa
     while True:
         try:
             for status in IN_PROGRESS:
-                query = f"WorkflowType = 'ManagedJob' AND ExecutionStatus = 'Running' AND {sa.STATUS.name} = '{status}'"
+                running = f"WorkflowType = '{WorkflowType.MANAGED_JOB}' AND ExecutionStatus = 'Running'"
+                query = f"{running} AND {sa.STATUS.name} = '{status}'"
                 gauge.set((await client.count_workflows(query)).count, {"status": status.value})
         except Exception as err:  # a metric must never take the worker down; the next round retries
             logger.warning("could not count jobs by status: %s", err)

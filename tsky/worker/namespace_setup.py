@@ -1,7 +1,7 @@
 """`python -m tsky.worker.namespace_setup`: make a Temporal service ready for tsky.
 
 The namespace (TSKY_TEMPORAL_NAMESPACE / temporal.namespace) exists, with a retention for closed jobs,
-and tsky's search attributes (tsky.spec.search_attributes, the one list) are registered on it. It waits
+and tsky's search attributes (tsky.contract.search_attributes, the one list) are registered on it. It waits
 for the service to answer, changes only what is missing, and waits until the attributes are visible, so
 it can run on every start: docker-compose's `temporal-init` service runs it before any worker starts,
 and it is the one step to run by hand against any other Temporal service. Connection settings (address,
@@ -23,14 +23,14 @@ from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, Register
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from tsky.spec import search_attributes
+from tsky.contract import search_attributes
 from tsky.spec.settings import Settings, SettingsError, load_settings
 
 logger = logging.getLogger("tsky.setup")
 
 
 async def connect_when_up(settings: Settings, timeout: float) -> Client:
-    from tsky.worker.client import ConnectError, connect
+    from tsky.client.connect import ConnectError, connect
 
     deadline = time.monotonic() + timeout
     while True:
@@ -121,7 +121,7 @@ def main() -> None:
         sys.exit(str(err))
     if settings.embedded:
         sys.exit("Set TSKY_TEMPORAL_ADDRESS (or temporal.address): the embedded server is set up by `tsky server up`.")
-    from tsky.worker.client import ConnectError
+    from tsky.client.connect import ConnectError
     from tsky.worker.process import exit_process
 
     code = 0

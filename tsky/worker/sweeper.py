@@ -7,7 +7,7 @@ import logging
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
 
-from tsky.spec.ids import CONTROL_QUEUE, SWEEPER_WORKFLOW_ID
+from tsky.contract.ids import CONTROL_QUEUE, SWEEPER_WORKFLOW_ID
 from tsky.spec.settings import Settings
 from tsky.workflows.sweeper import SweeperState, SweeperWorkflow
 

@@ -1,7 +1,7 @@
 """Calling an activity by name from workflow code, with every option spelled out at the call site.
 
 Workflows never import activity bodies (they pull in cloud SDKs); they call them by the names in
-`tsky.spec.activity_io.ActivityName`, and tests register fakes under the same names.
+`tsky.contract.activity_io.ActivityName`, and tests register fakes under the same names.
 """
 
 from __future__ import annotations

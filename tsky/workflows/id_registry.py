@@ -8,21 +8,16 @@ per-run update limit (2,000), carrying only the next id.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
 from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from tsky.contract.id_registry import AllocateRequest, RegistryState
+    from tsky.contract.names import Query, Update, WorkflowType
 
 _ALLOCATIONS_PER_RUN = 500
 
 
-class RegistryState(BaseModel):
-    next_id: int = 1
-
-
-class AllocateRequest(BaseModel):
-    count: int = Field(default=1, ge=1)
-
-
-@workflow.defn(name="TskyIdRegistry")
+@workflow.defn(name=WorkflowType.ID_REGISTRY)
 class IdRegistryWorkflow:
     @workflow.init
     def __init__(self, state: RegistryState) -> None:
@@ -38,7 +33,9 @@ class IdRegistryWorkflow:
         await workflow.wait_condition(workflow.all_handlers_finished)
         workflow.continue_as_new(self.state)
 
-    @workflow.update(description="Reserve `count` consecutive job ids; returns the first.")
+    @workflow.update(
+        name=Update.ALLOCATE_JOB_IDS, description="Reserve `count` consecutive job ids; returns the first."
+    )
     def allocate(self, req: AllocateRequest) -> int:
         first = self.state.next_id
         self.state.next_id += req.count
@@ -50,6 +47,6 @@ class IdRegistryWorkflow:
         if req.count < 1:
             raise ValueError("count must be at least 1")
 
-    @workflow.query(description="The next id that will be handed out.")
+    @workflow.query(name=Query.NEXT_JOB_ID, description="The next id that will be handed out.")
     def next_id(self) -> int:
         return self.state.next_id

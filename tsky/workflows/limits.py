@@ -17,8 +17,8 @@ import shlex
 from dataclasses import dataclass
 from datetime import datetime
 
-from tsky.spec.activity_io import ClusterInfo
-from tsky.spec.job import Attempt, JobState, TaskState
+from tsky.contract.activity_io import ClusterInfo
+from tsky.contract.job import Attempt, JobState, TaskState
 from tsky.spec.lifecycle import (
     Lifecycle,
     dollars,

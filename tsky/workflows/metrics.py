@@ -12,7 +12,7 @@ from typing import Any
 
 from temporalio import workflow
 
-from tsky.spec import search_attributes as sa
+from tsky.contract import search_attributes as sa
 
 
 def on_publish(published: dict[str, Any], wanted: dict[str, Any]) -> None:

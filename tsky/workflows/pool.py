@@ -27,16 +27,10 @@ from temporalio.exceptions import is_cancelled_exception
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
-    from tsky.spec.ids import CONTROL_QUEUE, pool_worker_cluster_name, pool_worker_workflow_id
-    from tsky.spec.pool_state import (
+    from tsky.contract.ids import CONTROL_QUEUE, pool_worker_cluster_name, pool_worker_workflow_id
+    from tsky.contract.names import Query, Signal, Update, WorkflowType
+    from tsky.contract.pool_state import (
         FAILED_FOR_GOOD,
-        GRANT_SIGNAL,
-        POOL_WORKER_WORKFLOW,
-        POOL_WORKFLOW,
-        RELEASE_SIGNAL,
-        REPORT_SIGNAL,
-        REQUEST_SIGNAL,
-        SNAPSHOT_QUERY,
         ApplyResult,
         AutoscalerState,
         PoolApply,
@@ -65,7 +59,7 @@ _KEPT_FAILURES = 10  # failed workers kept in the status table after their clust
 _RECHECK_STOPPING = timedelta(minutes=1)
 
 
-@workflow.defn(name=POOL_WORKFLOW)
+@workflow.defn(name=WorkflowType.POOL)
 class PoolWorkflow:
     @workflow.init
     def __init__(self, state: PoolState) -> None:
@@ -94,7 +88,7 @@ class PoolWorkflow:
 
     # -- messages --------------------------------------------------------------------------------------
 
-    @workflow.update(name="apply", description="Create, resize or update the pool; returns the new version.")
+    @workflow.update(name=Update.POOL_APPLY, description="Create, resize or update the pool; returns the new version.")
     def apply(self, req: PoolApply) -> ApplyResult:
         st = self.state
         previous = st.version
@@ -129,7 +123,7 @@ class PoolWorkflow:
         if self.state.shutting_down:
             raise ValueError(f"Pool '{self.state.name}' is shutting down; apply again once `down` has finished.")
 
-    @workflow.signal(name=REQUEST_SIGNAL, description="A job asks for a whole worker.")
+    @workflow.signal(name=Signal.POOL_REQUEST, description="A job asks for a whole worker.")
     def request(self, req: PoolRequest) -> None:
         st = self.state
         held = st.leased(req.key)
@@ -141,7 +135,7 @@ class PoolWorkflow:
             st.queue.append(req)
         self._dirty = True
 
-    @workflow.signal(name=RELEASE_SIGNAL, description="A job is done with its worker, or withdraws its request.")
+    @workflow.signal(name=Signal.POOL_RELEASE, description="A job is done with its worker, or withdraws its request.")
     def release(self, rel: PoolRelease) -> None:
         st = self.state
         st.queue = [r for r in st.queue if r.key != rel.key]
@@ -157,7 +151,7 @@ class PoolWorkflow:
                 worker.status = W.READY
         self._dirty = True
 
-    @workflow.signal(name=REPORT_SIGNAL, description="A worker's workflow reports a transition.")
+    @workflow.signal(name=Signal.POOL_WORKER_REPORT, description="A worker's workflow reports a transition.")
     def worker_report(self, rep: WorkerReport) -> None:
         st = self.state
         worker = st.worker(rep.worker_id)
@@ -192,7 +186,7 @@ class PoolWorkflow:
             worker.status = rep.status
         self._dirty = True
 
-    @workflow.query(name=SNAPSHOT_QUERY, description="What `tsky jobs pool status` shows.")
+    @workflow.query(name=Query.POOL_SNAPSHOT, description="What `tsky jobs pool status` shows.")
     def snapshot(self) -> PoolSnapshot:
         st = self.state
         version = st.version
@@ -208,7 +202,9 @@ class PoolWorkflow:
             queued_jobs=sorted(r.job_id for r in st.queue),
         )
 
-    @workflow.query(description="The current version's configuration (for `apply --workers N`).")
+    @workflow.query(
+        name=Query.POOL_VERSION, description="The current version's configuration (for `apply --workers N`)."
+    )
     def current_version(self) -> PoolVersion | None:
         return self.state.version
 
@@ -277,7 +273,7 @@ class PoolWorkflow:
         st = self.state
         assert st.version is not None
         await workflow.start_child_workflow(
-            POOL_WORKER_WORKFLOW,
+            WorkflowType.POOL_WORKER,
             WorkerInput(
                 pool=st.name,
                 worker_id=worker.worker_id,
@@ -326,7 +322,7 @@ class PoolWorkflow:
 
     async def _send(self, grant: PoolGrant) -> None:
         try:
-            await workflow.get_external_workflow_handle(grant.workflow_id).signal(GRANT_SIGNAL, grant)
+            await workflow.get_external_workflow_handle(grant.workflow_id).signal(Signal.POOL_GRANT, grant)
         except Exception as err:
             if is_cancelled_exception(err):
                 raise

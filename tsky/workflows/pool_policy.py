@@ -24,8 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from tsky.contract.pool_state import AutoscalerState, PoolRequest, PoolState, WorkerState
 from tsky.spec.pool import PoolSpec
-from tsky.spec.pool_state import AutoscalerState, PoolRequest, PoolState, WorkerState
 from tsky.spec.status import PoolStatus, PoolWorkerStatus
 
 W = PoolWorkerStatus

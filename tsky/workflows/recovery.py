@@ -24,14 +24,11 @@ import random
 from dataclasses import dataclass
 from enum import StrEnum
 
-from tsky.spec.job import JobPolicy
+from tsky.contract.job import JobPolicy
 from tsky.spec.requests import Candidate
+from tsky.spec.resources import EAGER_NEXT_REGION, FAILOVER, NO_RECOVERY
 from tsky.spec.status import ManagedJobStatus
 from tsky.spec.task import JobRecovery
-
-EAGER_NEXT_REGION = "EAGER_NEXT_REGION"
-FAILOVER = "FAILOVER"
-NO_RECOVERY = "NONE"
 
 
 class OutcomeKind(StrEnum):

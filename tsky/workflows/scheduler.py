@@ -23,12 +23,10 @@ from temporalio import workflow
 from temporalio.exceptions import FailureError
 
 with workflow.unsafe.imports_passed_through():
-    from tsky.spec.activity_io import ActivityName
-    from tsky.spec.ids import job_workflow_id
-    from tsky.spec.scheduling import (
-        ACQUIRE_SIGNAL,
-        RELEASE_SIGNAL,
-        SLOT_GRANTED_SIGNAL,
+    from tsky.contract.activity_io import ActivityName
+    from tsky.contract.ids import job_workflow_id
+    from tsky.contract.names import Query, Signal, WorkflowType
+    from tsky.contract.scheduling import (
         EndedJobsInput,
         SchedulerState,
         SchedulerStatus,
@@ -36,7 +34,7 @@ with workflow.unsafe.imports_passed_through():
     )
 
 
-@workflow.defn(name="TskyScheduler")
+@workflow.defn(name=WorkflowType.SCHEDULER)
 class SchedulerWorkflow:
     @workflow.init
     def __init__(self, state: SchedulerState) -> None:
@@ -48,7 +46,9 @@ class SchedulerWorkflow:
         self.priorities = dict(state.priorities)
         self.actions = 0
 
-    @workflow.signal(name=ACQUIRE_SIGNAL, description="A job asks for a running slot (answered by `slot_granted`).")
+    @workflow.signal(
+        name=Signal.ACQUIRE_SLOT, description="A job asks for a running slot (answered by `slot_granted`)."
+    )
     def acquire(self, req: SlotRequest) -> None:
         self.actions += 1
         self.limit = req.limit
@@ -57,14 +57,19 @@ class SchedulerWorkflow:
             if req.priority:
                 self.priorities[req.job_id] = req.priority
 
-    @workflow.signal(name=RELEASE_SIGNAL, description="A job ended, or was cancelled while waiting: free its slot.")
+    @workflow.signal(
+        name=Signal.RELEASE_SLOT, description="A job ended, or was cancelled while waiting: free its slot."
+    )
     def release(self, job_id: int) -> None:
         self.actions += 1
         self.holders.discard(job_id)
         self.waiters.discard(job_id)
         self.priorities.pop(job_id, None)
 
-    @workflow.query(description="The limit, the jobs holding a slot, and the jobs waiting in grant order.")
+    @workflow.query(
+        name=Query.SCHEDULER_STATUS,
+        description="The limit, the jobs holding a slot, and the jobs waiting in grant order.",
+    )
     def status(self) -> SchedulerStatus:
         return SchedulerStatus(limit=self.limit, holders=sorted(self.holders), waiters=self._grant_order())
 
@@ -117,7 +122,7 @@ class SchedulerWorkflow:
 
         async def tell(job_id: int) -> None:
             try:
-                await workflow.get_external_workflow_handle(job_workflow_id(job_id)).signal(SLOT_GRANTED_SIGNAL)
+                await workflow.get_external_workflow_handle(job_workflow_id(job_id)).signal(Signal.SLOT_GRANTED)
             except FailureError:
                 self.holders.discard(job_id)  # the job ended before its turn: the slot goes to the next one
 

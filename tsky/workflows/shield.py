@@ -1,4 +1,4 @@
-"""Cleanup that a cancel must not cut short, for workflow code (see temporal-notes §1.3).
+"""Cleanup that a cancel must not cut short, for workflow code (docs/architecture.md, "Changing a workflow").
 
 Cancelling a workflow cancels the task that awaits an activity, which cancels the activity: a teardown
 in flight would be abandoned. Running the work in its own task and awaiting it through

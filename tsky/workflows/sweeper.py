@@ -19,8 +19,9 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
-    from tsky.spec.activity_io import ActivityName, SweepInput, SweepResult
-    from tsky.spec.ids import LAUNCH_QUEUE
+    from tsky.contract.activity_io import ActivityName, SweepInput, SweepResult
+    from tsky.contract.ids import LAUNCH_QUEUE
+    from tsky.contract.names import Query, WorkflowType
 
 # Bounds the history of one run (about 10 events per sweep); then continue-as-new.
 _SWEEPS_PER_RUN = 200
@@ -37,7 +38,7 @@ class SweeperState(BaseModel):
     last_error: str | None = None
 
 
-@workflow.defn(name="TskySweeper")
+@workflow.defn(name=WorkflowType.SWEEPER)
 class SweeperWorkflow:
     @workflow.init
     def __init__(self, state: SweeperState) -> None:
@@ -80,6 +81,8 @@ class SweeperWorkflow:
                 workflow.logger.info("swept %s", key)
         self.state.sweeps += 1
 
-    @workflow.query(description="Sweeps done, clusters torn down, clusters waiting out the grace period.")
+    @workflow.query(
+        name=Query.SWEEPER_STATUS, description="Sweeps done, clusters torn down, clusters waiting out the grace period."
+    )
     def status(self) -> SweeperState:
         return self.state
