@@ -203,8 +203,8 @@ class JobRun:
             attempt.cost_usd = self.stop_billing(ts, attempt.wasted)
 
     def log_attempt_cost(self, ts: TaskState) -> None:
-        """The ended attempt's cost in the controller log. Always logged next to another line, so it never
-        adds a controller-log write (a command) of its own."""
+        """The ended attempt's cost in the controller log (not for free infra). Always logged next to another
+        line, so it never adds a controller-log write (a command) of its own."""
         attempt = ts.current_attempt()
-        if attempt is not None and attempt.cost_usd is not None:
+        if attempt is not None and attempt.cost_usd is not None and attempt.candidate and attempt.candidate.hourly_cost:
             self.log(attempt_cost_line(ts.index, ts, attempt, self.job, workflow.now()))
