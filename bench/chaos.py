@@ -12,8 +12,11 @@ and the Temporal server (the next `tsky jobs queue` restarts it, on its port, wi
 
 Every `run` appends its pid to a marker file named after its attempt's cluster, so a `run` started twice
 within one attempt shows as a file with two lines. It prints jobs by final status, recoveries,
-preemption → RUNNING again p50/p95/max, runs executed twice, leaked clusters and job processes, and
-attempts that reached RUNNING without a run log. Not run in CI.
+preemptions by what they did (caused a recovery; hit a job whose run had ended and which was tearing
+down, or whose run had not begun: no recovery expected; or hit an attempt that never ended: a stuck
+job), preemption → RUNNING again p50/p95/max for those that caused a recovery, runs executed twice,
+leaked clusters and job processes, attempts that reached RUNNING without a run log, and what any job
+still going at the deadline was doing. Not run in CI.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -46,6 +50,32 @@ from tsky.spec.status import ManagedJobStatus
 from tsky.workflows.managed_job import ManagedJobWorkflow
 
 TSKY = str(Path(sys.executable).parent / "tsky")
+
+
+RECOVERED = "caused a recovery"
+AFTER_RUN = "hit after its run ended"  # the job was tearing down: RUNNING until the teardown is done
+BEFORE_RUN = "hit before its run began"  # provisioning or setup: the attempt is relaunched, not counted
+NOT_HANDLED = "not handled (attempt open)"  # its attempt never ended: a stuck job
+UNKNOWN = "attempt not found"
+
+
+@dataclass
+class Preemption:
+    job_id: int
+    at: datetime
+    clusters: list[str]  # the job's live clusters, all preempted
+
+    def outcome(self, state: JobState) -> str:
+        """What the preemption did to the attempt whose cluster it hit, from the job's attempt history."""
+        hit = [a for a in state.tasks[0].attempts if a.cluster_name in self.clusters]
+        if not hit:
+            return UNKNOWN
+        attempt = hit[-1]
+        if attempt.cause is None:
+            return NOT_HANDLED
+        if attempt.cause not in ("preempted", "unreachable"):
+            return AFTER_RUN  # the run had ended (its exit code decided the attempt) before the node went
+        return RECOVERED if attempt.started_at is not None and attempt.started_at <= self.at else BEFORE_RUN
 
 
 def config(regions: int) -> dict[str, object]:
@@ -105,7 +135,7 @@ async def run(stack: Stack, args: argparse.Namespace) -> None:
     # Faults happen once the given number of preemptions is done: random moments within the preemptions.
     kill_at = sorted(rng.sample(range(1, args.preemptions), args.worker_kills + args.server_kills))
     server_kill_at = set(rng.sample(kill_at, args.server_kills))
-    preemptions: list[tuple[int, datetime]] = []
+    preemptions: list[Preemption] = []
     faults: list[str] = []
     deadline = time.monotonic() + args.deadline_minutes * 60
     rows: list[JobRow] = []
@@ -118,7 +148,7 @@ async def run(stack: Stack, args: argparse.Namespace) -> None:
             continue
         if len(rows) == len(ids) and all(r.status.is_terminal() for r in rows):
             break
-        hit = Counter(j for j, _ in preemptions)
+        hit = Counter(p.job_id for p in preemptions)
         # Preempt a job again only once it recovered from the last preemption (visibility lags a little).
         running = [
             r.job_id
@@ -127,8 +157,8 @@ async def run(stack: Stack, args: argparse.Namespace) -> None:
         ]
         if running and len(preemptions) < args.preemptions:
             victim = rng.choice(running)
-            if preempt_job(stack.settings, victim):
-                preemptions.append((victim, datetime.now(UTC)))
+            if clusters := preempt_job(stack.settings, victim):
+                preemptions.append(Preemption(victim, datetime.now(UTC), clusters))
         while kill_at and len(preemptions) >= kill_at[0]:
             at = kill_at.pop(0)
             if at in server_kill_at:
@@ -153,10 +183,11 @@ async def run(stack: Stack, args: argparse.Namespace) -> None:
         handle = client.get_workflow_handle(job_workflow_id(job_id))
         states[job_id] = await handle.query(ManagedJobWorkflow.state)
     back: list[float] = []
-    for job_id, at in preemptions:
-        starts = [a.started_at for a in states[job_id].tasks[0].attempts if a.started_at and a.started_at > at]
-        if starts:
-            back.append((min(starts) - at).total_seconds())
+    for p in preemptions:
+        starts = [a.started_at for a in states[p.job_id].tasks[0].attempts if a.started_at and a.started_at > p.at]
+        if p.outcome(states[p.job_id]) == RECOVERED and starts:
+            back.append((min(starts) - p.at).total_seconds())
+    outcomes = Counter(p.outcome(states[p.job_id]) for p in preemptions)
     twice = {m.name: n for m in markers.iterdir() if (n := len(m.read_text().split())) > 1}
     missing_logs = [
         (job_id, a.index)
@@ -172,6 +203,8 @@ async def run(stack: Stack, args: argparse.Namespace) -> None:
     print(f"machine:                     {machine()}")
     print(f"jobs by final status:        {dict(statuses)} (of {len(ids)})")
     print(f"preemptions injected:        {len(preemptions)}")
+    for outcome in (RECOVERED, AFTER_RUN, BEFORE_RUN, NOT_HANDLED, UNKNOWN):
+        print(f"  {outcome + ':':<26} {outcomes[outcome]}")
     servers = sum("Temporal server" in f for f in faults)
     print(f"faults:                      {len(faults) - servers} worker kill -9, {servers} server kill -9")
     print(f"recoveries (#RECOVERIES):    {sum(r.recoveries for r in rows)}")
@@ -184,6 +217,11 @@ async def run(stack: Stack, args: argparse.Namespace) -> None:
     print(f"leaked clusters:             {len(leaked)}")
     print(f"leaked job processes:        {len(leaked_processes)}")
     print(f"attempts without a run log:  {len(missing_logs)} {missing_logs or ''}")
+    for row in rows:
+        if not row.status.is_terminal():  # what a job still going at the deadline was doing
+            task = states[row.job_id].tasks[0]
+            attempts = "; ".join(f"#{a.index} {a.cluster_name} {a.cause or 'no end yet'}" for a in task.attempts)
+            print(f"not finished: job {row.job_id} {row.status.value} ({task.details or '-'}): {attempts}")
 
 
 def main() -> None:

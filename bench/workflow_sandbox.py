@@ -24,7 +24,7 @@ import temporalio.converter
 import temporalio.workflow
 from temporalio.api.common.v1.message_pb2 import Payloads
 from temporalio.api.failure.v1.message_pb2 import Failure
-from temporalio.worker._workflow_instance import WorkflowInstanceDetails
+from temporalio.worker._workflow_instance import WorkflowInstanceDetails, WorkflowRunner
 from temporalio.worker.workflow_sandbox._runner import _fake_info
 
 from tsky.worker.main import workflow_runner
@@ -68,15 +68,22 @@ def _executed_modules() -> Iterator[list[str]]:
         bootstrap_external._LoaderBasics.exec_module = original  # type: ignore[method-assign]
 
 
+def reexecuted_modules(runner: WorkflowRunner, cls: type) -> list[str]:
+    """tsky's modules that each new run of workflow `cls` executes again in its sandbox (call it inside
+    an event loop: the runner binds the instance to the running loop)."""
+    defn = temporalio.workflow._Definition.must_from_class(cls)
+    runner.create_instance(_details(defn))  # the host imports what is passed through, once
+    with _executed_modules() as names:
+        runner.create_instance(_details(defn))
+    return [n for n in names if n.startswith("tsky")]
+
+
 async def main(count: int) -> None:
     runner = workflow_runner()
     print(f"{'workflow':<16} {'KB kept':>8} {'ms CPU':>7}  modules re-executed per run")
     for cls in WORKFLOWS:
         defn = temporalio.workflow._Definition.must_from_class(cls)
-        runner.create_instance(_details(defn))  # the host imports what is passed through, once
-        with _executed_modules() as names:
-            runner.create_instance(_details(defn))
-        tsky_names = [n for n in names if n.startswith("tsky")]
+        tsky_names = reexecuted_modules(runner, cls)
         gc.collect()
         tracemalloc.start()
         start = time.process_time()

@@ -3,6 +3,8 @@ recovered; one that stays silent past both budgets (time and tries) is declared 
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -106,3 +108,76 @@ def test_the_window_needs_both_time_and_tries() -> None:
     assert not window.failed()  # a success resets the count
     slow = watch.ReachabilityWindow(min_elapsed=3600, min_retries=0)
     assert not any(slow.failed() for _ in range(50))  # many tries, not enough time
+
+
+async def watch_claimed_phase(tmp_path: Path, preempted: bool) -> ApplicationError:
+    """A run phase on a real local cluster that a worker claimed (`run-a0.started/`) and was killed before
+    it recorded the pid: what a `kill -9` of the worker between the two leaves on the node."""
+    from tsky.ops.clouds.local import LocalBackend, preempt_cluster
+    from tsky.spec.requests import Candidate
+
+    settings = Settings(home=tmp_path)
+    backend = LocalBackend(settings)
+    local = Candidate(cloud="local", region="local", instance_type="local", vcpus=1, memory_gb=1)
+    inp = phase_input(min_elapsed=1, min_retries=2)
+    cluster = await backend.provision("claimed-1", local, 1, inp.meta)
+    try:
+        agent = backend.node(cluster, 0)
+        agent.dir.mkdir(parents=True, exist_ok=True)
+        (agent.dir / f"{inp.key}.started").mkdir()
+        if preempted:
+            preempt_cluster(backend, cluster)
+        with pytest.raises(ApplicationError) as info:
+            await ActivityEnvironment().run(
+                watch.PhaseActivities(settings).run_and_watch, inp.model_copy(update={"cluster": cluster})
+            )
+        return info.value
+    finally:
+        await backend.teardown("claimed-1", cluster)
+
+
+@pytest.mark.asyncio
+async def test_a_phase_claimed_by_a_dead_worker_never_wedges_the_job(tmp_path: Path) -> None:
+    """Seen in the chaos run: the retried watcher failed "claimed but never started" forever, and the job
+    stayed RUNNING although its node had been preempted. Now a start that fails is judged like a status
+    check that fails: a lost node is recovered at once, any other node after the reachability window."""
+    assert (await watch_claimed_phase(tmp_path / "a", preempted=True)).type == ErrorType.CLUSTER_LOST
+    assert (await watch_claimed_phase(tmp_path / "b", preempted=False)).type == ErrorType.UNREACHABLE
+
+
+@pytest.mark.asyncio
+async def test_a_phase_whose_starter_died_before_recording_its_pid_is_attached_to(tmp_path: Path) -> None:
+    """A worker killed after starting a phase but before recording its pid: the phase's wrapper recorded
+    it, so the next watcher attaches to the running phase; the job neither runs twice nor waits to be
+    declared unreachable."""
+    from tsky.ops.clouds.local import LocalBackend
+    from tsky.ops.clouds.phases import PROCESS_TAG_VAR, WRAPPER
+    from tsky.spec.requests import Candidate
+
+    settings = Settings(home=tmp_path)
+    backend = LocalBackend(settings)
+    local = Candidate(cloud="local", region="local", instance_type="local", vcpus=1, memory_gb=1)
+    inp = phase_input(min_elapsed=60, min_retries=5)
+    cluster = await backend.provision("lost-pid-1", local, 1, inp.meta)
+    try:
+        agent = backend.node(cluster, 0)
+        runs = tmp_path / "runs"
+        # What `start_phase` does up to the moment its worker is killed (the layout of phases.py).
+        agent.dir.mkdir(parents=True, exist_ok=True)
+        (agent.dir / f"{inp.key}.started").mkdir()
+        (agent.dir / f"{inp.key}.sh").write_text(f"echo started >> {runs}; sleep 1; echo done")
+        (agent.dir / "wrapper.sh").write_text(WRAPPER)
+        env = {"PATH": os.environ["PATH"], PROCESS_TAG_VAR: f"{agent.tag}:{inp.key}"}
+        wrapper = [str(agent.dir / "wrapper.sh"), str(agent.dir), inp.key, str(agent.workdir)]
+        proc = subprocess.Popen(["bash", *wrapper], env=env, start_new_session=True)
+        started = time.monotonic()
+        result = await ActivityEnvironment().run(
+            watch.PhaseActivities(settings).run_and_watch, inp.model_copy(update={"cluster": cluster})
+        )
+        assert result == watch.PhaseResult(exit_codes=[0])
+        assert time.monotonic() - started < 60  # attached, not declared unreachable after the window
+        assert runs.read_text() == "started\n"
+        assert (agent.dir / f"{inp.key}.pid").read_text().split()[0] == str(proc.pid)
+        proc.wait()
+    finally:
+        await backend.teardown("lost-pid-1", cluster)

@@ -10,6 +10,13 @@ home, so the backend's phase programs really run. Tests play scheduler and node 
 `unschedulable`, `bad_images`, `quota_pods`, `faults` (429 / 5xx answers), `watch_errors` (watches that end
 with an ERROR event, e.g. 410 Gone), `evict()` (evictions, node shutdowns, preemptions), `delete()`.
 
+With `nodes` set (`FakeNode`s), the scheduler is the real one's filter step: a pod is bound to the first
+node whose labels match its nodeSelector, whose NoSchedule/NoExecute taints it tolerates, and whose
+allocatable cpu, memory and extended resources (nvidia.com/gpu, a FUSE device plugin's resource) cover
+its requests plus those of the pods already bound there. A pod that fits nowhere stays Pending with
+PodScheduled False/Unschedulable and a FailedScheduling event (`GET .../events`) saying why, in the
+scheduler's words, and is tried again whenever a pod leaves. Without `nodes`, every pod fits.
+
 Stdlib only; listens on 127.0.0.1 on a free port; `stop()` kills every process a pod ever started.
 """
 
@@ -28,6 +35,8 @@ import subprocess
 import threading
 import time
 import uuid
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -39,6 +48,7 @@ import yaml
 _WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _POD_TAG = "TSKY_FAKE_POD"  # in the environment of every process a fake pod runs
 _PODS = re.compile(r"^/api/v1/(?:namespaces/(?P<ns>[^/]+)/)?pods(?:/(?P<name>[^/]+))?(?:/(?P<sub>exec))?$")
+_EVENTS = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/events$")
 
 
 def _now() -> str:
@@ -85,6 +95,64 @@ def _container_status(container: dict[str, Any], ready: bool, state: dict[str, A
             "ready": ready, "started": ready, "state": state}  # fmt: skip
 
 
+def _quantity(text: str | int | float) -> float:
+    """A Kubernetes quantity (`500m`, `4Gi`, `1G`, `2`) as a number (cores, bytes, devices)."""
+    value = str(text)
+    suffixes = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    for suffix in sorted(suffixes, key=len, reverse=True):
+        if value.endswith(suffix):
+            return float(value[: -len(suffix)]) * suffixes[suffix]
+    return float(value)
+
+
+def _requests(pod: dict[str, Any]) -> dict[str, float]:
+    """What a pod asks of its node: requests, and limits where no request is given (as for extended
+    resources, whose request defaults to the limit)."""
+    total: dict[str, float] = {}
+    for container in pod["spec"]["containers"]:
+        resources = container.get("resources") or {}
+        asked = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
+        for name, amount in asked.items():
+            total[name] = total.get(name, 0.0) + _quantity(amount)
+    return total
+
+
+def _tolerates(tolerations: list[dict[str, Any]], taint: dict[str, Any]) -> bool:
+    for t in tolerations:
+        if t.get("effect") not in (None, "", taint.get("effect")):
+            continue
+        if t.get("operator") == "Exists" and t.get("key") in (None, "", taint.get("key")):
+            return True
+        if t.get("key") == taint.get("key") and t.get("value", "") == taint.get("value", ""):
+            return True
+    return False
+
+
+@dataclass
+class FakeNode:
+    """A node of the fake cluster: what the scheduler matches pods against."""
+
+    name: str
+    allocatable: dict[str, str]  # e.g. {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "2"}
+    labels: dict[str, str] = field(default_factory=dict)
+    taints: list[dict[str, str]] = field(default_factory=list)  # {"key", "value", "effect"}
+
+    def misfit(self, pod: dict[str, Any], used: dict[str, float]) -> str | None:
+        """Why `pod` cannot go on this node (the scheduler's wording), or None when it fits."""
+        spec = pod["spec"]
+        if any(self.labels.get(k) != v for k, v in (spec.get("nodeSelector") or {}).items()):
+            return "node(s) didn't match Pod's node affinity/selector"
+        for taint in self.taints:
+            if taint.get("effect") in ("NoSchedule", "NoExecute") and not _tolerates(
+                spec.get("tolerations") or [], taint
+            ):
+                return f"node(s) had untolerated taint {{{taint['key']}: {taint.get('value', '')}}}"
+        for name, amount in sorted(_requests(pod).items()):
+            if used.get(name, 0.0) + amount > _quantity(self.allocatable.get(name, 0)) + 1e-9:
+                return f"Insufficient {name}"
+        return None
+
+
 def _ws_frame(opcode: int, payload: bytes) -> bytes:
     n = len(payload)
     if n < 126:
@@ -114,6 +182,8 @@ class FakeKube:
         self.faults: dict[str, list[int]] = {}
         # HTTP codes the next watches end with, as an ERROR event (410: the resourceVersion is too old)
         self.watch_errors: list[int] = []
+        self.nodes: list[FakeNode] | None = None  # None: every pod fits (no scheduling)
+        self.scheduling_events: list[dict[str, Any]] = []  # core/v1 Events the scheduler wrote
         self.server: ThreadingHTTPServer | None = None
 
     # -- life cycle --------------------------------------------------------------------------------
@@ -264,15 +334,15 @@ class FakeKube:
                 return
             status = pod["status"]
             container = pod["spec"]["containers"][0]
-            if self.unschedulable:
-                status["conditions"] = [
-                    {
-                        "type": "PodScheduled",
-                        "status": "False",
-                        "reason": "Unschedulable",
-                        "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
-                    }
-                ]
+            unschedulable = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu." if self.unschedulable else None
+            if unschedulable is None and self.nodes is not None and not pod["spec"].get("nodeName"):
+                unschedulable = self._bind(pod)
+            if unschedulable is not None:
+                condition = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}
+                if status["conditions"] == [{**condition, "message": unschedulable}]:
+                    return  # tried again, still no room: nothing changed
+                status["conditions"] = [{**condition, "message": unschedulable}]
+                self._failed_scheduling(pod, unschedulable)
             elif container["image"] in self.bad_images:
                 status["conditions"] = [{"type": "PodScheduled", "status": "True"}]
                 waiting = {"reason": "ErrImagePull", "message": f'failed to pull image "{container["image"]}"'}
@@ -284,6 +354,50 @@ class FakeKube:
                 status["conditions"] = [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "True"}]
                 status["containerStatuses"] = [_container_status(container, True, {"running": {"startedAt": _now()}})]
             self._event("MODIFIED", pod)
+
+    def _bind(self, pod: dict[str, Any]) -> str | None:
+        """The scheduler's filter step (module docstring): binds `pod` to the first node it fits, or
+        returns the FailedScheduling message."""
+        assert self.nodes is not None
+        why: Counter[str] = Counter()
+        for node in self.nodes:
+            used: dict[str, float] = {}
+            for other in self.pods.values():
+                if other["spec"].get("nodeName") == node.name and other["status"]["phase"] in ("Pending", "Running"):
+                    for name, amount in _requests(other).items():
+                        used[name] = used.get(name, 0.0) + amount
+            misfit = node.misfit(pod, used)
+            if misfit is None:
+                pod["spec"]["nodeName"] = node.name
+                return None
+            why[misfit] += 1
+        reasons = ", ".join(f"{n} {r}" for r, n in sorted(why.items()))
+        total = len(self.nodes)
+        preemption = f"preemption: 0/{total} nodes are available: {total} Preemption is not helpful for scheduling."
+        return f"0/{total} nodes are available: {reasons}. {preemption}"
+
+    def _failed_scheduling(self, pod: dict[str, Any], message: str) -> None:
+        meta = pod["metadata"]
+        self.scheduling_events.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:16]}", "namespace": meta["namespace"]},
+                "involvedObject": {
+                    "kind": "Pod",
+                    "name": meta["name"],
+                    "namespace": meta["namespace"],
+                    "uid": meta["uid"],
+                },
+                "type": "Warning",
+                "reason": "FailedScheduling",
+                "message": message,
+                "source": {"component": "default-scheduler"},
+                "firstTimestamp": _now(),
+                "lastTimestamp": _now(),
+                "count": 1,
+            }
+        )
 
     def _delete(self, pod: dict[str, Any]) -> None:
         if pod["metadata"].get("deletionTimestamp"):
@@ -302,6 +416,8 @@ class FakeKube:
             shutil.rmtree(self._home(pod), ignore_errors=True)
             del self.pods[(namespace, name)]
             self._event("DELETED", pod)
+        if self.nodes is not None:
+            self.schedule_pending()  # the room it leaves may fit a waiting pod
 
     def _kill(self, pod: dict[str, Any]) -> None:
         needle = f"{_POD_TAG}={pod['metadata']['uid']}".encode()
@@ -323,6 +439,16 @@ class FakeKube:
         if code == 429:
             return 429, _status(429, "TooManyRequests", "Too many requests, please try again later.")
         return code, _status(code, "InternalError", "Internal error occurred: etcdserver: request timed out")
+
+    def events_list(self, namespace: str) -> dict[str, Any]:
+        with self.cond:
+            items = [copy.deepcopy(e) for e in self.scheduling_events if e["metadata"]["namespace"] == namespace]
+            return {
+                "kind": "EventList",
+                "apiVersion": "v1",
+                "metadata": {"resourceVersion": str(self.rv)},
+                "items": items,
+            }
 
     def list(self, namespace: str | None, selector: str) -> dict[str, Any]:
         terms = _selector(selector)
@@ -368,6 +494,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         match, query = self._route()
+        if match is None and (events := _EVENTS.match(urlsplit(self.path).path)):
+            self._send(200, self.kube.events_list(events["ns"]))
+            return
         if match is None:
             self._send(404, _status(404, "NotFound", f"the server could not find {self.path}"))
             return

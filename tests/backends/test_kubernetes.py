@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.backends.fake_k8s import FakeKube
+from tests.backends.fake_k8s import FakeKube, FakeNode
 from tsky.contract.activity_io import ClusterInfo, JobMeta
 from tsky.ops.clouds.base import CapacityError, PhaseStatus, PrecheckError
 from tsky.ops.clouds.kubernetes import KubernetesBackend
@@ -240,3 +240,88 @@ async def test_resource_labels_become_pod_labels(kube: FakeKube, tmp_path: Path)
     assert labels["team"] == "ml"
     assert labels["tsky-cluster"] == "lab-7"  # tsky's own label (the sweeper's) wins a clash
     await backend.teardown("lab-7", info)
+
+
+async def test_a_task_that_mounts_a_bucket_gets_fuse_in_its_pods(kube: FakeKube, tmp_path: Path) -> None:
+    """SkyPilot's recipe by default (its fuse device manager's resource, CAP_SYS_ADMIN, no AppArmor), a
+    privileged container when configured, and a precheck failure when the cluster has no FUSE."""
+    from tsky.ops.planning import plan_for_task
+    from tsky.spec.loader import load_pipeline
+
+    plain = {"cpu": "8", "memory": "32Gi"}
+    kube.nodes = [FakeNode("no-fuse", plain), FakeNode("fuse", {**plain, "smarter-devices/fuse": "20"})]
+    yaml = "resources: {{infra: k8s}}\nfile_mounts:\n  /ckpt: {{source: 's3://ckpt', mode: {mode}}}\nrun: ls /ckpt\n"
+    s = settings(tmp_path)
+    [mounted] = plan_for_task(load_pipeline(yaml.format(mode="MOUNT")).tasks[0], s).candidates
+    [copied] = plan_for_task(load_pipeline(yaml.format(mode="COPY")).tasks[0], s).candidates
+    assert mounted.fuse and not copied.fuse
+
+    backend = KubernetesBackend(s)
+    info = await backend.provision("fuse-1", mounted, 1, meta(1))
+    pod = kube.pod(info.nodes[0].host_id, "tsky")
+    assert pod is not None
+    container = pod["spec"]["containers"][0]
+    assert container["resources"]["limits"]["smarter-devices/fuse"] == "1"
+    assert container["securityContext"] == {"capabilities": {"add": ["SYS_ADMIN"]}}
+    assert pod["metadata"]["annotations"] == {"container.apparmor.security.beta.kubernetes.io/tsky": "unconfined"}
+    assert pod["spec"]["nodeName"] == "fuse"  # only that node's device plugin offers /dev/fuse
+    plain_info = await backend.provision("plain-2", copied, 1, meta(2))
+    plain_pod = kube.pod(plain_info.nodes[0].host_id, "tsky")
+    assert plain_pod is not None and "securityContext" not in plain_pod["spec"]["containers"][0]
+    assert plain_pod["spec"]["nodeName"] == "no-fuse"
+
+    kube.nodes = [FakeNode("no-fuse", plain)]
+    with pytest.raises(CapacityError, match=r"Insufficient smarter-devices/fuse.*kubernetes\.fuse_device"):
+        await backend.provision("fuse-3", mounted, 1, meta(3))
+
+    privileged = KubernetesBackend(settings(tmp_path, fuse_device="privileged"))
+    priv_info = await privileged.provision("priv-4", mounted, 1, meta(4))
+    priv_pod = kube.pod(priv_info.nodes[0].host_id, "tsky")
+    assert priv_pod is not None and priv_pod["spec"]["containers"][0]["securityContext"] == {"privileged": True}
+
+    without = KubernetesBackend(settings(tmp_path, fuse_device="none"))
+    with pytest.raises(PrecheckError, match=r"needs FUSE in the pod, but kubernetes\.fuse_device is none"):
+        await without.provision("none-5", mounted, 1, meta(5))
+    for name in ("fuse-1", "plain-2", "fuse-3", "priv-4", "none-5"):
+        await backend.teardown(name, None)
+    assert kube.pod_names() == []
+
+
+async def test_scheduling_honours_requests_gpus_selectors_and_taints(kube: FakeKube, tmp_path: Path) -> None:
+    """A pod that fits on no node stays Pending (FailedScheduling, in the scheduler's words): after
+    `provision_timeout` that is no capacity here, and the launch tries its next candidate."""
+    spot_t4 = FakeNode(
+        "spot-t4",
+        {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "1"},
+        labels={"cloud.google.com/gke-spot": "true", "skypilot.co/accelerator": "t4"},
+        taints=[{"key": "spot", "value": "true", "effect": "NoSchedule"}],
+    )
+    kube.nodes = [FakeNode("cpu-4", {"cpu": "4", "memory": "16Gi"}), spot_t4]
+    backend = KubernetesBackend(settings(tmp_path))
+
+    two = await backend.provision("two-1", candidate(), 2, meta(1))  # 2 CPUs each: cpu-4 is full
+    assert {kube.pod(n.host_id, "tsky")["spec"]["nodeName"] for n in two.nodes} == {"cpu-4"}  # type: ignore[index]
+    with pytest.raises(CapacityError) as full:
+        await backend.provision("third-2", candidate(), 1, meta(2))
+    assert "Insufficient cpu" in str(full.value) and "untolerated taint {spot: true}" in str(full.value)
+    [event] = [e for e in kube.scheduling_events if e["involvedObject"]["name"].startswith("third-2-")]
+    assert event["reason"] == "FailedScheduling" and "Insufficient cpu" in event["message"]
+    await backend.teardown("third-2", None)
+
+    gpu = candidate(use_spot=True, accelerator="T4", accelerator_count=1)
+    on_gpu = await backend.provision("gpu-3", gpu, 1, meta(3))  # selector, toleration and the GPU all match
+    assert kube.pod(on_gpu.nodes[0].host_id, "tsky")["spec"]["nodeName"] == "spot-t4"  # type: ignore[index]
+    with pytest.raises(CapacityError, match=r"Insufficient nvidia\.com/gpu"):
+        await backend.provision("gpu-4", gpu, 1, meta(4))
+    with pytest.raises(CapacityError, match=r"didn't match Pod's node affinity/selector"):
+        await backend.provision("a100-5", candidate(accelerator="A100", accelerator_count=1), 1, meta(5))
+    for name in ("gpu-4", "a100-5"):
+        await backend.teardown(name, None)
+
+    # The room deleted pods leave is used again.
+    await backend.teardown("two-1", two)
+    again = await backend.provision("third-6", candidate(), 1, meta(6))
+    assert kube.pod(again.nodes[0].host_id, "tsky")["spec"]["nodeName"] == "cpu-4"  # type: ignore[index]
+    for name, info in (("gpu-3", on_gpu), ("third-6", again)):
+        await backend.teardown(name, info)
+    assert kube.pod_names() == []

@@ -9,11 +9,11 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from tsky.contract.activity_io import ActivityName
-    from tsky.contract.names import Signal
+    from tsky.contract.names import Signal, WorkflowType
     from tsky.contract.scheduling import SCHEDULER_WORKFLOW_ID, SlotRequest
 
 
-@workflow.defn(name="ManagedJob")
+@workflow.defn(name=WorkflowType.MANAGED_JOB)
 class SlotOnlyJob:
     def __init__(self) -> None:
         self.granted = False

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.backends.fake_k8s import FakeKube
+from tests.backends.fake_k8s import FakeKube, FakeNode
 from tests.harness import TskyEnv, wait_until
 from tests.integration.test_jobs_cli import queue_json, wait_status
 
@@ -96,3 +96,38 @@ run: |
     assert "recovering: Cluster preempted" in controller and "unreachable" not in controller
     assert "kube-steps-1-r1" in controller and "torn down" in controller
     assert kube.pod_names() == []
+
+
+def test_pods_that_fit_no_node_mean_no_capacity_and_the_next_candidate_runs(tsky_env: TskyEnv, kube: FakeKube) -> None:
+    kube.nodes = [FakeNode("small", {"cpu": "2", "memory": "8Gi"})]
+    tsky_env.start_worker()
+    job = tsky_env.write(
+        "big.yaml",
+        "name: big\nresources:\n  ordered:\n    - {infra: k8s/fake-ctx, cpus: 16}\n    - {infra: local}\n"
+        "run: echo ran here\n",
+    )
+    result = tsky_env.tsky("jobs", "launch", "-y", str(job))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ran here" in result.stdout
+    [row] = queue_json(tsky_env)
+    assert "Local" in str(row["infra"] or row["tasks"]), row
+    # The pod was tried first, stayed Pending for want of CPUs, and was deleted before the next candidate.
+    [event] = kube.scheduling_events
+    assert event["reason"] == "FailedScheduling" and "1 Insufficient cpu" in event["message"]
+    assert kube.pod_names() == []
+
+
+def test_a_bucket_mount_on_a_cluster_without_fuse_fails_prechecks(tsky_env: TskyEnv, kube: FakeKube) -> None:
+    tsky_env.configure({"kubernetes": {"provision_timeout": 2, "fuse_device": "none"}})
+    tsky_env.start_worker()
+    job = tsky_env.write(
+        "ckpt.yaml",
+        "name: ckpt\nresources: {infra: k8s/fake-ctx}\nfile_mounts:\n  /checkpoint:\n    source: s3://ckpt\n"
+        "    mode: MOUNT\nrun: ls /checkpoint\n",
+    )
+    result = tsky_env.tsky("jobs", "launch", "-y", str(job))
+    assert result.returncode == 100 and "FAILED_PRECHECKS" in result.stdout, result.stdout + result.stderr
+    [row] = queue_json(tsky_env)
+    reason = str(row["tasks"][0]["failure_reason"])  # type: ignore[index]
+    assert "needs FUSE in the pod, but kubernetes.fuse_device is none" in reason, reason
+    assert not [kind for _, kind, _ in kube.events if kind == "ADDED"]  # no pod was ever made

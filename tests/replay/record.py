@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 from temporalio import activity
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
@@ -33,7 +34,14 @@ from temporalio.worker import Worker
 from tests.harness import DevServer
 from tests.replay.examples import child_workflow_example
 from tests.workflows.fakes import LOST, PRECHECK, UNREACHABLE, FakeCloud, ended_jobs, serving, time_skipping_env
-from tests.workflows.test_pool_workflow import LOSE_WHEN_IDLE, POOL, apply_pool, run_pool_job, watch_cluster
+from tests.workflows.test_pool_workflow import (
+    LOSE_WHEN_IDLE,
+    POOL,
+    FlakyLaunchCloud,
+    apply_pool,
+    run_pool_job,
+    watch_cluster,
+)
 from tests.workflows.test_recovery_table import CKPT_JOB, SPOT_JOB, request
 from tests.workflows.test_teardown import FlakyTeardownCloud
 from tsky.activities.job_ids import JobIdActivities
@@ -66,9 +74,6 @@ from tsky.workflows.scheduler import SchedulerWorkflow
 from tsky.workflows.sweeper import SweeperState, SweeperWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
-JOB = "ManagedJob"
-SCHEDULER = "TskyScheduler"
-SWEEPER = "TskySweeper"
 # The user's parent workflow of examples/child_workflow.py (not registered by tsky's worker).
 PARENT = "TrainThenEval"
 PARENT_QUEUE = "train-then-eval"
@@ -178,7 +183,7 @@ def job(yaml_text: str, **update: Any) -> Run:
     async def run(world: World) -> None:
         handle = await start_job(world, yaml_text, **update)
         await handle.result()
-        world.keep(JOB, "", handle)
+        world.keep(WorkflowType.MANAGED_JOB, "", handle)
 
     return run
 
@@ -206,7 +211,7 @@ async def _cancelled(world: World, grace_seconds: float | None = None) -> None:
         await handle.signal(Signal.GRACEFUL_CANCEL, GracefulCancel(grace_seconds=grace_seconds))
     await handle.cancel()
     await expect_cancelled(handle)
-    world.keep(JOB, "", handle)
+    world.keep(WorkflowType.MANAGED_JOB, "", handle)
 
 
 async def _cancelled_in_backoff(world: World) -> None:
@@ -219,7 +224,7 @@ async def _cancelled_in_backoff(world: World) -> None:
         )
         await handle.cancel()
     await expect_cancelled(handle)
-    world.keep(JOB, "", handle)
+    world.keep(WorkflowType.MANAGED_JOB, "", handle)
 
 
 async def _cancelled_in_recovery(world: World) -> None:
@@ -230,7 +235,7 @@ async def _cancelled_in_recovery(world: World) -> None:
         await wait_for("a relaunch in backoff", lambda: _launches(world.cloud, 2))
         await handle.cancel()
     await expect_cancelled(handle)
-    world.keep(JOB, "", handle)
+    world.keep(WorkflowType.MANAGED_JOB, "", handle)
 
 
 async def _cancelled_in_setup(world: World) -> None:
@@ -244,7 +249,7 @@ async def _cancelled_in_setup(world: World) -> None:
         await wait_for("CANCELLING", lambda: _status_is(handle, ManagedJobStatus.CANCELLING))
         gate.set()
     await expect_cancelled(handle)
-    world.keep(JOB, "", handle)
+    world.keep(WorkflowType.MANAGED_JOB, "", handle)
 
 
 # Lifecycle limits (tsky.workflows.job_limits). A watcher heartbeats in real time, so hours skipped under it
@@ -308,12 +313,12 @@ async def _files_and_cleanup(world: World) -> None:
     handle = await start_job(world, FILES, pipeline=pipeline, uploads=[UploadLocation(bucket=UPLOADED)])
     await handle.result()
     assert world.cloud.syncs and world.cloud.cleanups
-    world.keep(JOB, "", handle)
+    world.keep(WorkflowType.MANAGED_JOB, "", handle)
 
 
 async def _pool_missing(world: World) -> None:
     await run_pool_job(world.client, "name: j\nrun: echo hi\n", pool="nope")
-    world.keep(JOB, "", world.client.get_workflow_handle(job_workflow_id(1)))
+    world.keep(WorkflowType.MANAGED_JOB, "", world.client.get_workflow_handle(job_workflow_id(1)))
 
 
 # -- the scheduler -----------------------------------------------------------------------------------------
@@ -328,8 +333,8 @@ async def _scheduled(world: World, priorities: tuple[int, ...] = (0, 0)) -> None
         await handle.result()
     scheduler = world.client.get_workflow_handle(SCHEDULER_WORKFLOW_ID)
     await scheduler.terminate("recording done")
-    world.keep(SCHEDULER, "", scheduler)
-    world.keep(JOB, "job", jobs[1])
+    world.keep(WorkflowType.SCHEDULER, "", scheduler)
+    world.keep(WorkflowType.MANAGED_JOB, "job", jobs[1])
 
 
 LIMITED = request(SPOT_JOB).policy.model_copy(update={"max_running_jobs": 1})
@@ -355,8 +360,44 @@ async def _scheduler_continues_as_new_then_reconciles(world: World) -> None:
     await expect_cancelled(second)
     await world.client.get_workflow_handle(SCHEDULER_WORKFLOW_ID).terminate("recording done")
     chain = await runs(world.client, SCHEDULER_WORKFLOW_ID, start.first_execution_run_id)
-    world.keep(SCHEDULER, "first_run", chain[0])
-    world.keep(SCHEDULER, "next_run", chain[1])
+    world.keep(WorkflowType.SCHEDULER, "first_run", chain[0])
+    world.keep(WorkflowType.SCHEDULER, "next_run", chain[1])
+
+
+async def _late_waiter_reconciled(world: World) -> None:
+    """Job 1 takes the slot while no job waits; job 2 comes to wait after that, and job 1 is terminated
+    (no release): the reconcile timer armed for job 2's wait finds job 1 ended and grants job 2 (patch
+    scheduler-reconciles-late-waiters)."""
+    await world.client.start_workflow(
+        SchedulerWorkflow.run, SchedulerState(reconcile_seconds=1), id=SCHEDULER_WORKFLOW_ID, task_queue=CONTROL_QUEUE
+    )
+    scheduler = world.client.get_workflow_handle(SCHEDULER_WORKFLOW_ID)
+    first = await start_job(world, SPOT_JOB, 1, policy=LIMITED)
+    await asyncio.wait_for(world.cloud.run_started.wait(), 30)
+    # Job 2 must come after the scheduler went back to sleep with no waiter (else it is seen at once).
+    await wait_for("the scheduler asleep after its grant", lambda: _asleep_after_grant(scheduler))
+    second = await start_job(world, SPOT_JOB, 2, policy=LIMITED)
+    await wait_for("job 2 waiting", lambda: _waiting(scheduler, 2))
+    await first.terminate("the holder dies without a word")
+    await wait_for("job 2 running", lambda: _running(second))
+    await second.cancel()
+    await expect_cancelled(second)
+    await scheduler.terminate("recording done")
+    world.keep(WorkflowType.SCHEDULER, "", scheduler)
+
+
+async def _asleep_after_grant(scheduler: Handle) -> bool:
+    """The scheduler's last workflow task completed after its grant was delivered: it waits again."""
+    events = (await scheduler.fetch_history()).events
+    delivered = [
+        e.event_id for e in events if e.event_type == EventType.EVENT_TYPE_EXTERNAL_WORKFLOW_EXECUTION_SIGNALED
+    ]
+    last = events[-1]
+    return (
+        bool(delivered)
+        and last.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+        and last.event_id > delivered[-1]
+    )
 
 
 async def _waiting(scheduler: Handle, job_id: int) -> bool:
@@ -378,47 +419,48 @@ async def _registry(world: World) -> None:
         await allocate_job_ids(world.client, count)
     handle = world.client.get_workflow_handle(ID_REGISTRY_WORKFLOW_ID)
     await handle.terminate("recording done")
-    world.keep("TskyIdRegistry", "", handle)
+    world.keep(WorkflowType.ID_REGISTRY, "", handle)
 
 
 _sweeps = 0
+_sweep_interval = 60.0  # what each sweep asks for (the worker's jobs.sweeper.interval_seconds)
 
 
 @activity.defn(name=ActivityName.SWEEP)
 async def _sweep(inp: SweepInput) -> SweepResult:
-    """A failed sweep, then one that finds an orphan, then sweeps that tear it down (quickly: the next
-    sweep is due in a second, so the dev-server scenario reaches its continue-as-new soon)."""
+    """A failed sweep, then one that finds an orphan, then sweeps that tear it down."""
     global _sweeps
     _sweeps += 1
     if _sweeps == 1:
         raise ApplicationError("the cloud API is down", non_retryable=True)
     if _sweeps == 2:
-        return SweepResult(orphans_since={"local/local/old-1": 100.0}, next_sweep_seconds=60)
-    return SweepResult(torn_down=["local/local/old-1"], next_sweep_seconds=1)
+        return SweepResult(orphans_since={"local/local/old-1": 100.0}, next_sweep_seconds=_sweep_interval)
+    return SweepResult(torn_down=["local/local/old-1"], next_sweep_seconds=_sweep_interval)
 
 
 async def _swept(world: World) -> None:
-    global _sweeps
-    _sweeps = 0
+    global _sweeps, _sweep_interval
+    _sweeps, _sweep_interval = 0, 60
     handle = await world.client.start_workflow(
         SweeperWorkflow.run, SweeperState(interval_seconds=60), id=SWEEPER_WORKFLOW_ID, task_queue=CONTROL_QUEUE
     )
     await world.sleep(200)  # a failed sweep, then two that report an orphan and tear it down
     await handle.terminate("recording done")
-    world.keep(SWEEPER, "", handle)
+    world.keep(WorkflowType.SWEEPER, "", handle)
 
 
 async def _sweeper_continues_as_new(world: World) -> None:
-    global _sweeps
-    _sweeps = 2  # every sweep tears down and asks for the next in a second
+    global _sweeps, _sweep_interval
+    # Every sweep tears down and asks for the next in a second: the dev server suggests continue-as-new soon.
+    _sweeps, _sweep_interval = 2, 1
     start = await world.client.start_workflow(
         SweeperWorkflow.run, SweeperState(interval_seconds=1), id=SWEEPER_WORKFLOW_ID, task_queue=CONTROL_QUEUE
     )
     await wait_for("a second run", lambda: _has_runs(world.client, SWEEPER_WORKFLOW_ID, start, 2), 120)
     await world.client.get_workflow_handle(SWEEPER_WORKFLOW_ID).terminate("recording done")
     chain = await runs(world.client, SWEEPER_WORKFLOW_ID, start.first_execution_run_id)
-    world.keep(SWEEPER, "first_run", chain[0])
-    world.keep(SWEEPER, "next_run", chain[1])
+    world.keep(WorkflowType.SWEEPER, "first_run", chain[0])
+    world.keep(WorkflowType.SWEEPER, "next_run", chain[1])
 
 
 async def _has_runs(client: Client, workflow_id: str, start: Handle, count: int) -> bool:
@@ -434,7 +476,7 @@ async def _pooled(world: World) -> None:
     await run_pool_job(world.client, "name: j\nrun: x\nresources:\n  job_recovery:\n    max_restarts_on_errors: 1\n")
     await down(world)
     keep_pool(world, 1)
-    world.keep(JOB, "job", world.client.get_workflow_handle(job_workflow_id(1)))
+    world.keep(WorkflowType.MANAGED_JOB, "job", world.client.get_workflow_handle(job_workflow_id(1)))
 
 
 async def _worker_lost_under_a_job(world: World) -> None:
@@ -443,7 +485,7 @@ async def _worker_lost_under_a_job(world: World) -> None:
     await wait_for("a replacement READY", lambda: _ready_workers(world.client, 2))
     await down(world)
     keep_pool(world)
-    world.keep(JOB, "job", world.client.get_workflow_handle(job_workflow_id(1)))
+    world.keep(WorkflowType.MANAGED_JOB, "job", world.client.get_workflow_handle(job_workflow_id(1)))
     lost = (await job_state(world.client.get_workflow_handle(job_workflow_id(1)))).tasks[0].attempts[0]
     worker_id = int((lost.cluster_name or "").rsplit("-w", 1)[1])
     world.keep(WorkflowType.POOL_WORKER, "", world.client.get_workflow_handle(pool_worker_workflow_id("p", worker_id)))
@@ -460,6 +502,16 @@ async def _idle_worker_lost(world: World) -> None:
     await wait_for("worker 1 replaced", lambda: workers_are(world.client, [(2, "READY"), (3, "READY")]))
     await down(world)
     keep_pool(world, 1)
+
+
+async def _worker_launch_errors(world: World) -> None:
+    """The worker's launch activity fails past its retries (a cloud outage): it backs off and comes up."""
+    await apply_pool(world.client, "pool:\n  workers: 1\nsetup: echo warm\n")
+    await run_pool_job(world.client, "name: j\nrun: echo hi\n")
+    await down(world)
+    assert len(world.cloud.launches) == 1  # the second launch activity; the first never answered
+    worker = world.client.get_workflow_handle(pool_worker_workflow_id("p", 1))
+    world.keep(WorkflowType.POOL_WORKER, "", worker)
 
 
 async def _setup_fails(world: World) -> None:
@@ -565,7 +617,7 @@ async def _down_while_a_job_waits(world: World) -> None:
     await down(world)
     await job_handle.result()
     keep_pool(world, 1)
-    world.keep(JOB, "job", job_handle)
+    world.keep(WorkflowType.MANAGED_JOB, "job", job_handle)
 
 
 async def _pool_terminated(world: World) -> None:
@@ -643,7 +695,7 @@ def parent(how: str) -> Run:
                     await handle.cancel()
                     await expect_cancelled(handle)
         world.keep(PARENT, "", handle)
-        world.keep(JOB, "train_job", world.client.get_workflow_handle(job_workflow_id(1)))
+        world.keep(WorkflowType.MANAGED_JOB, "train_job", world.client.get_workflow_handle(job_workflow_id(1)))
 
     return run
 
@@ -679,6 +731,7 @@ SCENARIOS: list[Scenario] = [
     Scenario("failed_prechecks_bucket_cannot_mount", job(CKPT_JOB), cloud(sync_script=[PRECHECK])),
     Scenario("teardown_gave_up", job(SPOT_JOB), lambda: FlakyTeardownCloud(failures=-1)),
     Scenario("pool_does_not_exist", _pool_missing),
+    Scenario("launch_errors_then_backs_off", job(SPOT_JOB), lambda: FlakyLaunchCloud(failures=3)),
     Scenario("preempted_during_setup", job(SETUP), cloud(setup_script=[LOST, [0]])),
     Scenario("setup_failed", job(SETUP), cloud(setup_script=[[2]])),
     Scenario("no_recovery_fails_on_preemption", job(NO_RECOVERY), cloud(run_script=[LOST])),
@@ -716,12 +769,14 @@ SCENARIOS: list[Scenario] = [
         _scheduler_continues_as_new_then_reconciles,
         cloud(run_blocks=True),
     ),
+    Scenario("late_waiter_reconciled", _late_waiter_reconciled, cloud(run_blocks=True)),
     Scenario("sweeps_fail_then_tear_down", _swept),
     Scenario("sweeper_continues_as_new", _sweeper_continues_as_new, suggest_continue_as_new_after=40),
     # pools
     Scenario("job_restarts_on_a_worker_then_down", _pooled, cloud(run_script=[[1], [0]])),
     Scenario("worker_lost_under_a_job", _worker_lost_under_a_job, cloud(run_script=[LOST, [0]])),
     Scenario("idle_worker_preempted", _idle_worker_lost),
+    Scenario("worker_launch_errors_then_backs_off", _worker_launch_errors, lambda: FlakyLaunchCloud(failures=3)),
     Scenario("setup_fails_three_times", _setup_fails, cloud(setup_script=[[1], [1], [1]])),
     Scenario("rolling_update", _rolling_update),
     Scenario("resized_down_then_up", _resized),

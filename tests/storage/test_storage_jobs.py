@@ -5,7 +5,11 @@ check that the host never sees the job's files there (they exist only in the job
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -272,3 +276,47 @@ def test_upload_configuration_errors_are_clear_and_submit_nothing(tsky_env: Tsky
     result = tsky_env.tsky("jobs", "launch", "-y", str(nameless))
     assert result.returncode == 2 and "needs a `name`" in result.stderr, result.stderr
     assert queue_json(tsky_env) == []
+
+
+def test_special_files_in_uploads_are_skipped_with_a_warning_or_refused_when_named(tsky_env: TskyEnv) -> None:
+    """A socket or named pipe inside the workdir or a mounted directory (git's fsmonitor socket in `.git`,
+    a dev server's socket) is skipped with a warning, as rsync and `aws s3 sync` do; one named directly as
+    a file mount's source is a usage error, since the mount could not be made."""
+    with special_files(tsky_env) as project:
+        tsky_env.start_worker()
+        launch_skipping_special_files(tsky_env, project)
+
+        named = tsky_env.write(
+            "named.yaml", f"name: n\nfile_mounts:\n  /tmp/events: {project}/cfg/events.fifo\nrun: ls\n"
+        )
+        result = tsky_env.tsky("jobs", "launch", "-y", str(named), timeout=60)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "Traceback" not in result.stderr
+        assert f"{project}/cfg/events.fifo" in result.stderr and "named pipe" in result.stderr, result.stderr
+        assert len(queue_json(tsky_env)) == 1  # only the first job: nothing started for the refused one
+
+
+def test_special_files_are_skipped_in_uploads_through_a_bucket(tsky_env: TskyEnv, moto_s3: Emulator) -> None:
+    with special_files(tsky_env) as project:
+        tsky_env.start_worker()
+        assert "temporary s3 bucket" in launch_skipping_special_files(tsky_env, project)
+
+
+@contextmanager
+def special_files(env: TskyEnv) -> Iterator[Path]:
+    """`local_files`' project with a listening socket in `.git` and a named pipe in a mounted directory."""
+    project, _ = local_files(env)
+    (project / ".git").mkdir()
+    os.mkfifo(project / "cfg" / "events.fifo")
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(project / ".git" / "fsmonitor--daemon.ipc"))
+        yield project
+
+
+def launch_skipping_special_files(env: TskyEnv, project: Path) -> str:
+    result = env.tsky("jobs", "launch", "-y", str(project / "files.yaml"), cwd=project, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert_files_reached_the_job(result.stdout)
+    for skipped in (project / ".git" / "fsmonitor--daemon.ipc", project / "cfg" / "events.fifo"):
+        assert f"Skipping {skipped}" in result.stderr, result.stderr
+    return result.stdout

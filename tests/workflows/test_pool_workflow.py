@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pytest
@@ -16,7 +17,7 @@ from temporalio.testing import WorkflowEnvironment
 from tests.workflows.fakes import LOST, FakeCloud
 from tests.workflows.fakes import running as fakes_running
 from tsky.client.pools import fingerprint
-from tsky.contract.activity_io import ActivityName, WatchClusterInput
+from tsky.contract.activity_io import ActivityName, LaunchInput, LaunchResult, WatchClusterInput
 from tsky.contract.ids import CONTROL_QUEUE, job_workflow_id, pool_workflow_id
 from tsky.contract.job import JobRequest, JobResult
 from tsky.contract.pool_state import PoolApply, PoolSnapshot, PoolState
@@ -151,5 +152,36 @@ async def test_an_idle_worker_preempted_is_torn_down_and_replaced() -> None:
             await asyncio.sleep(0.05)
         assert sorted((w.worker_id, w.status.value) for w in pool.workers) == [(2, "READY"), (3, "READY")]
         assert cloud.torn_down == ["p-w1"]
+        await down(env.client)
+    assert cloud.live_clusters() == set()
+
+
+@dataclass
+class FlakyLaunchCloud(FakeCloud):
+    """A backend whose launch API errors `failures` times (an outage) before it works again."""
+
+    failures: int = 0
+
+    @activity.defn(name=ActivityName.LAUNCH)
+    async def launch(self, inp: LaunchInput) -> LaunchResult:
+        if self.failures > 0:
+            self.failures -= 1
+            raise RuntimeError("cloud API: 503 Service Unavailable")
+        return await super().launch(inp)
+
+
+async def test_a_worker_whose_launch_errors_past_its_retries_backs_off_and_comes_up() -> None:
+    # The first launch activity of one worker fails all three of its tries: like a job, the worker waits
+    # out the launch backoff and tries again, instead of dying with whatever the failed tries left behind.
+    cloud = FlakyLaunchCloud(failures=3)
+    async with running(cloud) as env:
+        await apply_pool(env.client, "pool:\n  workers: 1\nsetup: echo warm\n")
+        # Time skips while the job waits. (Before, the worker's workflow failed and the job waited for ever.)
+        result = await asyncio.wait_for(run_pool_job(env.client, "name: j\nrun: echo hi\n"), timeout=120)
+        assert result.status is S.SUCCEEDED
+        assert [a.cluster_name for a in result.tasks[0].attempts] == ["p-w1"]
+        pool = await snapshot(env.client)
+        assert [(w.worker_id, w.status.value) for w in pool.workers] == [(1, "READY")]
+        assert len(cloud.launches) == 1  # the second activity; the first never got an answer
         await down(env.client)
     assert cloud.live_clusters() == set()

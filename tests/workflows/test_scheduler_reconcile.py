@@ -21,12 +21,6 @@ from tsky.workflows.scheduler import SchedulerWorkflow
 pytestmark = pytest.mark.asyncio
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="scheduler bug found while recording replay histories: the reconcile timer is armed only when "
-    "the scheduler starts waiting with every slot held, so a job that starts waiting afterwards never "
-    "gets the slot of a holder that was terminated (until some continue-as-new)",
-)
 async def test_a_job_waiting_behind_a_terminated_holder_gets_its_slot() -> None:
     cloud = FakeCloud(run_blocks=True)  # job 1 holds its slot until it is terminated
     async with running(cloud, control=[request_slot, ended_jobs]) as env:

@@ -22,7 +22,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from tsky.contract.activity_io import ActivityName, AllocateJobInput, AllocateJobResult, JobResultInput
 from tsky.contract.ids import CONTROL_QUEUE, ID_REGISTRY_WORKFLOW_ID, job_workflow_id, user_hash
 from tsky.contract.job import JobPolicy, JobResult, JobState, job_result
-from tsky.contract.names import Update, WorkflowType
+from tsky.contract.names import Query, Update, WorkflowType
 from tsky.spec.settings import Settings
 
 
@@ -59,5 +59,5 @@ class JobIdActivities:
     @activity.defn(name=ActivityName.JOB_RESULT)
     async def job_result(self, inp: JobResultInput) -> JobResult:
         handle = self.client.get_workflow_handle(job_workflow_id(inp.job_id))
-        state = await handle.query("state", result_type=JobState)
+        state = await handle.query(Query.JOB_STATE, result_type=JobState)
         return job_result(state)

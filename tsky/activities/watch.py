@@ -90,6 +90,22 @@ async def _lost_nodes(backend: Backend, cluster: ClusterInfo) -> list[str]:
     return [f"node {rank} is {state.value}" for rank, state in enumerate(states) if state.is_lost()]
 
 
+async def _judge_failure(backend: Backend, cluster: ClusterInfo, window: ReachabilityWindow, err: Exception) -> None:
+    """After a node could not be asked (or its phase started): raises CLUSTER_LOST when the backend says a
+    node is gone, UNREACHABLE once the window is spent; returns when the caller should try again."""
+    lost = await _lost_nodes(backend, cluster)
+    if lost:
+        raise ApplicationError(
+            f"Cluster {cluster.name} lost: {', '.join(lost)}", type=ErrorType.CLUSTER_LOST, non_retryable=True
+        ) from err
+    if window.failed():
+        raise ApplicationError(
+            f"Cluster {cluster.name} unreachable for {window.failures} checks: {err}",
+            type=ErrorType.UNREACHABLE,
+            non_retryable=True,
+        ) from err
+
+
 def _prefix(task_name: str, phase: str, rank: int, pid: int, ip: str, nodes: int) -> bytes:
     """SkyPilot's line prefixes: `(task, pid=N)` for run, `(setup pid=N)` for setup; multi-node
     lines name the node: `(head, rank=0, pid=N)`, `(worker1, rank=1, pid=N, ip=…)`."""
@@ -158,7 +174,7 @@ class PhaseActivities:
         log = _PhaseLog(self.logs, key, store_size)
         await self.logs.truncate(key, store_size)
 
-        pids = await self._start(inp, agents, phase_key)
+        pids = await self._start_or_judge(inp, backend, agents, phase_key, [store_size, *offsets])
         prefixes = [
             _prefix(inp.meta.task_name, inp.phase, node.rank, pids[node.rank], node.ip, len(agents))
             for node in inp.cluster.nodes
@@ -186,6 +202,24 @@ class PhaseActivities:
             if why is not None and why.cancel_requested and not why.timed_out:
                 await asyncio.shield(asyncio.gather(*(a.stop_phase(phase_key) for a in agents)))
             raise
+
+    async def _start_or_judge(
+        self, inp: PhaseInput, backend: Backend, agents: list[NodeAgent], phase_key: str, progress: list[int]
+    ) -> list[int]:
+        """Start the phase on every node, or attach to it. A start that fails is judged like a status check
+        that fails, so a phase that can never start (claimed by a worker killed before it started the
+        process) cannot hold the job forever: a lost node is recovered at once, any other after the window."""
+        window = ReachabilityWindow(inp.status_check_min_elapsed_seconds, inp.status_check_min_retries)
+        while True:
+            try:
+                return await self._start(inp, agents, phase_key)
+            except ApplicationError:
+                raise
+            except Exception as err:
+                activity.logger.warning("starting %s on %s failed: %s", phase_key, inp.cluster.name, err)
+                await _judge_failure(backend, inp.cluster, window, err)
+                activity.heartbeat(progress)
+                await asyncio.sleep(window.backoff())
 
     async def _start(self, inp: PhaseInput, agents: list[NodeAgent], phase_key: str) -> list[int]:
         script = (inp.task.setup if inp.phase == "setup" else inp.task.run) or ""
@@ -243,19 +277,7 @@ class PhaseActivities:
                 raise
             except Exception as err:  # the cluster or backend could not be asked: retry in the window
                 activity.logger.warning("status check of %s failed: %s", inp.cluster.name, err)
-                lost = await _lost_nodes(backend, inp.cluster)
-                if lost:
-                    raise ApplicationError(
-                        f"Cluster {inp.cluster.name} lost: {', '.join(lost)}",
-                        type=ErrorType.CLUSTER_LOST,
-                        non_retryable=True,
-                    ) from err
-                if window.failed():
-                    raise ApplicationError(
-                        f"Cluster {inp.cluster.name} unreachable for {window.failures} checks: {err}",
-                        type=ErrorType.UNREACHABLE,
-                        non_retryable=True,
-                    ) from err
+                await _judge_failure(backend, inp.cluster, window, err)
                 beat([log.size, *offsets])
                 await asyncio.sleep(window.backoff())
                 continue

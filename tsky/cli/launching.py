@@ -184,6 +184,7 @@ def launch_job(opts: LaunchOptions) -> int:
             priority=pipeline.tasks[0].priority(),
             lifecycle=limits,
             progress=lambda text: console.print(f"[dim]{text}[/]"),
+            warn=lambda text: err_console.print(f"[yellow]Warning: {text}[/]"),
         )
         try:
             with spinner("Submitting: waiting for a tsky worker to take the job"):

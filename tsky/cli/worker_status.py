@@ -16,6 +16,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from tsky.contract.ids import LAUNCH_QUEUE, SCHEDULER_WORKFLOW_ID
+from tsky.contract.names import Query
 from tsky.contract.scheduling import SchedulerStatus
 from tsky.spec.settings import Settings
 from tsky.worker.process import parse_identity
@@ -55,7 +56,7 @@ async def running_limit(client: Client) -> SchedulerStatus | None:
     """The scheduler's limit, holders and waiters; None when no job ever asked for a slot."""
     handle = client.get_workflow_handle(SCHEDULER_WORKFLOW_ID)
     try:
-        return await handle.query("status", result_type=SchedulerStatus, rpc_timeout=_ASK_TIMEOUT)
+        return await handle.query(Query.SCHEDULER_STATUS, result_type=SchedulerStatus, rpc_timeout=_ASK_TIMEOUT)
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
             return None

@@ -106,6 +106,7 @@ async def submit(
     priority: int = 0,
     lifecycle: Lifecycle | None = None,
     progress: Callable[[str], None] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> list[int]:
     """Launch managed jobs, as `tsky jobs launch` does (without printing or following).
 
@@ -122,6 +123,8 @@ async def submit(
         pool: Run on this pool's workers instead of a cluster of its own (`--pool`).
         priority: Higher runs first when `jobs.controller.max_running_jobs` makes jobs wait.
         progress: Called with a line to show while files upload.
+        warn: Called with one line per special file (socket, named pipe) left out of an uploaded
+            directory.
 
     Returns:
         The new jobs' ids, in rank order.
@@ -142,6 +145,9 @@ async def submit(
         if progress is not None:
             progress(uploader.describe())
         done = await asyncio.to_thread(uploader.upload, _run_id(ids[0]))
+        if warn is not None:
+            for warning in uploader.skipped_warnings():
+                warn(warning)
         prepared[ids[0]] = done
         for job_id in ids[1:]:
             prepared[job_id] = await asyncio.to_thread(uploader.copy_for, done[0], done[1], _run_id(job_id))

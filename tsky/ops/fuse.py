@@ -39,7 +39,6 @@ from tsky.ops.storage import gcs_endpoint, s3_endpoint
 from tsky.spec.settings import Settings
 from tsky.spec.storage import BucketURL
 
-FUSE_STORES = ("s3", "gcs")  # the stores mounted live; `local` buckets are bound (see mounts.py)
 FLUSH_SECONDS = 600  # how long a MOUNT_CACHED phase waits at its end for its uploads
 CHECK_SECONDS = 900.0  # the trial mount at sync time, which may first install rclone on the node
 

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from tsky.ops.clouds.base import NodeAgent, PrecheckError
-from tsky.ops.fuse import FUSE_STORES, fuse_line, node_files, trial_mount
+from tsky.ops.fuse import fuse_line, node_files, trial_mount
 from tsky.ops.storage import LocalStore, StoreError, download, get_store, upload
 from tsky.ops.uploads import upload_storage_source
 from tsky.spec.settings import Settings
-from tsky.spec.storage import BucketURL, Storage, is_url, parse_bucket_url, storage_store, writes_back
+from tsky.spec.storage import FUSE_STORES, BucketURL, Storage, is_url, parse_bucket_url, storage_store, writes_back
 from tsky.spec.task import Task
 
 
@@ -109,7 +109,7 @@ class FileSync:
             if isinstance(storage.source, list) or (storage.source and not is_url(storage.source)):
                 if any(is_url(s) for s in ([storage.source] if isinstance(storage.source, str) else storage.source)):
                     raise PrecheckError("a storage `source` list may hold local paths only, not bucket URLs")
-                storage = await asyncio.to_thread(upload_storage_source, self.settings, storage, store_name)
+                storage, _skipped = await asyncio.to_thread(upload_storage_source, self.settings, storage, store_name)
             where = self.location(storage)
             if not storage.source:
                 store = get_store(store_name, self.settings)

@@ -22,6 +22,7 @@ from tsky.ops.catalog import CATALOG_CLOUDS, Catalog, CatalogError, Offer, load_
 from tsky.ops.infra_check import EnabledInfra, InfraStatus, check_infra, enabled_infra
 from tsky.spec.requests import Candidate, Infra, ResourceRequest
 from tsky.spec.settings import Settings
+from tsky.spec.storage import Storage, mounts_live
 from tsky.spec.task import Task, TaskRequests
 
 __all__ = [
@@ -513,7 +514,7 @@ def plan_for_task(task: Task, settings: Settings, statuses: list[InfraStatus] | 
         catalog = load_catalog(settings.home)
     except (ValueError, CatalogError) as err:
         return PlanResult(candidates=[], infeasible_reason=str(err))
-    return plan(
+    result = plan(
         requests,
         task.num_nodes,
         enabled_infra(statuses),
@@ -521,3 +522,7 @@ def plan_for_task(task: Task, settings: Settings, statuses: list[InfraStatus] | 
         settings,
         disabled=[s for s in statuses if not s.enabled],
     )
+    # Whether a node needs FUSE depends on the cloud: a storage object naming no store uses the cloud's.
+    live = [s for s in task.file_mounts.values() if isinstance(s, Storage)]
+    candidates = [c.model_copy(update={"fuse": any(mounts_live(s, c.cloud) for s in live)}) for c in result.candidates]
+    return result.model_copy(update={"candidates": candidates})

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
@@ -311,18 +312,40 @@ def get_store(name: str, settings: Settings) -> ObjectStore:
     raise StoreError(f"store {name!r} is not supported by tsky; use s3, gcs or local.")
 
 
-def upload(store: ObjectStore, source: Path, where: BucketURL) -> None:
-    """A file to the key `where.prefix`, or a directory's files under it (symlinks followed)."""
+def special_file(path: Path) -> str | None:
+    """What `path` is when no upload can copy it (a socket, a named pipe, a device: opening one fails or
+    blocks), else None. Symlinks are followed; a dangling one is None (the callers skip it anyway)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    return "a device file"
+
+
+def upload(store: ObjectStore, source: Path, where: BucketURL) -> list[Path]:
+    """A file to the key `where.prefix`, or a directory's files under it (symlinks followed). Special
+    files in the directory are skipped, as rsync and `aws s3 sync` do; returns them."""
     if source.is_file():
         store.put_file(source, where.bucket, where.prefix)
-        return
+        return []
+    skipped = []
     for dirpath, _dirs, files in os.walk(source, followlinks=True):
         for name in files:
             path = Path(dirpath, name)
             if not path.exists():
                 continue  # a dangling symlink: nothing to upload
+            if special_file(path):
+                skipped.append(path)
+                continue
             rel = path.relative_to(source).as_posix()
             store.put_file(path, where.bucket, f"{where.prefix}/{rel}" if where.prefix else rel)
+    return skipped
 
 
 def is_file(store: ObjectStore, where: BucketURL) -> bool:

@@ -30,6 +30,7 @@ from tsky.ops.storage import (
     check_bucket_name,
     copy_prefix,
     get_store,
+    special_file,
     upload,
 )
 from tsky.spec.settings import Settings
@@ -102,6 +103,7 @@ class Uploader:
         self.needed = has_local_files(pipeline)
         self.root: BucketURL | None = None  # the intermediate bucket (or jobs.bucket's prefix)
         self.temporary = False  # a bucket made for each job
+        self.skipped: list[Path] = []  # special files (sockets, pipes, devices) left out of the last upload
         if not self.needed:
             return
         jobs = settings.jobs
@@ -148,8 +150,18 @@ class Uploader:
             return f"Uploading local files to a temporary {self.root.store} bucket (deleted when the job ends)."
         return f"Uploading local files to the intermediate bucket {self.root.url}."
 
+    def skipped_warnings(self) -> list[str]:
+        """One line per special file the last upload left out."""
+        return [
+            f"Skipping {path}: {special_file(path) or 'not a regular file'} cannot be uploaded (only regular "
+            "files, directories and symlinks are, as with rsync); the job will not see it."
+            for path in self.skipped
+        ]
+
     def upload(self, run_id: str) -> tuple[Pipeline, list[UploadLocation]]:
-        """Upload for one job (`run_id` names its directory); the tasks rewritten, and what to remove later."""
+        """Upload for one job (`run_id` names its directory); the tasks rewritten, and what to remove later.
+        Special files inside the directories are skipped and listed in `skipped`."""
+        self.skipped = []
         if not self.needed:
             return self.pipeline, []
         try:
@@ -166,7 +178,8 @@ class Uploader:
             base.mkdir(parents=True)
 
             def put(src: str, sub: str) -> str:
-                return _copy_to(Path(src), base / sub)
+                self.skipped += _copy_to(Path(src), base / sub)
+                return str(base / sub)
 
             location = UploadLocation(path=str(base))
         else:
@@ -181,7 +194,7 @@ class Uploader:
 
             def put(src: str, sub: str) -> str:
                 target = where.child(sub)
-                upload(store, Path(src), target)
+                self.skipped += upload(store, Path(src), target)
                 return target.url
 
             location = UploadLocation(bucket=where, delete_bucket=self.temporary)
@@ -222,7 +235,9 @@ class Uploader:
         return task.model_copy(update=update)
 
     def _upload_storage(self, task: Task, storage: Storage) -> Storage:
-        return upload_storage_source(self.settings, storage, storage.store or _default_store(task))
+        uploaded, skipped = upload_storage_source(self.settings, storage, storage.store or _default_store(task))
+        self.skipped += skipped
+        return uploaded
 
     def copy_for(
         self, pipeline: Pipeline, uploads: list[UploadLocation], run_id: str
@@ -269,15 +284,17 @@ class Uploader:
         return Pipeline(name=pipeline.name, tasks=tasks), [location]
 
 
-def upload_storage_source(settings: Settings, storage: Storage, store_name: str) -> Storage:
+def upload_storage_source(settings: Settings, storage: Storage, store_name: str) -> tuple[Storage, list[Path]]:
     """A storage object's local source goes into its own bucket (`name`, made if missing); the object
-    returned names that bucket as its source instead of the local path."""
+    returned names that bucket as its source instead of the local path. Also returns the special files
+    skipped."""
     if storage.name is None:
         raise StoreError("a storage object with a local source needs a `name`: the bucket to upload it to.")
     store = get_store(store_name, settings)
     store.create_bucket(storage.name)
     sources = [storage.source] if isinstance(storage.source, str) else list(storage.source or [])
     bucket = BucketURL(store=store_name, bucket=storage.name)
+    skipped: list[Path] = []
     for source in sources:
         if is_url(source):
             continue
@@ -285,8 +302,8 @@ def upload_storage_source(settings: Settings, storage: Storage, store_name: str)
         if not path.exists():
             raise StoreError(f"storage source {source} does not exist on this host.")
         # A list of sources keeps each one's name, as SkyPilot does; a single directory is the bucket.
-        upload(store, path, bucket.child(path.name) if len(sources) > 1 or path.is_file() else bucket)
-    return storage.model_copy(update={"source": bucket.url, "store": store_name})
+        skipped += upload(store, path, bucket.child(path.name) if len(sources) > 1 or path.is_file() else bucket)
+    return storage.model_copy(update={"source": bucket.url, "store": store_name}), skipped
 
 
 def _local(source: str | list[str]) -> bool:
@@ -303,13 +320,23 @@ def temp_bucket_name(user: str, user_hash: str, run_id: str) -> str:
     return name
 
 
-def _copy_to(src: Path, target: Path) -> str:
+def _copy_to(src: Path, target: Path) -> list[Path]:
+    """`src` copied to `target`, symlinks kept; returns the special files left out (as rsync does)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    if src.is_dir():
-        shutil.copytree(src, target, symlinks=True)
-    else:
+    if not src.is_dir():
         shutil.copy2(src, target)
-    return str(target)
+        return []
+    skipped: list[Path] = []
+
+    def specials(directory: str, names: list[str]) -> set[str]:
+        found = {
+            n for n in names if not os.path.islink(os.path.join(directory, n)) and special_file(Path(directory, n))
+        }
+        skipped.extend(Path(directory, n) for n in sorted(found))
+        return found
+
+    shutil.copytree(src, target, symlinks=True, ignore=specials)
+    return skipped
 
 
 def _link_or_copy(src: str, dst: str) -> None:

@@ -202,6 +202,13 @@ def _local_source(source: str, path: Path) -> str:
             f"File mount source {source!r} does not exist locally. To fix: check if it exists, and correct the path.",
             path,
         )
+    if not local.is_file() and not local.is_dir():
+        kind = "a socket" if local.is_socket() else "a named pipe" if local.is_fifo() else "a device file"
+        raise FieldError(
+            f"File mount source {source!r} is {kind}, which cannot be uploaded: only regular files and "
+            "directories can be mounted. To fix: point the mount at a regular file or a directory.",
+            path,
+        )
     return str(local)
 
 

@@ -125,6 +125,8 @@ class Candidate(BaseModel):
     image_id: str | None = None
     # `resources.labels`: instance tags (AWS), instance labels (GCE), pod labels (Kubernetes).
     labels: tuple[tuple[str, str], ...] = ()
+    # The task mounts a bucket live (MOUNT / MOUNT_CACHED of s3 or gcs): each node needs FUSE.
+    fuse: bool = False
 
     @property
     def hourly_cost(self) -> float:

@@ -156,6 +156,11 @@ class KubernetesSettings(_Section):
     accelerator_label: str | None = None
     # Per context, what one node offers; without it the planner cannot promise GPUs there.
     node_shapes: dict[str, NodeShapeSettings] = {}
+    # How a pod of a task that mounts a bucket live (MOUNT, MOUNT_CACHED) gets /dev/fuse: the extended
+    # resource a FUSE device plugin advertises (SkyPilot's fuse device manager: smarter-devices/fuse; the
+    # pod also gets CAP_SYS_ADMIN, as SkyPilot's do), `privileged` (a privileged container), or `none` (no
+    # FUSE here: such a task fails its prechecks on this infra).
+    fuse_device: str = "smarter-devices/fuse"
 
 
 class GcpSettings(_Section):

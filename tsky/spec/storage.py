@@ -100,6 +100,7 @@ SCHEME_STORES = {"s3": "s3", "gs": "gcs", "local": "local"}
 STORE_SCHEMES = {store: scheme for scheme, store in SCHEME_STORES.items()}
 # The store a bucket goes to when a storage object names none: the one of the cloud the task runs on.
 _BACKEND_STORES = {"aws": "s3", "gcp": "gcs"}
+FUSE_STORES = ("s3", "gcs")  # the stores mounted live; `local` buckets are bound (see mounts.py)
 
 
 class BucketURL(BaseModel):
@@ -144,6 +145,11 @@ def storage_store(storage: Storage, backend: str) -> str:
         scheme = source.partition("://")[0].lower()
         return SCHEME_STORES.get(scheme, scheme)
     return _BACKEND_STORES.get(backend, "local")
+
+
+def mounts_live(storage: Storage, backend: str) -> bool:
+    """True for a MOUNT or MOUNT_CACHED of an object store: a FUSE mount on the node (`fuse.py`)."""
+    return storage.mode != "COPY" and storage_store(storage, backend) in FUSE_STORES
 
 
 def writes_back(storage: Storage, backend: str) -> bool:

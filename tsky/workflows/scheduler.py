@@ -17,6 +17,7 @@ while new signals are pending, and the next run gets them).
 from __future__ import annotations
 
 import asyncio
+import functools
 from datetime import timedelta
 
 from temporalio import workflow
@@ -32,6 +33,9 @@ with workflow.unsafe.imports_passed_through():
         SchedulerStatus,
         SlotRequest,
     )
+
+
+_PATCH_LATE_WAITERS = "scheduler-reconciles-late-waiters"
 
 
 @workflow.defn(name=WorkflowType.SCHEDULER)
@@ -83,8 +87,18 @@ class SchedulerWorkflow:
     def _rotate(self) -> bool:
         return self.actions >= self.actions_per_run or workflow.info().is_continue_as_new_suggested()
 
+    def _wakes(self, blocked: bool, late_waiters_reconciled: bool) -> bool:
+        """Whether the loop has work: a slot for a waiter, time to rotate, or (with no waiter when it
+        went to sleep) a first waiter behind full slots, whose wait needs the reconcile timer armed."""
+        if (self.waiters and self._free() > 0) or self._rotate():
+            return True
+        return late_waiters_reconciled and not blocked and bool(self.waiters)
+
     @workflow.run
     async def run(self, state: SchedulerState) -> None:
+        # Runs from before waited, with no waiter, only for a free slot: a job that came to wait behind
+        # a holder that then ended unannounced was never reconciled (the timer below was never armed).
+        late_waiters_reconciled = workflow.patched(_PATCH_LATE_WAITERS)
         while not self._rotate():
             if self.waiters and self._free():
                 await self._grant()
@@ -92,7 +106,7 @@ class SchedulerWorkflow:
             blocked = bool(self.waiters)  # every slot held: a silent holder would block them for ever
             try:
                 await workflow.wait_condition(
-                    lambda: (bool(self.waiters) and self._free() > 0) or self._rotate(),
+                    functools.partial(self._wakes, blocked, late_waiters_reconciled),
                     timeout=timedelta(seconds=self.reconcile_seconds) if blocked else None,
                     timeout_summary="reconcile",
                 )

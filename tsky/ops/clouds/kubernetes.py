@@ -19,6 +19,11 @@ eviction, a node shutdown or a preemption (or with a DisruptionTarget condition)
 ended pod (its entrypoint died) is GONE; phase Unknown (its node stopped reporting), or an API server that
 answers 429 (ThrottledError), is UNKNOWN, which the watcher turns into "unreachable" only past its window.
 
+FUSE (for a task that mounts a bucket live, `Candidate.fuse`): the pod asks for `kubernetes.fuse_device`,
+a FUSE device plugin's resource (default SkyPilot's `smarter-devices/fuse`) with CAP_SYS_ADMIN and no
+AppArmor confinement, as SkyPilot's pods do; or runs privileged; with `none` such a task fails its
+prechecks here. Other tasks' pods ask for nothing, so clusters without a FUSE plugin still run them.
+
 Launch errors: a pod Unschedulable for more than `kubernetes.provision_timeout` seconds, or a quota
 rejection, is a CapacityError (try elsewhere); a missing namespace or context, a forbidden or invalid
 request, an image that cannot be pulled or lacks bash/tar is a PrecheckError.
@@ -65,6 +70,9 @@ from tsky.spec.status import NodeState
 
 NAME = "k8s"
 IN_CLUSTER = "in-cluster"
+# `kubernetes.fuse_device` values that are not a device plugin's resource name
+PRIVILEGED = "privileged"
+NO_FUSE = "none"
 
 # PID 1 of the pod: idles, and ends at once on SIGTERM so deleting the pod is quick.
 IDLE_COMMAND = ["/bin/sh", "-c", 'trap "exit 0" TERM INT; while :; do sleep 3600 & wait $!; done']
@@ -277,6 +285,17 @@ class KubernetesBackend:
         if candidate.use_spot:
             node_selector.update(self.config.spot_node_selector)
             tolerations.extend(self.config.spot_tolerations)
+        container: dict[str, Any] = {"name": CONTAINER, "image": self.image(candidate), "command": IDLE_COMMAND}
+        annotations: dict[str, str] = {}
+        if candidate.fuse and self.config.fuse_device == PRIVILEGED:
+            container["securityContext"] = {"privileged": True}
+        elif candidate.fuse:
+            # SkyPilot's recipe: the device plugin puts /dev/fuse in the container; mounting it takes
+            # CAP_SYS_ADMIN, and the default AppArmor profile forbids mount().
+            requests[self.config.fuse_device] = limits[self.config.fuse_device] = "1"
+            container["securityContext"] = {"capabilities": {"add": ["SYS_ADMIN"]}}
+            annotations[f"container.apparmor.security.beta.kubernetes.io/{CONTAINER}"] = "unconfined"
+        container["resources"] = {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
         labels = {
             **dict(candidate.labels),  # the user's first: tsky's own labels (the sweeper's) win a clash
             keys.CLUSTER: cluster_name,
@@ -290,25 +309,16 @@ class KubernetesBackend:
             "restartPolicy": "Never",
             "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
             "automountServiceAccountToken": False,
-            "containers": [
-                {
-                    "name": CONTAINER,
-                    "image": self.image(candidate),
-                    "command": IDLE_COMMAND,
-                    "resources": {k: v for k, v in (("requests", requests), ("limits", limits)) if v},
-                }
-            ],
+            "containers": [container],
         }
         if node_selector:
             spec["nodeSelector"] = node_selector
         if tolerations:
             spec["tolerations"] = tolerations
-        return {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": self.pod_name(cluster_name, rank), "labels": labels},
-            "spec": spec,
-        }
+        metadata: dict[str, Any] = {"name": self.pod_name(cluster_name, rank), "labels": labels}
+        if annotations:
+            metadata["annotations"] = annotations
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
 
     async def provision(self, cluster_name: str, candidate: Candidate, num_nodes: int, meta: JobMeta) -> ClusterInfo:
         context, namespace = candidate.region, self.config.namespace
@@ -316,6 +326,13 @@ class KubernetesBackend:
             raise PrecheckError(
                 f"k8s context {context} has no spot nodes configured: set kubernetes.spot_node_selector or "
                 "kubernetes.spot_tolerations in config.yaml"
+            )
+        if candidate.fuse and self.config.fuse_device == NO_FUSE:
+            raise PrecheckError(
+                f"k8s context {context}: the task mounts a bucket (MOUNT or MOUNT_CACHED), which needs FUSE in the "
+                "pod, but kubernetes.fuse_device is none in config.yaml: set it to the resource your cluster's "
+                "FUSE device plugin offers (smarter-devices/fuse with SkyPilot's fuse device manager) or to "
+                "`privileged`, or use mode: COPY"
             )
         api = self._api(context)
         for rank in range(num_nodes):
@@ -374,7 +391,13 @@ class KubernetesBackend:
             if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
                 waited = now - since.setdefault(name, now)
                 if waited >= self.config.provision_timeout:
-                    raise CapacityError(f"pod {name} unschedulable for {waited:.0f}s: {scheduled.get('message')}")
+                    why = f"pod {name} unschedulable for {waited:.0f}s: {scheduled.get('message')}"
+                    if f"Insufficient {self.config.fuse_device}" in why:
+                        why += (
+                            f" (does a FUSE device plugin offer {self.config.fuse_device} on this cluster's nodes? "
+                            "See kubernetes.fuse_device.)"
+                        )
+                    raise CapacityError(why)
             elif stuck:
                 waited = now - since.setdefault(name, now)
                 if waited >= self.config.provision_timeout or stuck[0].get("reason") in _CONFIG_ERRORS:

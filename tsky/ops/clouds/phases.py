@@ -44,6 +44,10 @@ dir="$1"; phase="$2"; cwd="$3"
 # the stop waits its grace for the job, and the exit code and fuse flush are still recorded. Caught, not
 # ignored: the job's own shell starts with SIGTERM at its default and may trap it.
 trap : TERM
+# The wrapper records its own pid and start time (unless its starter already did): a starter killed
+# right after starting it must not leave a running phase that no watcher can attach to.
+own_pid() { local stat; read -r stat </proc/$$/stat; set -- ${stat##*) }; echo "$$ ${20}"; }
+[ -e "$dir/$phase.pid" ] || { own_pid >"$dir/$phase.pid.$$" && mv -f "$dir/$phase.pid.$$" "$dir/$phase.pid"; }
 record() { echo "$1" >"$dir/$phase.exit.tmp" && mv "$dir/$phase.exit.tmp" "$dir/$phase.exit"; }
 private=; [ -s "$dir/mounts" ] && private=1
 [ -s "$dir/fuse" ] && [ "$4" != --in-mount-ns ] && unshare --mount --propagation private true 2>/dev/null && private=1
