@@ -267,7 +267,7 @@ def stopped_by_limit(yaml_text: str, skip: float, **lifecycle: Any) -> Run:
         await asyncio.wait_for(world.cloud.run_started.wait(), 30)
         await world.sleep(skip)
         await asyncio.wait_for(ended, 60)
-        world.keep(JOB, "", handle)
+        world.keep(WorkflowType.MANAGED_JOB, "", handle)
 
     return run
 
@@ -291,7 +291,7 @@ async def _held_then_cancelled(world: World) -> None:
         await wait_for("the debug hold", lambda: _held(handle))
         await handle.cancel()
         await asyncio.wait_for(handle.result(), 60)  # the cancel ends the hold; the job stays FAILED
-    world.keep(JOB, "", handle)
+    world.keep(WorkflowType.MANAGED_JOB, "", handle)
 
 
 async def _held(handle: Handle) -> bool:
