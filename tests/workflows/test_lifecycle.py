@@ -12,7 +12,7 @@ import pytest
 from temporalio.client import WorkflowHandle
 
 from tests.workflows.fakes import LOST, REGION_A, REGION_B, FakeCloud, running
-from tests.workflows.test_recovery_table import _wait_state
+from tests.workflows.test_recovery_table import _expect_cancelled, _wait_state
 from tsky.contract.ids import CONTROL_QUEUE
 from tsky.contract.job import JobPolicy, JobRequest, JobResult, JobState
 from tsky.spec.lifecycle import Lifecycle
@@ -197,3 +197,17 @@ async def test_budget_counts_what_earlier_attempts_spent() -> None:
     assert result.cost_usd == pytest.approx(100, abs=0.5)
     assert attempts[0].cost_usd and attempts[0].cost_usd > 0
     assert (attempts[1].cost_usd or 0) == pytest.approx(100 - attempts[0].cost_usd, abs=0.5)
+
+
+async def test_a_user_cancel_of_a_job_with_limits_still_cancels_and_tears_down() -> None:
+    cloud = FakeCloud(run_blocks=True)
+    req = request(SPOT.replace("run:", "max_duration: 10h\nrun:"), Lifecycle(max_cost=100))
+    async with running(cloud) as env:
+        handle = await env.client.start_workflow(ManagedJobWorkflow.run, req, id="tsky-job-1", task_queue=CONTROL_QUEUE)
+        with env.auto_time_skipping_disabled():
+            await asyncio.wait_for(cloud.run_started.wait(), 30)
+            await handle.cancel()
+        state = await _expect_cancelled(handle)
+    assert state.tasks[0].status is S.CANCELLED
+    assert [a.cause for a in state.tasks[0].attempts] == ["cancelled"]
+    assert cloud.torn_down == ["train-1"]
