@@ -65,6 +65,7 @@ async def within_limits(run: JobRun, task: Task, ts: TaskState, attempts: Corout
             raise
         running.cancel()  # the user's cancel goes to the attempts, which stop and clean up
     await running
+    run.limit_hit = None  # the attempts ended anyway (a limit that only ended a debug hold)
 
 
 async def hold_for_debugging(
