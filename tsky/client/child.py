@@ -52,6 +52,7 @@ with workflow.unsafe.imports_passed_through():
     from tsky.contract.ids import CONTROL_QUEUE, job_workflow_id
     from tsky.contract.job import JobRequest, JobResult
     from tsky.contract.names import WorkflowType
+    from tsky.contract.orchestration import Orchestration
     from tsky.spec.storage import UploadLocation
     from tsky.spec.task import Pipeline
 
@@ -74,6 +75,8 @@ class ChildJob(BaseModel):
     name: str | None = None  # the job's name; default: the pipeline's
     user: str | None = None  # shown in `tsky jobs queue`; default: the tsky worker's user
     priority: int = 0
+    # Dependencies, notifications, the schedule that starts it (tsky.contract.orchestration).
+    orchestration: Orchestration = Orchestration()
 
     @classmethod
     def load(
@@ -197,6 +200,7 @@ async def start_managed_job(job: ChildJob) -> ManagedJobHandle:
         priority=job.priority,
         policy=alloc.policy,
         uploads=job.uploads,
+        orchestration=job.orchestration,
     )
     workflow_id = job_workflow_id(req.job_id)
     handle: ChildWorkflowHandle[object, JobResult] = await workflow.start_child_workflow(

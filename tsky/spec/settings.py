@@ -16,6 +16,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tsky.spec.lifecycle import format_duration, parse_duration
+from tsky.spec.status import ManagedJobStatus
 
 
 def _factory_path(value: str) -> str:
@@ -58,6 +59,9 @@ class LaunchBackoffSettings(_Section):
 
 class WatchSettings(_Section):
     poll_seconds: float = Field(default=2, gt=0)
+    # Stream each node's output over one long-lived channel where the node can (SSH), instead of two
+    # commands per poll; false polls (e.g. nodes behind a firewall that cuts idle sessions).
+    stream: bool = True
     heartbeat_timeout_seconds: float = Field(default=30, gt=0)
 
 
@@ -81,6 +85,14 @@ class LogsSettings(_Section):
     retention_days: float | None = Field(default=None, gt=0)
 
 
+class NotifySettings(_Section):
+    """Webhooks every job of this user POSTs its transitions to (besides `jobs launch --notify URL`)."""
+
+    urls: list[str] = []
+    # Only these statuses (e.g. [SUCCEEDED, FAILED]); empty: every transition.
+    statuses: list[ManagedJobStatus] = []
+
+
 class JobsSettings(_Section):
     controller: ControllerSettings = ControllerSettings()
     status_check: StatusCheckSettings = StatusCheckSettings()
@@ -101,6 +113,8 @@ class JobsSettings(_Section):
     @classmethod
     def _duration(cls, value: object) -> object:
         return None if value is None else format_duration(parse_duration(value))
+
+    notify: NotifySettings = NotifySettings()
 
 
 class LocalInstanceType(_Section):
