@@ -12,21 +12,18 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, WorkflowIDReusePolicy
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ChildWorkflowError, is_cancelled_exception
-from temporalio.workflow import ChildWorkflowCancellationType, ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
-    from tsky.contract import job_start
-    from tsky.contract.activity_io import ActivityName, AllocateJobInput, AllocateJobResult
-    from tsky.contract.ids import CONTROL_QUEUE, LAUNCH_QUEUE, job_workflow_id
-    from tsky.contract.job import JobRequest, JobResult
+    import tsky.workflows.job_children as job_children
+    from tsky.contract.activity_io import ActivityName
+    from tsky.contract.ids import LAUNCH_QUEUE
+    from tsky.contract.job import JobRequest
     from tsky.contract.names import WorkflowType
     from tsky.contract.orchestration import RunUploads, ScheduledRun, ScheduledRunResult
     from tsky.spec.status import ManagedJobStatus
 
-_ALLOCATE_TIMEOUT = timedelta(minutes=1)
-_ALLOCATE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 _COPY_TIMEOUT = timedelta(hours=1)
 _COPY_HEARTBEAT = timedelta(seconds=60)
 _COPY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_attempts=5)  # then this run fails
@@ -36,15 +33,7 @@ _COPY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_attempt
 class ScheduledJobWorkflow:
     @workflow.run
     async def run(self, scheduled: ScheduledRun) -> ScheduledRunResult:
-        alloc = await workflow.execute_activity(
-            ActivityName.ALLOCATE_JOB_ID,
-            AllocateJobInput(request_id=str(workflow.uuid4())),
-            result_type=AllocateJobResult,
-            task_queue=CONTROL_QUEUE,
-            start_to_close_timeout=_ALLOCATE_TIMEOUT,
-            retry_policy=_ALLOCATE_RETRY,
-            summary=f"allocate a tsky job id for schedule {scheduled.schedule}",
-        )
+        alloc = await job_children.allocate_job_id(f"allocate a tsky job id for schedule {scheduled.schedule}")
         pipeline, uploads = scheduled.pipeline, []
         if scheduled.uploads:
             run_copy = await workflow.execute_activity(
@@ -79,21 +68,7 @@ class ScheduledJobWorkflow:
             orchestration=scheduled.orchestration.model_copy(update={"schedule": scheduled.schedule}),
         )
         try:
-            result = await workflow.execute_child_workflow(
-                WorkflowType.MANAGED_JOB,
-                req,
-                id=job_workflow_id(req.job_id),
-                task_queue=CONTROL_QUEUE,
-                result_type=JobResult,
-                # A job owns clusters: ending the wrapper asks the job to cancel (and tear down).
-                parent_close_policy=ParentClosePolicy.REQUEST_CANCEL,
-                cancellation_type=ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED,
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                search_attributes=job_start.search_attributes(req),
-                memo=job_start.memo(req),
-                static_summary=job_start.summary(req),
-                static_details=job_start.details(req),
-            )
+            result = await (await job_children.start_job(req))
         except ChildWorkflowError as err:
             if not is_cancelled_exception(err) or workflow.cancellation_reason() is not None:
                 raise
