@@ -226,7 +226,7 @@ def test_a_webhook_gets_each_transition_in_order_despite_three_500s_and_never_se
     ]
     assert receiver.attempts == 6  # three refused, then each event once
     last = receiver.events[-1]
-    assert last["job_id"] == 1 and last["name"] == "hooked" and last["cost_so_far"] is None
+    assert last["job_id"] == 1 and last["name"] == "hooked" and last["cost_so_far"] == 0.0
     assert last["text"] == "tsky job 1 'hooked' RUNNING → SUCCEEDED"
 
     async def history_text() -> str:

@@ -65,6 +65,7 @@ from tsky.contract.names import Signal, WorkflowType
 from tsky.contract.orchestration import Orchestration, Relaunch, ScheduledRun
 from tsky.contract.pool_state import PoolSnapshot
 from tsky.contract.scheduling import SchedulerState
+from tsky.spec.lifecycle import Lifecycle
 from tsky.spec.loader import load_pipeline
 from tsky.spec.settings import Settings
 from tsky.spec.status import ManagedJobStatus, PoolWorkerStatus
@@ -253,6 +254,52 @@ async def _cancelled_in_setup(world: World) -> None:
         gate.set()
     await expect_cancelled(handle)
     world.keep(WorkflowType.MANAGED_JOB, "", handle)
+
+
+# Lifecycle limits (tsky.workflows.job_limits). A watcher heartbeats in real time, so hours skipped under it
+# need a heartbeat timeout longer than they are.
+PATIENT = request(SPOT_JOB).policy.model_copy(update={"watch_heartbeat_timeout_seconds": 86400 * 30})
+FALLBACK = "name: t\nresources:\n  use_spot: true\n  job_recovery:\n    spot_fallback_after: 1\nrun: x\n"
+
+
+def stopped_by_limit(yaml_text: str, skip: float, **lifecycle: Any) -> Run:
+    """A run that never ends, stopped by max_duration / max_cost once `skip` seconds have passed."""
+
+    async def run(world: World) -> None:
+        handle = await start_job(world, yaml_text, policy=PATIENT, lifecycle=Lifecycle(**lifecycle))
+        ended = asyncio.ensure_future(handle.result())
+        await asyncio.wait_for(world.cloud.run_started.wait(), 30)
+        await world.sleep(skip)
+        await asyncio.wait_for(ended, 60)
+        world.keep(WorkflowType.MANAGED_JOB, "", handle)
+
+    return run
+
+
+def _priced_blocking_cloud() -> FakeCloud:
+    """$1 per second everywhere, and a run that never ends."""
+    priced = [c.model_copy(update={"price_per_node_hour": 3600.0}) for c in FakeCloud().candidates]
+    return FakeCloud(candidates=priced, run_blocks=True)
+
+
+def _priced_blocking_cloud() -> FakeCloud:
+    """$1 per second everywhere, and a run that never ends."""
+    priced = [c.model_copy(update={"price_per_node_hour": 3600.0}) for c in FakeCloud().candidates]
+    return FakeCloud(candidates=priced, run_blocks=True)
+
+
+async def _held_then_cancelled(world: World) -> None:
+    handle = await start_job(world, "name: t\nrun: exit 3\n", lifecycle=Lifecycle(keep_on_failure_seconds=3600))
+    assert world.env is not None
+    with world.env.auto_time_skipping_disabled():
+        await wait_for("the debug hold", lambda: _held(handle))
+        await handle.cancel()
+        await asyncio.wait_for(handle.result(), 60)  # the cancel ends the hold; the job stays FAILED
+    world.keep(WorkflowType.MANAGED_JOB, "", handle)
+
+
+async def _held(handle: Handle) -> bool:
+    return (await job_state(handle)).tasks[0].held_until is not None
 
 
 async def _status_is(handle: Handle, status: ManagedJobStatus) -> bool:
@@ -723,6 +770,23 @@ SCENARIOS: list[Scenario] = [
         cloud(run_script=[LOST], full=[set()] + [{"a", "b"}] * 100),
     ),
     Scenario("cancelled_during_setup", _cancelled_in_setup, lambda: FakeCloud(setup_gate=asyncio.Event())),
+    Scenario(
+        "max_duration_stops_across_a_recovery",
+        stopped_by_limit(SPOT_JOB.replace("run:", "max_duration: 1h\nrun:"), 3700),
+        cloud(run_script=[LOST], run_blocks=True),
+    ),
+    Scenario(
+        "max_cost_stops_the_job",
+        stopped_by_limit(SPOT_JOB, 600, max_cost=500),
+        _priced_blocking_cloud,
+    ),
+    Scenario(
+        "kept_on_failure_then_torn_down",
+        job("name: t\nrun: exit 3\n", lifecycle=Lifecycle(keep_on_failure_seconds=1800)),
+        cloud(run_script=[[3]]),
+    ),
+    Scenario("cancelled_during_debug_hold", _held_then_cancelled, cloud(run_script=[[3]])),
+    Scenario("spot_fallback_to_on_demand", job(FALLBACK), cloud(run_script=[LOST, [0]])),
     # the scheduler, the id registry, the sweeper
     Scenario("three_allocations", _registry),
     Scenario("second_job_waits_for_a_slot", _scheduled),

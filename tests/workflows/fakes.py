@@ -62,10 +62,12 @@ class FakeCloud:
     full: list[set[str]] = field(default_factory=list)
     setup_script: list[PhaseScript] = field(default_factory=list)
     run_script: list[PhaseScript] = field(default_factory=list)
-    run_blocks: bool = False  # run_and_watch waits until cancelled
+    run_blocks: bool = False  # run_and_watch waits until stopped, once `run_script` is used up
+    run_seconds: float = 0.0  # each scripted run takes this long (real time) before it returns
     # When set, setup starts, then waits for it (without heartbeating) and succeeds.
     setup_gate: asyncio.Event | None = None
     setup_started: asyncio.Event = field(default_factory=asyncio.Event)
+    plans: list[PlanInput] = field(default_factory=list)
     launches: list[LaunchInput] = field(default_factory=list)
     launched: list[str] = field(default_factory=list)
     torn_down: list[str] = field(default_factory=list)
@@ -85,10 +87,13 @@ class FakeCloud:
 
     @activity.defn(name=ActivityName.PLAN)
     async def plan(self, inp: PlanInput) -> PlanResult:
+        self.plans.append(inp)
         if self.plan_broken:
             raise RuntimeError("catalog file is corrupt")
         if self.infeasible:
             return PlanResult(candidates=[], infeasible_reason=self.infeasible)
+        if inp.task.resources.use_spot is False:  # asked for on-demand explicitly: the on-demand offers
+            return PlanResult(candidates=[c.model_copy(update={"use_spot": False}) for c in self.candidates])
         return PlanResult(candidates=self.candidates)
 
     @activity.defn(name=ActivityName.LAUNCH)
@@ -149,7 +154,7 @@ class FakeCloud:
 
     @activity.defn(name=ActivityName.RUN)
     async def run(self, inp: PhaseInput) -> PhaseResult:
-        if self.run_blocks:
+        if self.run_blocks and not self.run_script:  # the scripted runs first, then the ones that block
             self.phases.append((inp.phase, inp.cluster.name, inp.attempt))
             self.run_started.set()
             while inp.key not in self.stopped:  # as a real watcher: the phase ends when it is stopped
@@ -157,6 +162,8 @@ class FakeCloud:
                 await asyncio.sleep(0.1)
             self.watched_to_end.add(inp.key)
             return PhaseResult(exit_codes=[137] * len(inp.cluster.nodes))
+        if self.run_seconds:
+            await asyncio.sleep(self.run_seconds)
         return await self._phase(inp, self.run_script)
 
     @activity.defn(name=ActivityName.STOP_PHASE)

@@ -125,4 +125,12 @@ async def _stream(
                 _banner(row, seen, out)
         if row.closed or not follow:
             return row.status
+        held = next((t for t in row.tasks if t.held_until), None)
+        if held is not None and row.status.is_terminal():
+            # The job has ended; only its debug hold goes on (`--keep-on-failure`): stop following.
+            out.print(
+                f"Task {held.index} ({held.name}) failed; its cluster is {held.details}. How to get on it: "
+                f"`tsky jobs logs --controller {job_id}`; `tsky jobs cancel {job_id}` ends the hold."
+            )
+            return row.status
         await asyncio.sleep(_POLL_SECONDS)

@@ -32,6 +32,7 @@ from tsky.contract.activity_io import STOP_GRACE_SECONDS
 from tsky.contract.ids import job_workflow_id
 from tsky.contract.job import DEFAULT_GRACEFUL_TIMEOUT_SECONDS, TaskState
 from tsky.spec.errors import FieldError
+from tsky.spec.lifecycle import dollars
 from tsky.spec.settings import Settings
 from tsky.spec.status import JobExitCode, ManagedJobStatus
 
@@ -110,6 +111,16 @@ def launch(
     ] = None,
     pool: Annotated[str | None, typer.Option("--pool", "-p", help="Run on a pool's workers.")] = None,
     num_jobs: Annotated[int, typer.Option("--num-jobs", help="Submit N copies (ranks 0..N-1).")] = 1,
+    max_duration: Annotated[
+        str | None, typer.Option("--max-duration", help="Stop each task after this wall time: 10h, 30m, 1h30m.")
+    ] = None,
+    keep_on_failure: Annotated[
+        str | None,
+        typer.Option("--keep-on-failure", help="Keep a failed task's cluster this long for debugging: 30m."),
+    ] = None,
+    max_cost: Annotated[
+        str | None, typer.Option("--max-cost", help="Stop the job once its estimated cost passes this many $.")
+    ] = None,
     # Orchestration (docs/orchestration.md)
     after: Annotated[
         list[str] | None, typer.Option("--after", help="Start once these jobs SUCCEEDED: ID[,ID...].")
@@ -160,6 +171,9 @@ def launch(
         job_recovery=job_recovery,
         pool=pool,
         num_jobs=num_jobs,
+        max_duration=max_duration,
+        keep_on_failure=keep_on_failure,
+        max_cost=max_cost,
         after=after or [],
         after_any=after_any,
         notify=notify or [],
@@ -188,6 +202,7 @@ class _QueueLine:
     sched_state: str = "-"
     worker_id: int | None = None  # the pool worker it runs on: `P (worker=1)` in POOL
     worker_cluster: str = ""
+    cost: float | None = None  # estimated dollars so far (docs/lifecycle.md)
 
     def cells(self, show_user: bool, verbose: bool, now: datetime) -> list[str]:
         total = ((self.end or now) - self.submitted).total_seconds() if self.submitted else None
@@ -205,6 +220,7 @@ class _QueueLine:
         if verbose:
             row += [self.worker_cluster or "-", "-", ago(self.started, now), self.infra or "-", "-"]
             row += [self.sched_state, self.details or "-", "-"]  # WORKER_JOB_ID, RESOURCES, GIT_COMMIT: "-"
+            row += [dollars(self.cost) if self.cost is not None else "-"]
         return row
 
 
@@ -225,6 +241,8 @@ def sched_state(job: api.JobRow) -> str:
 
 
 def _details(task: TaskState) -> str:
+    if task.failure_reason and task.held_until:
+        return f"Failure: {task.failure_reason} {task.details or ''}".rstrip()
     return f"Failure: {task.failure_reason}" if task.failure_reason else task.details or ""
 
 
@@ -256,7 +274,7 @@ def _queue_lines(job: api.JobRow, now: datetime, workers: dict[int, tuple[int, s
             _QueueLine(str(job.job_id), "-", job.name, job.user, job.resources, job.submitted_at, job.ended_at,
                        task.job_duration(now) if task else None, job.recoveries, job.status.value, job.pool,
                        job.started_at, job.infra, _with_links(_details(task) if task else "", job), sched_state(job),
-                       worker_id, worker_cluster)
+                       worker_id, worker_cluster, task.cost(now) if task else None)
         ]  # fmt: skip
     current = next((t for t in tasks if t.status is not ManagedJobStatus.SUCCEEDED), tasks[-1])
     status = current.status.value + ("" if current.status.is_terminal() else f" (task: {current.index})")
@@ -264,14 +282,15 @@ def _queue_lines(job: api.JobRow, now: datetime, workers: dict[int, tuple[int, s
     lines = [
         _QueueLine(str(job.job_id), "", job.name, job.user, "-", job.submitted_at, job.ended_at,
                    sum(t.job_duration(now) for t in tasks), job.recoveries, status, job.pool, job.started_at,
-                   job.infra, _with_links(failure, job), sched_state(job), worker_id, worker_cluster)
+                   job.infra, _with_links(failure, job), sched_state(job), worker_id, worker_cluster,
+                   sum(t.cost(now) for t in tasks))
     ]  # fmt: skip
     for t in tasks:
         lines.append(
             _QueueLine(" ↳", str(t.index), t.name, job.user, t.resources, t.submitted_at,
                        t.end_at if t.status.is_terminal() else None, t.job_duration(now) if t.submitted_at else None,
                        t.recovery_count, t.status.value, job.pool, t.start_at, t.infra or "", _details(t), "-",
-                       worker_id if not t.status.is_terminal() else None, "")
+                       worker_id if not t.status.is_terminal() else None, "", t.cost(now))
         )  # fmt: skip
     return lines
 
@@ -286,7 +305,7 @@ def _queue_table(
     headers += ["POOL"]
     if verbose:
         headers += ["WORKER_CLUSTER", "WORKER_JOB_ID", "STARTED", "INFRA", "RESOURCES", "SCHED. STATE", "DETAILS"]
-        headers += ["GIT_COMMIT"]
+        headers += ["GIT_COMMIT", "COST"]  # COST: estimated from catalog prices (tsky only)
     now = datetime.now(UTC)
     rows: list[list[str]] = []
     for job in jobs:
@@ -644,7 +663,7 @@ def cancel(
                 if row is None:
                     err_console.print(f"Job {job_id} not found.")
                     missing.append(job_id)
-                elif row.status.is_terminal() or row.closed:
+                elif not row.cancellable:
                     console.print(f"Job {job_id} is already in terminal state {row.status.value}. Skipped.")
                 else:
                     targets.append(job_id)
@@ -667,7 +686,7 @@ def cancel(
         else:
             user = None if all_users else current_user()
             rows = await api.list_jobs(client, user=user, skip_finished=True)
-            targets = [r.job_id for r in rows if not r.status.is_terminal()]
+            targets = [r.job_id for r in rows if r.cancellable]
             what = "all managed jobs FOR ALL USERS" if all_users else "all managed jobs"
         if not targets and pool is not None:
             console.print(f"No running job found in pool {pool!r}.")

@@ -34,7 +34,8 @@ from tsky.client.infra import CATALOG_CLOUDS, InfraStatus, check_infra, plan_for
 from tsky.contract.activity_io import PlanResult
 from tsky.contract.orchestration import Orchestration
 from tsky.spec.envs import env_overrides, secret_overrides
-from tsky.spec.errors import SpecError
+from tsky.spec.errors import FieldError, SpecError
+from tsky.spec.lifecycle import Lifecycle, parse_dollars, parse_duration
 from tsky.spec.loader import apply_overrides, load_pipeline
 from tsky.spec.requests import Candidate
 from tsky.spec.settings import Settings
@@ -73,6 +74,10 @@ class LaunchOptions:
     job_recovery: str | None = None
     pool: str | None = None
     num_jobs: int = 1
+    # Lifecycle limits (docs/lifecycle.md); None: the settings' default.
+    max_duration: str | None = None
+    keep_on_failure: str | None = None
+    max_cost: str | None = None
     # Orchestration (tsky.cli.orchestration)
     after: list[str] | None = None
     after_any: bool = False
@@ -118,7 +123,24 @@ def load(opts: LaunchOptions) -> tuple[Pipeline, list[str]]:
         workdir=opts.workdir,
         git_url=opts.git_url,
         git_ref=opts.git_ref,
+        max_duration=opts.max_duration,
     )
+
+
+def lifecycle(opts: LaunchOptions, s: Settings) -> Lifecycle:
+    """The job's lifecycle limits: the flags, else the settings (`jobs.keep_on_failure`, `jobs.max_cost`,
+    `jobs.spot_fallback_after`)."""
+    jobs = s.jobs
+    keep = opts.keep_on_failure if opts.keep_on_failure is not None else jobs.keep_on_failure
+    try:
+        hold = parse_duration(keep) if keep is not None else None
+    except FieldError as err:
+        raise SpecError(err.message, path="--keep-on-failure") from None
+    try:
+        budget = parse_dollars(opts.max_cost) if opts.max_cost is not None else jobs.max_cost
+    except FieldError as err:
+        raise SpecError(err.message, path="--max-cost") from None
+    return Lifecycle(keep_on_failure_seconds=hold, max_cost=budget, spot_fallback_after=jobs.spot_fallback_after)
 
 
 def launch_job(opts: LaunchOptions) -> int:
@@ -131,6 +153,7 @@ def launch_job(opts: LaunchOptions) -> int:
     notify = notify_for(opts.notify, s)
     try:
         pipeline, warnings = load(opts)
+        limits = lifecycle(opts, s)
     except SpecError as err:
         fail(str(err))
     for warning in warnings:
@@ -173,6 +196,7 @@ def launch_job(opts: LaunchOptions) -> int:
             num_jobs=opts.num_jobs,
             pool=opts.pool,
             priority=pipeline.tasks[0].priority(),
+            lifecycle=limits,
             progress=lambda text: console.print(f"[dim]{text}[/]"),
             orchestration=Orchestration(after=after, after_any=opts.after_any, notify=notify),
             warn=lambda text: err_console.print(f"[yellow]Warning: {text}[/]"),

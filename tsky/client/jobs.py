@@ -35,6 +35,7 @@ from tsky.contract.names import Query, Signal, Update, WorkflowType
 from tsky.contract.orchestration import Orchestration
 from tsky.ops.uploads import Uploader
 from tsky.ops.uploads import UploadError as UploadError
+from tsky.spec.lifecycle import Lifecycle
 from tsky.spec.secrets import load_key, seal
 from tsky.spec.settings import Settings
 from tsky.spec.status import ManagedJobStatus
@@ -104,6 +105,7 @@ async def submit(
     num_jobs: int = 1,
     pool: str | None = None,
     priority: int = 0,
+    lifecycle: Lifecycle | None = None,
     progress: Callable[[str], None] | None = None,
     orchestration: Orchestration | None = None,
     warn: Callable[[str], None] | None = None,
@@ -168,6 +170,7 @@ async def submit(
             pool=pool,
             priority=priority,
             policy=policy,
+            lifecycle=lifecycle or Lifecycle(),
             orchestration=orchestration or Orchestration(),
         )
         async with semaphore:
@@ -205,6 +208,11 @@ class JobRow:
     tasks: list[TaskState] = field(default_factory=list)
     # Relations to schedules and other jobs (tsky.contract.job_start.links): schedule, after, relaunch_of.
     links: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cancellable(self) -> bool:
+        """Still running, or ended FAILED with its cluster kept for debugging (a cancel ends the hold)."""
+        return not self.closed and (not self.status.is_terminal() or any(t.held_until for t in self.tasks))
 
 
 def _quoted(value: str) -> str:
@@ -421,6 +429,7 @@ async def wait(client: Client, job_id: int) -> JobResult | None:
 
 def as_dict(row: JobRow) -> dict[str, Any]:
     """A row as the JSON object `tsky jobs queue --json` prints."""
+    now = datetime.now(UTC)
     return {
         "job_id": row.job_id,
         "name": row.name,
@@ -434,5 +443,11 @@ def as_dict(row: JobRow) -> dict[str, Any]:
         "pool": row.pool or None,
         "infra": row.infra or None,
         "tasks": [t.model_dump(mode="json", exclude={"attempts"}) for t in row.tasks],
+        # Estimated from catalog prices (docs/lifecycle.md); the clusters billing now included.
+        "cost": {
+            "total_usd": round(sum(t.cost(now) for t in row.tasks), 6),
+            "wasted_usd": round(sum(t.wasted_cost_usd for t in row.tasks), 6),
+            "hourly_usd": sum(t.hourly_price for t in row.tasks if t.billing_since is not None),
+        },
         **row.links,
     }

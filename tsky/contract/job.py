@@ -11,6 +11,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict
 
 from tsky.contract.orchestration import Orchestration
+from tsky.spec.lifecycle import Lifecycle, running_cost
 from tsky.spec.requests import Candidate
 from tsky.spec.settings import Settings
 from tsky.spec.status import ManagedJobStatus
@@ -74,6 +75,8 @@ class JobRequest(_Model):
     pool: str | None = None
     priority: int = 0
     policy: JobPolicy = JobPolicy()
+    # Max cost, debug hold, spot fallback default: flags over settings (tsky.spec.lifecycle).
+    lifecycle: Lifecycle = Lifecycle()
     # Where the CLI uploaded the job's local workdir and file mounts (the tasks refer to these
     # locations, never to the submitting machine's paths); removed when the job ends.
     uploads: list[UploadLocation] = []
@@ -94,6 +97,12 @@ class Attempt(_Model):
     # no capacity, cancelled ...; None while it runs.
     cause: str | None = None
     exit_codes: list[int] = []
+    cost_usd: float | None = None  # its cluster's price x its running time, once it ended
+
+    @property
+    def wasted(self) -> bool:
+        """Its cost bought nothing: it ended preempted, unreachable or failed (not succeeded or cancelled)."""
+        return self.cause is not None and self.cause not in ("succeeded", "cancelled")
 
 
 class TaskState(_Model):
@@ -116,6 +125,16 @@ class TaskState(_Model):
     attempts: list[Attempt] = []
     # len(attempts), kept in the memo (which leaves the attempts out to stay small) for the queue and logs
     attempt_count: int = 0
+    # Estimated cost (docs/lifecycle.md), kept here so the queue reads it from the memo: what ended
+    # attempts and debug holds cost, the part of it that was wasted, and the cluster billing now.
+    cost_usd: float = 0.0
+    wasted_cost_usd: float = 0.0
+    hourly_price: float = 0.0  # $/h of the cluster billing now (every node); 0 when none is
+    billing_since: datetime | None = None
+    # Set while a failed task's cluster is kept for debugging (`--keep-on-failure`).
+    held_until: datetime | None = None
+    # Set once the task moved from spot to on-demand instances (`spot_fallback_after`).
+    on_demand_since_attempt: int | None = None
 
     def current_attempt(self) -> Attempt | None:
         return self.attempts[-1] if self.attempts else None
@@ -124,6 +143,11 @@ class TaskState(_Model):
         """SkyPilot's JOB DURATION: time spent RUNNING, including the stretch still going on."""
         ongoing = (now - self.running_since).total_seconds() if self.running_since else 0.0
         return self.job_duration_s + max(ongoing, 0.0)
+
+    def cost(self, now: datetime) -> float:
+        """Estimated dollars so far, the cluster billing now included."""
+        ongoing = (now - self.billing_since).total_seconds() if self.billing_since else 0.0
+        return self.cost_usd + running_cost(self.hourly_price, ongoing)
 
 
 class JobState(_Model):
@@ -156,6 +180,14 @@ class JobState(_Model):
     def failure_reason(self) -> str | None:
         return next((t.failure_reason for t in self.tasks if t.failure_reason), None)
 
+    def cost(self, now: datetime) -> float:
+        """The job's estimated cost so far (every task, the clusters billing now included): the one place
+        to read "cost so far" from, in the workflow and from its memo."""
+        return sum(t.cost(now) for t in self.tasks)
+
+    def wasted_cost(self) -> float:
+        return sum(t.wasted_cost_usd for t in self.tasks)
+
 
 class TaskResult(_Model):
     name: str
@@ -163,6 +195,8 @@ class TaskResult(_Model):
     recovery_count: int
     attempts: list[Attempt]
     failure_reason: str | None = None
+    cost_usd: float = 0.0
+    wasted_cost_usd: float = 0.0
 
 
 class JobResult(_Model):
@@ -173,6 +207,8 @@ class JobResult(_Model):
     status: ManagedJobStatus
     failure_reason: str | None = None
     tasks: list[TaskResult]
+    cost_usd: float = 0.0
+    wasted_cost_usd: float = 0.0
 
 
 def job_result(state: JobState) -> JobResult:
@@ -189,7 +225,11 @@ def job_result(state: JobState) -> JobResult:
                 recovery_count=t.recovery_count,
                 attempts=t.attempts,
                 failure_reason=t.failure_reason,
+                cost_usd=t.cost_usd,
+                wasted_cost_usd=t.wasted_cost_usd,
             )
             for t in state.tasks
         ],
+        cost_usd=sum(t.cost_usd for t in state.tasks),
+        wasted_cost_usd=state.wasted_cost(),
     )

@@ -63,7 +63,7 @@ class JobEvent(_Model):
     status: ManagedJobStatus
     previous_status: ManagedJobStatus | None = None
     reason: str | None = None
-    # Dollars spent so far; None until the job's running cost is computed (issue 17).
+    # Dollars spent so far, estimated from catalog prices (JobState.cost, docs/lifecycle.md).
     cost_so_far: float | None = None
     at: str  # ISO 8601, the workflow's time of the transition
     schedule: str | None = None

@@ -34,6 +34,7 @@ from tsky.spec.errors import (
     format_path,
     from_validation_error,
 )
+from tsky.spec.lifecycle import format_duration, parse_duration
 from tsky.spec.pool import PoolSpec, check_pool_task
 from tsky.spec.resources import Resources, ResourcesEntry
 from tsky.spec.storage import GitWorkdir, Storage, is_url
@@ -377,11 +378,12 @@ def apply_overrides(
     workdir: str | None = None,
     git_url: str | None = None,
     git_ref: str | None = None,
+    max_duration: str | None = None,
 ) -> tuple[Pipeline, list[str]]:
     """The pipeline with `tsky jobs launch` flags applied, and the warnings to print.
 
     Resource flags apply to a single task only (to each `any_of` / `ordered` entry too); for a
-    pipeline they are ignored with SkyPilot's warning. `workdir` applies to every task. Values are
+    pipeline they are ignored with SkyPilot's warning. `workdir` and `max_duration` apply to every task. Values are
     checked with the same rules, and the same messages, as the YAML fields.
     """
     flags: dict[str, tuple[str, Any]] = {
@@ -417,6 +419,12 @@ def apply_overrides(
         tasks = [task.model_copy(update={"workdir": str(path)}) for task in tasks]
     if git_url is not None or git_ref is not None:
         tasks = [_git_workdir(task, git_url, git_ref, workdir) for task in tasks]
+    if max_duration is not None:
+        try:
+            limit = format_duration(parse_duration(max_duration))
+        except FieldError as exc:
+            raise _override_error(exc, "--max-duration") from None
+        tasks = [task.model_copy(update={"max_duration": limit}) for task in tasks]
     return Pipeline(name=pipeline.name, tasks=tasks), warnings
 
 

@@ -276,6 +276,25 @@ class JobRecovery(_Model):
     strategy: str | None = None
     max_restarts_on_errors: StrictInt = Field(default=0, ge=0)
     recover_on_exit_codes: list[int] = []
+    # tsky only: after this many preemptions of the task, launch it on on-demand instances; `spot_only`
+    # never falls back (even when the `jobs.spot_fallback_after` setting says so).
+    spot_fallback_after: StrictInt | None = Field(default=None, ge=0)
+    spot_only: StrictBool = False
+
+    @model_validator(mode="after")
+    def _fallback_or_spot_only(self) -> JobRecovery:
+        if self.spot_only and self.spot_fallback_after is not None:
+            raise FieldError(
+                "spot_only and spot_fallback_after contradict each other: spot_only never falls back to "
+                "on-demand. Keep one of them."
+            )
+        return self
+
+    def fallback_after(self, default: int | None) -> int | None:
+        """After how many preemptions the task moves to on-demand instances; None: never."""
+        if self.spot_only:
+            return None
+        return self.spot_fallback_after if self.spot_fallback_after is not None else default
 
     @field_validator("strategy", mode="before")
     @classmethod

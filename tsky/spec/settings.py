@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from tsky.spec.lifecycle import format_duration, parse_duration
 from tsky.spec.status import ManagedJobStatus
 
 
@@ -101,6 +102,18 @@ class JobsSettings(_Section):
     logs: LogsSettings = LogsSettings()
     bucket: str | None = Field(default=None, pattern=r"^(https|s3|gs|r2|cos|local)://.+")
     force_disable_cloud_bucket: bool = False
+    # Lifecycle defaults (docs/lifecycle.md); launch flags win. Keep a failed task's cluster this long
+    # (`30m`) for debugging; stop a job past this many dollars; move a task to on-demand instances after
+    # this many preemptions (a task's `job_recovery: {spot_only: true}` opts out).
+    keep_on_failure: str | None = None
+    max_cost: float | None = Field(default=None, gt=0)
+    spot_fallback_after: int | None = Field(default=None, ge=0)
+
+    @field_validator("keep_on_failure", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return None if value is None else format_duration(parse_duration(value))
+
     notify: NotifySettings = NotifySettings()
 
 

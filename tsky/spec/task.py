@@ -35,6 +35,7 @@ from pydantic import (
 
 from tsky.spec.envs import ENV_NAME_PATTERN, ENV_NAME_RE
 from tsky.spec.errors import FieldError, Path
+from tsky.spec.lifecycle import format_duration, parse_duration
 from tsky.spec.pool import PoolSpec
 from tsky.spec.requests import ResourceRequest
 from tsky.spec.resources import (
@@ -155,6 +156,8 @@ class Task(_Model):
     run: StrictStr | None = None
     envs: dict[str, str] = {}
     secrets: dict[str, str] = {}
+    # Wall time from the task's first RUNNING, across recoveries (SkyPilot PR #10476): `10h`, `1h30m`.
+    max_duration: str | None = None
     # Accepted and kept, not acted on yet (`ignored_fields()` names the ones that are set).
     service: Any = None
     pool: PoolSpec | None = None
@@ -174,6 +177,11 @@ class Task(_Model):
         if value is not None:
             check_name(value)
         return value
+
+    @field_validator("max_duration", mode="before")
+    @classmethod
+    def _max_duration(cls, value: Any) -> Any:
+        return None if value is None else format_duration(parse_duration(value))
 
     @field_validator("num_nodes", mode="before")
     @classmethod
@@ -261,6 +269,21 @@ class Task(_Model):
     def job_recovery(self) -> JobRecovery:
         """The recovery policy, strategy upper-case and defaulted (`EAGER_NEXT_REGION`); `NONE` = off."""
         return self.resources.effective_job_recovery()
+
+    def max_duration_seconds(self) -> float | None:
+        return None if self.max_duration is None else parse_duration(self.max_duration)
+
+    def on_demand(self) -> Task:
+        """The task with every resource option on on-demand instances (spot → on-demand fallback)."""
+        entries = {"use_spot": False}
+        resources = self.resources.model_copy(
+            update={
+                **entries,
+                "any_of": [e.model_copy(update=entries) for e in self.resources.any_of or []] or None,
+                "ordered": [e.model_copy(update=entries) for e in self.resources.ordered or []] or None,
+            }
+        )
+        return self.model_copy(update={"resources": resources})
 
     def requests(self) -> TaskRequests:
         options, ordered = resolve(self.resources)

@@ -4,7 +4,8 @@ Where things live (a new workflow feature goes beside its concern):
 - managed_job: the ManagedJob loop (per task: plan, launch, phases, decide, recover or finish);
   job_state (its state in one object, a task's status moves), job_phases (one attempt on the cluster),
   job_teardown (clean-up), running_slot (the running-jobs limit), pool_lease (a pool job's worker),
-  visibility (search attributes, memo, Web UI details, controller log);
+  visibility (search attributes, memo, Web UI details, controller log), job_limits (the max_duration /
+  max_cost timer, the debug hold, spot → on-demand fallback; their pure rules and cost lines in limits);
 - cluster_lifecycle: plan, launch rounds with backoff, sync, phases, teardown, with every timeout and
   retry policy: shared by ManagedJob and PoolWorker;
 - recovery: the pure recovery policy (what to do after an attempt) and the launch order/backoff;

@@ -19,9 +19,11 @@ with workflow.unsafe.imports_passed_through():
     from tsky.contract.activity_io import STOP_GRACE_SECONDS, JobMeta
     from tsky.contract.job import JobRequest, JobState, TaskState
     from tsky.contract.pool_state import PoolGrant, as_pool_job
+    from tsky.spec.lifecycle import running_cost
     from tsky.spec.requests import requested_label
     from tsky.spec.status import ManagedJobStatus
     from tsky.workflows.cluster_lifecycle import Calls, ClusterHold
+    from tsky.workflows.limits import attempt_cost_line
     from tsky.workflows.orchestration import Notifier
     from tsky.workflows.visibility import Visibility
 
@@ -81,6 +83,10 @@ class JobRun:
     lease: PoolLease = field(default_factory=PoolLease)
     # How long a cancel gives the running phase between SIGTERM and SIGKILL (`cancel --graceful`).
     stop_grace: float = STOP_GRACE_SECONDS
+    # Bumped whenever a cluster starts or stops billing: the limit timer is then computed again.
+    billing_epoch: int = 0
+    # Why the attempts were stopped by a lifecycle limit (the task then ends FAILED with it).
+    limit_hit: str | None = None
 
     @classmethod
     def start(cls, req: JobRequest) -> JobRun:
@@ -153,22 +159,60 @@ class JobRun:
             ts.running_since = None
 
     def record_cancel(self, ts: TaskState) -> None:
+        """A cancel (or a lifecycle limit, `limit_hit`) stops the task: the attempt ends, CANCELLING."""
         if ts.status is Status.CANCELLING:
             return  # already recorded where the cancel arrived
         attempt = ts.current_attempt()
         if attempt is not None and attempt.ended_at is None:
             attempt.ended_at = workflow.now()
-            attempt.cause = "cancelled"
+            attempt.cause = self.limit_hit or "cancelled"
+            self.end_attempt_billing(ts)
         self.leave_running(ts)
-        self.set(ts, Status.CANCELLING, "Cancellation requested; cleaning up.")
-        self.log(f"Cancellation requested for task {ts.index} ({ts.name}); cleaning up.")
+        if self.limit_hit is not None:
+            ts.details = f"Stopping: {self.limit_hit}; cleaning up."
+        else:
+            self.set(ts, Status.CANCELLING, "Cancellation requested; cleaning up.")
+            self.log(f"Cancellation requested for task {ts.index} ({ts.name}); cleaning up.")
+        self.log_attempt_cost(ts)
 
     def finish(self, ts: TaskState, status: ManagedJobStatus, reason: str | None) -> None:
         if ts.status.is_terminal() and status is not Status.FAILED_CONTROLLER:
             return  # a terminal status is never overwritten, except by a controller failure
         self.leave_running(ts)
+        self.stop_billing(ts, wasted=status is not Status.SUCCEEDED)  # an attempt cut short (e.g. a precheck)
         ts.status = status
         ts.details = None
         ts.end_at = workflow.now()
         if reason and status.is_failed():
             ts.failure_reason = reason
+
+    # -- cost (tsky.spec.lifecycle): what each cluster costs while it bills -----------------------------
+
+    def start_billing(self, ts: TaskState, hourly: float) -> None:
+        ts.hourly_price = hourly
+        ts.billing_since = workflow.now()
+        self.billing_epoch += 1
+
+    def stop_billing(self, ts: TaskState, wasted: bool) -> float:
+        """Add what the cluster cost since billing started to the task; returns that amount."""
+        if ts.billing_since is None:
+            return 0.0
+        cost = running_cost(ts.hourly_price, (workflow.now() - ts.billing_since).total_seconds())
+        ts.cost_usd += cost
+        ts.wasted_cost_usd += cost if wasted else 0.0
+        ts.billing_since = None
+        self.billing_epoch += 1
+        return cost
+
+    def end_attempt_billing(self, ts: TaskState) -> None:
+        """The current attempt ended (its cause is set): its cost goes in its history."""
+        attempt = ts.current_attempt()
+        if attempt is not None and ts.billing_since is not None:
+            attempt.cost_usd = self.stop_billing(ts, attempt.wasted)
+
+    def log_attempt_cost(self, ts: TaskState) -> None:
+        """The ended attempt's cost in the controller log (not for free infra). Always logged next to another
+        line, so it never adds a controller-log write (a command) of its own."""
+        attempt = ts.current_attempt()
+        if attempt is not None and attempt.cost_usd is not None and attempt.candidate and attempt.candidate.hourly_cost:
+            self.log(attempt_cost_line(ts.index, ts, attempt, self.job, workflow.now()))

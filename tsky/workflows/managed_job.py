@@ -43,10 +43,12 @@ with workflow.unsafe.imports_passed_through():
     )
     from tsky.contract.names import Query, Signal, WorkflowType
     from tsky.contract.pool_state import PoolGrant
+    from tsky.spec.lifecycle import dollars
     from tsky.spec.requests import Candidate
     from tsky.spec.status import ManagedJobStatus
     from tsky.spec.storage import writes_back
     from tsky.spec.task import Storage, Task
+    from tsky.workflows.job_limits import falls_back_to_on_demand, hold_for_debugging, preemptions, within_limits
     from tsky.workflows.job_phases import run_phases
     from tsky.workflows.job_state import JobRun, TaskEnded, is_own_bug
     from tsky.workflows.job_teardown import cleanup_job, release_cluster
@@ -124,6 +126,11 @@ class ManagedJobWorkflow:
                 await cleanup_job(run)
                 await run.notifier.flush()  # a cancelled job's last transitions, too
         run.log(f"Job finished: {run.job.status.value}.")
+        if any(t.cost_usd for t in run.job.tasks):
+            run.log(
+                f"Job cost: {dollars(run.job.cost(workflow.now()))}, wasted {dollars(run.job.wasted_cost())} "
+                "(estimated from catalog prices, which are approximate)."
+            )
         await run.publish()
         await run.notifier.flush()  # the last transition reaches the webhooks before the workflow ends
         return job_result(run.job)
@@ -145,25 +152,31 @@ class ManagedJobWorkflow:
             return
         bug = False
         try:
-            await self._run_attempts(task, ts)
+            await within_limits(run, task, ts, self._run_attempts(task, ts))
         except TaskEnded as ended:
             run.finish(ts, ended.status, ended.reason)
             run.log(f"Task {index} ({ts.name}) {ended.status.value}: {ended.reason}")
         except BaseException as err:
             bug = is_own_bug(err)
-            if is_cancelled_exception(err):
+            if is_cancelled_exception(err) and run.limit_hit is not None:
+                # Stopped by a lifecycle limit, not by the user: the task fails with the limit as reason.
+                run.finish(ts, Status.FAILED, run.limit_hit)
+                run.log(f"Task {index} ({ts.name}) FAILED: {run.limit_hit}.")
+                run.limit_hit = None
+            elif is_cancelled_exception(err):
                 if isinstance(err, FailureError) and not workflow.patched(_PATCH_CANCEL_IN_ACTIVITY):
                     raise  # histories from before the fix went straight to cleanup from a cancelled activity
                 run.record_cancel(ts)
                 await run.publish()
                 raise
-            if not isinstance(err, FailureError):
+            elif not isinstance(err, FailureError):
                 raise
-            # An activity failed past its retries (e.g. the plan could not be computed): SkyPilot's
-            # FAILED_CONTROLLER, with the cause.
-            reason = f"Unexpected error: {err.cause or err}"
-            run.finish(ts, Status.FAILED_CONTROLLER, reason)
-            run.log(f"Task {index} ({ts.name}) FAILED_CONTROLLER: {reason}")
+            else:
+                # An activity failed past its retries (e.g. the plan could not be computed): SkyPilot's
+                # FAILED_CONTROLLER, with the cause.
+                reason = f"Unexpected error: {err.cause or err}"
+                run.finish(ts, Status.FAILED_CONTROLLER, reason)
+                run.log(f"Task {index} ({ts.name}) FAILED_CONTROLLER: {reason}")
         finally:
             if not bug:
                 await release_cluster(run, ts)
@@ -193,6 +206,13 @@ class ManagedJobWorkflow:
                         await run.publish()
                     else:
                         candidates = candidates or await self._plan(task, ts)
+                        if falls_back_to_on_demand(run, task, ts, candidates):
+                            ts.on_demand_since_attempt = len(ts.attempts)
+                            run.log(
+                                f"Task {ts.index} ({ts.name}) was preempted {preemptions(ts)} time(s): launching it "
+                                "on on-demand instances from now on (spot_fallback_after)."
+                            )
+                            candidates = await self._plan(task.on_demand(), ts)
                     chosen, candidates = await self._launch(
                         task, ts, candidates, launch, recovery.strategy or "", lost_region, recovering, plan_in_launch
                     )
@@ -206,6 +226,7 @@ class ManagedJobWorkflow:
             attempt.started_at = workflow.now()
             ts.attempts.append(attempt)
             ts.attempt_count = len(ts.attempts)
+            run.start_billing(ts, attempt.candidate.hourly_cost if attempt.candidate else 0.0)
             run.enter_running(ts, recovering)
             run.log(f"Task {ts.index} ({ts.name}) attempt {attempt.index} running on {cluster.name}.")
             run.log(f"Job status: JobStatus.{'SETTING_UP' if task.setup else 'RUNNING'}")
@@ -224,6 +245,7 @@ class ManagedJobWorkflow:
             attempt.ended_at = workflow.now()
             attempt.cause = decision.cause
             attempt.exit_codes = list(outcome.exit_codes)
+            run.end_attempt_billing(ts)
             lost = outcome.kind is not OutcomeKind.EXITED
             if decision.action is Action.FINISH:
                 assert decision.status is not None
@@ -231,16 +253,20 @@ class ManagedJobWorkflow:
                     # Ended before its worker is free: a pool never shows more jobs RUNNING than workers.
                     run.finish(ts, decision.status, decision.reason or None)
                     await run.publish()
+                if not lost:  # the program failed: a debug hold may keep the cluster (never after a preemption)
+                    await hold_for_debugging(run, ts, decision.status, decision.reason, cluster)
                 await release_cluster(run, ts, lost=lost)
                 run.finish(ts, decision.status, decision.reason or None)
                 run.show.log_cluster_job_status(outcome)
                 run.log(f"Task {ts.index} ({ts.name}) {decision.status.value}. {decision.reason}".rstrip())
+                run.log_attempt_cost(ts)
                 return
             restarts += decision.counts_restart
             recovering = True
             run.set(ts, Status.RECOVERING, decision.reason)
             run.show.log_cluster_job_status(outcome)
             run.log(f"Task {ts.index} ({ts.name}) recovering: {decision.reason}")
+            run.log_attempt_cost(ts)
             await run.publish()
             if decision.action is Action.RELAUNCH:
                 lost_region = cluster.region

@@ -145,6 +145,7 @@ class Notifier:
                 status=status,
                 previous_status=previous,
                 reason=reason,
+                cost_so_far=job.cost(workflow.now()),
                 at=workflow.now().isoformat(),
                 schedule=self.req.orchestration.schedule,
                 relaunch_of=relaunch.of_job if relaunch else None,

@@ -19,6 +19,7 @@ with workflow.unsafe.imports_passed_through():
     from tsky.contract import search_attributes as sa
     from tsky.contract.activity_io import ActivityName, ControllerLogInput
     from tsky.contract.job import JobState
+    from tsky.spec.lifecycle import dollars
     from tsky.workflows.recovery import Outcome
 
 _PUBLISHED_ATTRIBUTES = (sa.STATUS, sa.RECOVERIES, sa.INFRA, sa.STARTED_AT, sa.ENDED_AT)
@@ -90,7 +91,8 @@ class Visibility:
             f"{(t.details or t.failure_reason or '').replace('|', '/')} |"
             for t in job.tasks
         )
+        cost = f"\n\nEstimated cost: {dollars(job.cost(workflow.now()))} (wasted {dollars(job.wasted_cost())})"
         return (
             f"**Job {job.job_id}** `{job.name}` — **{job.status.value}**\n\n"
-            "| task | name | status | recoveries | infra | details |\n|---|---|---|---|---|---|\n" + rows
+            "| task | name | status | recoveries | infra | details |\n|---|---|---|---|---|---|\n" + rows + cost
         )
