@@ -95,7 +95,9 @@ def launch_counter(env: TskyEnv, infra: str, mode: str, bucket: str, *args: str,
     return mnt
 
 
-@pytest.mark.parametrize("mode", ["MOUNT", "MOUNT_CACHED"])
+# MOUNT_CACHED is slow (`./scripts/test.sh -m slow`): its live mount runs by default in test_cancel_unmounts and the
+# chunk test, and resuming from a mount after a preemption in the MOUNT case.
+@pytest.mark.parametrize("mode", ["MOUNT", pytest.param("MOUNT_CACHED", marks=pytest.mark.slow)])
 def test_a_preempted_spot_job_resumes_from_its_mounted_checkpoint(
     tsky_env: TskyEnv, moto_s3: Emulator, mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
