@@ -8,6 +8,9 @@ Ranking: every offer that meets every requirement of a request is a match; each 
 zone) keeps its cheapest matching instance type; candidates are ordered by hourly cost × nodes (for
 `ordered` requests: request order first, cost within). When nothing matches, `infeasible_reason` says
 which requirement no enabled infra meets, and which disabled infra would have.
+
+Why one module of this size: the planner is one pure function with its ranking rules and their
+explanations (the "Considered resources" table); reading them side by side is the point.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 Everything with a side effect lives here, not in the models: reading files, the caller's environment
 (for `--env K`), checking that local paths exist and making them absolute (the worker that syncs them
 runs elsewhere), and generating a name when none is given.
+
+Why one module of this size: every side effect of reading a spec is here and nowhere else; splitting it
+would spread the one rule (models stay pure) over several files.
 """
 
 from __future__ import annotations

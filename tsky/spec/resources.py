@@ -5,6 +5,9 @@ The model keeps what the user wrote (accelerators as a string, a set-like dict o
 original and loads to an equal spec. `resolve()` does SkyPilot's resolution (docs/yaml.md): outer
 fields are defaults for each `any_of` / `ordered` entry (labels merged), an accelerator dict is a set of
 alternatives and a list an ordered preference, and both multiply with the entries.
+
+Why one module of this size: `resources:` has many accepted forms (SkyPilot's), and each form's
+validation and error text sit next to its model; the resolution to requests depends on all of them.
 """
 
 from __future__ import annotations

@@ -26,6 +26,9 @@ TransientError. Teardown terminates and waits until EC2 reports every instance t
 boto3 blocks, so every call runs in a thread. Credentials come the usual boto3 way (environment, profile,
 SSO, instance role). Instances are reached over SSH where `addresses.py`'s resolver says (by default their
 public address, or the private one with `aws.use_internal_ips`).
+
+Why one module of this size: it is one `Backend` (see `base.py`), one module by design (`get_backend`
+loads it with its SDK); the SSH runner and tag keys are shared (`ssh_runner.py`, `labels.py`).
 """
 
 from __future__ import annotations

@@ -30,6 +30,9 @@ would poll compute.googleapis.com. Every client call blocks, so it runs in a thr
 application default credentials; anonymous only for a local fake (`gcp.api_endpoint`, tests). Instances are
 reached over SSH where `addresses.py`'s resolver says (by default their external address, or the internal one
 with `gcp.use_internal_ips`).
+
+Why one module of this size: it is one `Backend` (see `base.py`), one module by design (`get_backend`
+loads it with its SDK); the SSH runner and label keys are shared (`ssh_runner.py`, `labels.py`).
 """
 
 from __future__ import annotations

@@ -29,6 +29,9 @@ rejection, is a CapacityError (try elsewhere); a missing namespace or context, a
 request, an image that cannot be pulled or lacks bash/tar is a PrecheckError.
 
 Client calls block; they run on the Kubernetes client's thread pool (`pod_exec.in_thread`).
+
+Why one module of this size: it is one `Backend` (see `base.py`), one module by design (`get_backend`
+loads it with its SDK); the pod exec agent and the label keys already live in `pod_exec.py` and `labels.py`.
 """
 
 from __future__ import annotations

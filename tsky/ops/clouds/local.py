@@ -7,6 +7,9 @@ offer spot, which `preempt()` (`tsky debug preempt`) or a configured random chan
 node's processes are killed and it reports PREEMPTED, exactly the evidence a cloud gives.
 
 It is a simulator: nodes share this host's CPUs, memory and filesystem.
+
+Why one module of this size: it is one `Backend` (see `base.py`), and a backend is one module by design
+(`get_backend` loads it by name); its parts (regions, nodes, processes, preemption) share one on-disk layout.
 """
 
 from __future__ import annotations
