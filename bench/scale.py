@@ -1,14 +1,15 @@
 """How many managed jobs one small machine runs: N sleeping jobs through the public API.
 
-    python bench/scale.py [--jobs 2000] [--workers 1] [--trivial 300] [--infra local|ssh|aws]
+    python bench/scale.py [--jobs 2000] [--workers 1] [--trivial 300] [--infra local|ssh|aws] [--nodes 50]
 
-`--infra local` (the default) runs them on the local simulator. `--infra ssh` runs them on N real sshd
-nodes on 127.x addresses (one per job: an ssh host holds one cluster at a time; needs root, as the backend
-tests do), listed in an ssh node pool file as a user would write it, and counts the SSH commands the nodes
-ran (their sshd logs at DEBUG1 name each one); it measures the local simulator with the same N first, so
-both figures come from the same run. `--infra aws` runs them on instances of moto's EC2, reached over SSH
-on N sshd nodes standing in for them (`bench/scale_aws.py`), and also counts the EC2 calls the worker
-makes, by operation; it too measures the local simulator first.
+`--infra local` (the default) runs them on the local simulator. `--infra ssh` runs them on `--nodes` real
+sshd nodes on 127.x addresses (needs root, as the backend tests do), listed in an ssh node pool file as a
+user would write it, each host taking its share of the jobs (`max_clusters`), and counts the SSH commands
+the nodes ran (their sshd logs at DEBUG1 name each one). `--infra aws` runs them on instances of moto's
+EC2, reached over SSH on N sshd nodes standing in for them (`bench/scale_aws.py`), and also counts the EC2
+calls the worker makes, by operation. Either then measures the local simulator with the same N, so both
+figures come from the same run. One job of the N prints a timestamped line every 2 s: how long its lines
+take to reach the log store (what `tsky jobs logs -f` follows) is the output latency.
 
 It starts its own dev server (SQLite file, as the embedded default) and worker process(es) in a temp
 TSKY_HOME, measures the engine's bare throughput with a trivial one-activity workflow, submits N jobs
@@ -25,7 +26,9 @@ import asyncio
 import contextlib
 import fcntl
 import getpass
+import json
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -60,6 +63,21 @@ def ssh_commands(node_dirs: list[Path]) -> int:
     return total
 
 
+async def output_latency(log: Path, seconds: float) -> list[float]:
+    """For `seconds`: how long after it was printed each `tick <time>` line reached the log store."""
+    latencies: list[float] = []
+    seen = len(log.read_bytes()) if log.exists() else 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        await asyncio.sleep(0.05)
+        with suppress(OSError):
+            data = log.read_bytes()
+            now = time.time()
+            latencies += [now - float(t) for t in re.findall(rb"tick (\d+\.\d+)\n", data[seen:])]
+            seen = len(data)
+    return latencies
+
+
 async def bench(
     args: argparse.Namespace, stack: Stack, infra: str, node_dirs: list[Path], aws: scale_aws.AwsWorld | None = None
 ) -> dict[str, float]:
@@ -80,14 +98,18 @@ async def bench(
     name = f"bench-{uuid.uuid4().hex[:6]}"
     resources = "resources: {infra: ssh/bench}\n" if infra == "ssh" else scale_aws.RESOURCES if aws else ""
     pipeline = load_pipeline(f"name: {name}\n{resources}run: exec flock -s {gate} true\n")
+    # The N-th job prints a timestamped line every 2 s until the gate opens: the output latency.
+    ticks = f'while ! flock -n -s {gate} true; do echo "tick $(date +%s.%N)"; sleep 2; done'
+    ticker = load_pipeline(f"name: {name}-ticker\n{resources}run: {json.dumps(ticks)}\n")
     user = getpass.getuser()
     with gate.open() as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # every job blocks on this until we let go
         cpu_w, cpu_s = stack.sampler.cpu("workers"), stack.sampler.cpu("server")
         t0, wall0 = time.monotonic(), datetime.now(UTC)
         ids = await api.submit(
-            client, stack.settings, pipeline, user=user, user_hash=user_hash(user, "bench"), num_jobs=args.jobs
+            client, stack.settings, pipeline, user=user, user_hash=user_hash(user, "bench"), num_jobs=args.jobs - 1
         )
+        ids += await api.submit(client, stack.settings, ticker, user=user, user_hash=user_hash(user, "bench"))
         f["submit_s"] = time.monotonic() - t0
         print(f"  submitted {len(ids)} jobs in {f['submit_s']:.1f} s", flush=True)
         await wait_for("RUNNING", args.jobs, lambda: count_status(client, "RUNNING"), args.timeout)
@@ -112,15 +134,26 @@ async def bench(
             time.monotonic(),
         )
         api_calls = aws.counter.snapshot() if aws else None
-        await asyncio.sleep(args.rest)
+        ticker_log = stack.home / "logs" / "jobs" / str(ids[-1]) / "task-0" / "attempt-0" / "run.log"
+        latencies = await output_latency(ticker_log, args.rest)
         span = time.monotonic() - t_rest
         if aws and api_calls is not None:
             f |= scale_aws.api_figures(api_calls, aws.counter.snapshot(), span)
+        f["load_1min"] = os.getloadavg()[0]
+        f["latency_p50_s"] = statistics.median(latencies) if latencies else float("nan")
+        f["latency_max_s"] = max(latencies, default=float("nan"))
         f["ssh_commands_per_s"] = (ssh_commands(node_dirs) - commands) / span
         f["rest_cpu_worker_pct"] = 100 * (stack.sampler.cpu("workers") - cpu_w) / span
         f["rest_cpu_server_pct"] = 100 * (stack.sampler.cpu("server") - cpu_s) / span
         f["heartbeats_per_s"] = (metric(scrape(stack.metrics_ports), HEARTBEATS[0], **HEARTBEATS[1]) - beats) / span
         f["job_processes"] = tagged_processes(f"{name}-")
+        kib = (f["worker_rss_running_mib"] - f["worker_rss_idle_mib"]) * 1024 / args.jobs
+        print(
+            f"  at rest: worker {f['rest_cpu_worker_pct']:.1f} % of one core, {kib:.0f} KiB/job; "
+            f"{f['ssh_commands_per_s']:.1f} SSH commands/s; output latency p50 {f['latency_p50_s']:.2f} s, "
+            f"max {f['latency_max_s']:.2f} s; load average {f['load_1min']:.2f}",
+            flush=True,
+        )
         t1 = time.monotonic()
     # The lock is released: every job's run ends now.
     f["release_to_succeeded_s"] = await wait_for(
@@ -161,12 +194,19 @@ def report(args: argparse.Namespace, f: dict[str, float], where: str, infra: str
         f"Temporal server RSS:      idle {f['server_rss_idle_mib']:.0f} MiB, {n} running "
         f"{f['server_rss_running_mib']:.0f} MiB ({server_kib:.0f} KiB/job), peak {f['server_rss_peak_mib']:.0f} MiB",
         f"{n} running, at rest:    worker {f['rest_cpu_worker_pct']:.1f} %, server {f['rest_cpu_server_pct']:.1f} % "
-        f"of one core; {f['heartbeats_per_s']:.1f} heartbeat RPCs/s; {int(f['job_processes'])} job processes",
+        f"of one core; {f['heartbeats_per_s']:.1f} heartbeat RPCs/s; {int(f['job_processes'])} job processes; "
+        f"load average {f['load_1min']:.2f}",
+        f"output latency at rest:   p50 {f['latency_p50_s']:.2f} s, max {f['latency_max_s']:.2f} s "
+        "(a line printed on a node until it is in the log store)",
         f"workflow tasks over 5 s (the SDK's warning; 10 s is their timeout): {int(f['slow_workflow_tasks'])}",
     ]
-    if infra in ("ssh", "aws"):
-        lines.append(f"SSH commands at rest:     {f['ssh_commands_per_s']:.1f} per second ({n} nodes)")
+    if infra == "ssh":
+        lines.append(
+            f"SSH commands at rest:     {f['ssh_commands_per_s']:.1f} per second ({args.nodes} sshd nodes, "
+            f"up to {-(-n // args.nodes)} clusters each)"
+        )
     if infra == "aws":
+        lines.append(f"SSH commands at rest:     {f['ssh_commands_per_s']:.1f} per second ({n} nodes)")
         lines.append(scale_aws.report_line(f, n))
     print("\n" + "\n".join(lines))
 
@@ -182,19 +222,21 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--keep", action="store_true", help="keep the temp TSKY_HOME (logs) for a look")
     parser.add_argument("--infra", choices=["local", "ssh", "aws"], default="local")
+    parser.add_argument("--nodes", type=int, default=50, help="sshd nodes for --infra ssh (at most --jobs)")
     args = parser.parse_args()
+    args.nodes = max(1, min(args.nodes, args.jobs))
     where = machine()
     print(f"machine at start: {where}", flush=True)
     config = yaml.safe_load(args.config) or {}
-    for infra in ["local", args.infra] if args.infra != "local" else ["local"]:
+    for infra in [args.infra, "local"] if args.infra != "local" else ["local"]:
         print(f"-- {infra} infra", flush=True)
         with contextlib.ExitStack() as cleanup:
-            node_dirs = cleanup.enter_context(ssh_pool(args.jobs)) if infra == "ssh" else []
+            node_dirs = cleanup.enter_context(ssh_pool(args.nodes)) if infra == "ssh" else []
             aws = cleanup.enter_context(scale_aws.aws_world(args.jobs)) if infra == "aws" else None
             stack_config = config | aws.config if aws else config
             with Stack(workers=args.workers, config=stack_config, keep=args.keep) as stack:
                 if infra == "ssh":
-                    write_pool(stack.home, node_dirs)
+                    write_pool(stack.home, node_dirs, max_clusters=-(-args.jobs // args.nodes))
                 if aws:
                     aws.attach(stack.home)
                 dirs = aws.node_dirs if aws else [d for d, _ in node_dirs]
@@ -220,14 +262,15 @@ def ssh_pool(count: int) -> Iterator[list[tuple[Path, str]]]:
         shutil.rmtree(nodes.root, ignore_errors=True)
 
 
-def write_pool(home: Path, nodes: list[tuple[Path, str]]) -> None:
-    """The ssh node pool file a user would write: pool `bench` holds every node."""
+def write_pool(home: Path, nodes: list[tuple[Path, str]], max_clusters: int) -> None:
+    """The ssh node pool file a user would write: pool `bench` holds every node, each taking
+    `max_clusters` clusters at once."""
     hosts, key = [], ""
     for _, spec in nodes:
         endpoint, _, key = spec.partition("|")
         addr, _, port = endpoint.rpartition(":")
         hosts.append({"ip": addr, "port": int(port)})
-    pool = {"bench": {"user": "root", "identity_file": key, "hosts": hosts}}
+    pool = {"bench": {"user": "root", "identity_file": key, "max_clusters": max_clusters, "hosts": hosts}}
     (home / "ssh_node_pools.yaml").write_text(yaml.safe_dump(pool))
 
 

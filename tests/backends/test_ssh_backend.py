@@ -97,7 +97,7 @@ async def test_claims_adopt_capacity_states_and_teardown(ssh_nodes: SSHNodes, po
 
     # A host that answers without the cluster's claim: the cluster is gone there.
     claim_link(nodes[1]).unlink()
-    assert await backend.node_states(info) == [NodeState.UP, NodeState.GONE]
+    assert await backend.node_states(info, fresh=True) == [NodeState.UP, NodeState.GONE]
 
     await backend.teardown("a-1", info)
     for node in nodes[:2]:
@@ -113,6 +113,43 @@ async def test_claims_adopt_capacity_states_and_teardown(ssh_nodes: SSHNodes, po
     assert (record.name, record.pool, record.job_id) == ("w-1", "workers", None)
     assert worker.extra == {"node_pool": "p", "pool": "workers"}
     await backend.teardown("w-1", worker)
+
+
+async def test_a_host_with_max_clusters_runs_several_clusters(ssh_nodes: SSHNodes, pool: None, tmp_path: Path) -> None:
+    """An on-premises box with 8 GPUs runs several small jobs at once: `max_clusters` lets one host hold
+    that many clusters, each with its own claim, processes and files; one more waits for room."""
+    node = ssh_nodes.start()
+    home = tmp_path / "home"
+    write_pools(home, ssh_nodes, {"p": [node]})
+    pools = yaml.safe_load((home / "ssh_node_pools.yaml").read_text())
+    pools["p"]["max_clusters"] = 2
+    (home / "ssh_node_pools.yaml").write_text(yaml.safe_dump(pools))
+    backends = [SSHBackend(load_settings(home), FAST) for _ in range(3)]  # three workers at the same moment
+    results = await asyncio.gather(
+        *(b.provision(f"s-{i}", candidate("p"), 1, meta(i)) for i, b in enumerate(backends)), return_exceptions=True
+    )
+    won = [r for r in results if isinstance(r, ClusterInfo)]
+    lost = [r for r in results if isinstance(r, BaseException)]
+    assert len(won) == 2 and len(lost) == 1 and isinstance(lost[0], CapacityError), results
+    backend = backends[0]
+    for info in won:
+        agent = backend.node(info, 0)
+        await agent.start_phase("run-a0", "echo $TSKY_PROCESS_TAG; sleep 300", {})
+        assert await backend.node_states(info) == [NodeState.UP]
+    await backend.node(won[0], 0).sync_dir(str(tmp_path / "home"), "sky_workdir")
+    assert sorted(r.name for r in await backend.list_clusters()) == sorted(i.name for i in won)
+
+    # One cluster ends: only its processes and files go; the host's shared workdir stays for the other.
+    await backend.teardown(won[0].name, won[0])
+    assert node.count("sleep") == 1
+    assert not (node.home / f".tsky/clusters/{won[0].name}").exists()
+    assert (node.home / f".tsky/clusters/{won[1].name}").exists() and (node.home / "sky_workdir").exists()
+    assert await backend.node_states(won[1], fresh=True) == [NodeState.UP]
+    again = await backend.provision("s-9", candidate("p"), 1, meta(9))  # the freed room is taken again
+    for info in (won[1], again):
+        await backend.teardown(info.name, info)
+    assert list((node.home / ".tsky/claims").iterdir()) == [] and not (node.home / "sky_workdir").exists()
+    assert node.count("sleep") == 0
 
 
 async def test_concurrent_launches_never_share_a_host(ssh_nodes: SSHNodes, pool: None, tmp_path: Path) -> None:

@@ -34,6 +34,8 @@ from temporalio.worker import Worker
 from tests.harness import DevServer
 from tests.replay.examples import child_workflow_example
 from tests.workflows.fakes import LOST, PRECHECK, UNREACHABLE, FakeCloud, ended_jobs, serving, time_skipping_env
+from tests.workflows.test_orchestration import JOB as ONE_TASK
+from tests.workflows.test_orchestration import PIPE3, Outside, notifying
 from tests.workflows.test_pool_workflow import (
     LOSE_WHEN_IDLE,
     POOL,
@@ -60,6 +62,7 @@ from tsky.contract.ids import (
 )
 from tsky.contract.job import GracefulCancel, JobRequest, JobState
 from tsky.contract.names import Signal, WorkflowType
+from tsky.contract.orchestration import Orchestration, Relaunch, ScheduledRun
 from tsky.contract.pool_state import PoolSnapshot
 from tsky.contract.scheduling import SchedulerState
 from tsky.spec.loader import load_pipeline
@@ -69,6 +72,7 @@ from tsky.spec.storage import BucketURL, UploadLocation
 from tsky.worker.main import workflow_runner
 from tsky.workflows.managed_job import ManagedJobWorkflow
 from tsky.workflows.pool import PoolWorkflow
+from tsky.workflows.scheduled_job import ScheduledJobWorkflow
 from tsky.workflows.scheduler import SchedulerWorkflow
 from tsky.workflows.sweeper import SweeperState, SweeperWorkflow
 
@@ -660,6 +664,29 @@ def cloud(**script: object) -> Callable[[], FakeCloud]:
     return lambda: FakeCloud(**script)  # type: ignore[arg-type]
 
 
+# -- orchestration (issue 18): the jobs a job waits for and its webhooks, faked ------------------------------
+
+_outside = Outside(ended={5: "FAILED"})
+_outside.released.set()
+
+
+def _notified(world: World) -> Awaitable[None]:
+    _outside.failures_left = 3  # the webhook answers 500 three times first
+    return job(ONE_TASK, job_id=9, orchestration=notifying(request(ONE_TASK)).orchestration)(world)
+
+
+async def _scheduled_run(world: World) -> None:
+    handle = await world.client.start_workflow(
+        ScheduledJobWorkflow.run,
+        ScheduledRun(schedule="nightly", pipeline=load_pipeline(ONE_TASK), name="train", user="alice"),
+        id="tsky-schedule-nightly-2026-01-01T03:00:00Z",
+        task_queue=CONTROL_QUEUE,
+    )
+    result = await handle.result()
+    world.keep(WorkflowType.SCHEDULED_JOB, "", handle)
+    world.keep(WorkflowType.MANAGED_JOB, "job", world.client.get_workflow_handle(job_workflow_id(result.job_id)))
+
+
 SCENARIOS: list[Scenario] = [
     # ManagedJob
     Scenario("succeeded", job(SPOT_JOB)),
@@ -725,6 +752,14 @@ SCENARIOS: list[Scenario] = [
     Scenario("training_failed_skips_eval", parent("finish"), cloud(run_script=[[1]])),
     Scenario("job_cancelled_from_outside", parent("cancel_job"), cloud(run_blocks=True)),
     Scenario("parent_cancelled_cancels_its_job", parent("cancel_parent"), cloud(run_blocks=True)),
+    # orchestration (issue 18)
+    Scenario("after_a_failed_job_cancelled", job(ONE_TASK, job_id=6, orchestration=Orchestration(after=[5]))),
+    Scenario(
+        "relaunch_skips_the_done_task",
+        job(PIPE3, job_id=4, orchestration=Orchestration(relaunch=Relaunch(of_job=3, skip_tasks=[0]))),
+    ),
+    Scenario("notified_each_transition_after_retries", _notified, cloud(run_script=[[3]])),
+    Scenario("scheduled_run", _scheduled_run),
 ]
 
 
@@ -737,7 +772,9 @@ async def world_for(scenario: Scenario) -> AsyncIterator[World]:
         # tsky's real job-id activities (for a user's parent workflow), served by the control queue.
         ids = JobIdActivities(client, Settings(home=Path("/nonexistent-tsky-home")))
         control: list[Callable[..., Any]] = [request_slot, ended_jobs, ids.allocate_job_id, ids.job_result]
-        async with serving(client, fake, control=control, launch=[_sweep], watch=[watch_cluster]):
+        control.append(_outside.notify)
+        watch = [watch_cluster, _outside.wait_for_jobs]
+        async with serving(client, fake, control=control, launch=[_sweep], watch=watch):
             yield World(client, fake, env)
 
     if scenario.suggest_continue_as_new_after is None:

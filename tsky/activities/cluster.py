@@ -8,7 +8,6 @@ from "this can never work, fail now". `teardown_cluster` returns only once the b
 from __future__ import annotations
 
 import asyncio
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -30,8 +29,8 @@ from tsky.contract.activity_io import (
 from tsky.ops.clouds import get_backend
 from tsky.ops.clouds.base import CapacityError, PrecheckError
 from tsky.ops.mounts import FileSync, storages
-from tsky.ops.storage import delete_prefix, get_store
-from tsky.ops.uploads import uploads_root
+from tsky.ops.storage import get_store
+from tsky.ops.uploads import UploadError, remove_uploads
 from tsky.spec.settings import Settings
 
 logger = activity.logger
@@ -107,21 +106,10 @@ class ClusterActivities:
             await asyncio.to_thread(self._cleanup, inp)
 
     def _cleanup(self, inp: CleanupJobInput) -> None:
-        for location in inp.uploads:
-            if location.path is not None:
-                path = Path(location.path)
-                root = uploads_root(self.settings)
-                if not path.resolve().is_relative_to(root.resolve()):
-                    raise ApplicationError(
-                        f"refusing to delete {path}: not in this worker's file store {root}", non_retryable=True
-                    )
-                shutil.rmtree(path, ignore_errors=True)
-            elif location.bucket is not None:
-                store = get_store(location.bucket.store, self.settings)
-                if location.delete_bucket:
-                    store.delete_bucket(location.bucket.bucket)
-                else:
-                    delete_prefix(store, location.bucket)
+        try:
+            remove_uploads(self.settings, inp.uploads)
+        except UploadError as err:
+            raise ApplicationError(str(err), non_retryable=True) from err
         for ref in inp.buckets:
             get_store(ref.store, self.settings).delete_bucket(ref.name)
         logger.info("job %s cleaned up", inp.job_id)

@@ -7,6 +7,11 @@ heartbeated size and resumes from those offsets: it re-attaches to the processes
 never starts them again, never drops or repeats a line. A log store that cannot be written to is retried
 at every poll while the job runs on; the nodes' offsets advance only once their output is stored.
 
+Each node is asked either by a command per poll (its status, then its new output) or, where its agent
+can (`FollowingAgent`, SSH), through one long-lived stream of its output that ends with the phase's
+process: no command at all per poll while the stream lives. A stream's bytes count only once stored, so
+a broken stream is re-attached at the stored offset, and whenever a node cannot stream it is polled.
+
 It returns the exit codes once every node's phase has ended, or raises:
 - `ClusterLost` when the backend positively reports a node preempted, stopped or gone;
 - `ClusterUnreachable` when status checks keep failing past the window (both a time and a count).
@@ -25,7 +30,7 @@ from tsky.activities.heartbeat import ThrottledHeartbeat
 from tsky.contract.activity_io import ActivityName, ClusterInfo, ErrorType, PhaseInput, PhaseResult, StopPhaseInput
 from tsky.contract.logs import phase_log_key
 from tsky.ops.clouds import get_backend
-from tsky.ops.clouds.base import Backend, NodeAgent, PhaseStatus
+from tsky.ops.clouds.base import Backend, FollowingAgent, FollowUnsupported, LogStream, NodeAgent, PhaseStatus
 from tsky.ops.environment import task_environment
 from tsky.ops.log_store import LogStore, log_store
 from tsky.spec.secrets import SecretKeyError, load_key, unseal
@@ -120,6 +125,92 @@ def _prefix(task_name: str, phase: str, rank: int, pid: int, ip: str, nodes: int
     return text.encode() + b" "
 
 
+class _PolledNode:
+    """A node asked by a command per poll: its phase's status, then its new output."""
+
+    def __init__(self, agent: NodeAgent, phase: str):
+        self.agent = agent
+        self.phase = phase
+
+    async def status(self, stored: int) -> PhaseStatus:
+        """The phase's status; `stored`: how much of its output is safely in the log store."""
+        return await self.agent.phase_status(self.phase)
+
+    async def read(self, offset: int, limit: int) -> bytes:
+        return await self.agent.read_log(self.phase, offset, limit)
+
+    def close(self) -> None:
+        pass
+
+
+class _StreamedNode(_PolledNode):
+    """A node whose output comes over one long-lived stream (`FollowingAgent.follow_log`) that ends with
+    the phase's process. The stream's bytes wait in `buffer` (log offset `start` on) until stored; a
+    broken stream is re-attached at the stored offset, dropping only what was not stored yet, so no
+    line is lost or repeated. It polls instead while a stream cannot be opened (a failing poll counts
+    against the reachability window, as ever), once the process has ended (for its exit code), and for
+    good on a node that cannot follow."""
+
+    def __init__(self, agent: FollowingAgent, phase: str):
+        super().__init__(agent, phase)
+        self.follower = agent
+        self.buffer = bytearray()
+        self.start = 0
+        self.pump: asyncio.Task[bool] | None = None
+        self.polling = False  # the process ended or the node cannot follow: commands from now on
+        self.room = asyncio.Event()
+
+    async def status(self, stored: int) -> PhaseStatus:
+        del self.buffer[: max(0, stored - self.start)]
+        self.start = max(self.start, stored)
+        if len(self.buffer) < _READ_LIMIT:
+            self.room.set()
+        if self.pump is not None and self.pump.done():
+            self.polling = self.pump.result()
+            self.pump = None
+        if self.pump is None and not self.polling:
+            try:
+                stream = await self.follower.follow_log(self.phase, stored)
+            except Exception as err:
+                activity.logger.info("cannot stream %s's output, polling it: %s", self.phase, err)
+                return await super().status(stored)
+            self.buffer.clear()
+            self.start = stored
+            self.pump = asyncio.create_task(self._pump(stream))
+        if self.pump is None:
+            return await super().status(stored)
+        return PhaseStatus(started=True, alive=True, log_size=self.start + len(self.buffer))
+
+    async def read(self, offset: int, limit: int) -> bytes:
+        if self.start <= offset < self.start + len(self.buffer):
+            return bytes(self.buffer[offset - self.start : offset - self.start + limit])
+        return await super().read(offset, limit)
+
+    async def _pump(self, stream: LogStream) -> bool:
+        """Buffer the stream until it ends; True when the node is to be polled from now on."""
+        try:
+            while True:
+                while len(self.buffer) >= _READ_LIMIT:  # the store is behind: let the node wait
+                    self.room.clear()
+                    await self.room.wait()
+                data = await stream.read()
+                if not data:
+                    return True  # the process ended: its exit code comes by command
+                self.buffer += data
+        except FollowUnsupported as err:
+            activity.logger.info("%s; polling it", err)
+            return True
+        except Exception as err:  # broken: the next poll re-attaches at the stored offset
+            activity.logger.info("output stream of %s broke, re-attaching: %s", self.phase, err)
+            return False
+        finally:
+            stream.close()
+
+    def close(self) -> None:
+        if self.pump is not None:
+            self.pump.cancel()
+
+
 @dataclass
 class _PhaseLog:
     """The phase's log in the store, and how much of it is stored."""
@@ -189,8 +280,13 @@ class PhaseActivities:
 
         if job_log and inp.phase == "run" and store_size == 0:
             await store(_run_started(len(agents)))
+        stream = self.settings.jobs.watch.stream
+        nodes = [
+            _StreamedNode(a, phase_key) if stream and isinstance(a, FollowingAgent) else _PolledNode(a, phase_key)
+            for a in agents
+        ]
         try:
-            result = await self._watch_loop(inp, backend, agents, phase_key, log, offsets, prefixes)
+            result = await self._watch_loop(inp, backend, nodes, log, offsets, prefixes)
             if job_log and any(result.exit_codes):
                 await store(_failed(inp, result.exit_codes))
             return result
@@ -202,6 +298,9 @@ class PhaseActivities:
             if why is not None and why.cancel_requested and not why.timed_out:
                 await asyncio.shield(asyncio.gather(*(a.stop_phase(phase_key) for a in agents)))
             raise
+        finally:
+            for node in nodes:
+                node.close()
 
     async def _start_or_judge(
         self, inp: PhaseInput, backend: Backend, agents: list[NodeAgent], phase_key: str, progress: list[int]
@@ -241,8 +340,7 @@ class PhaseActivities:
         self,
         inp: PhaseInput,
         backend: Backend,
-        agents: list[NodeAgent],
-        phase_key: str,
+        nodes: list[_PolledNode],
         log: _PhaseLog,
         offsets: list[int],
         prefixes: list[bytes],
@@ -254,8 +352,8 @@ class PhaseActivities:
         beat = ThrottledHeartbeat()
         while True:
             try:
-                statuses = list(await asyncio.gather(*(a.phase_status(phase_key) for a in agents)))
-                stored = await self._copy_output(agents, phase_key, statuses, log, offsets, prefixes)
+                statuses = list(await asyncio.gather(*(n.status(o) for n, o in zip(nodes, offsets, strict=True))))
+                stored = await self._copy_output(nodes, statuses, log, offsets, prefixes)
                 exited = all(s.exit_code is not None for s in statuses) and stored
                 vanished = any(s.exit_code is None and not s.alive for s in statuses)
                 vanished_polls = vanished_polls + 1 if vanished else 0
@@ -296,8 +394,7 @@ class PhaseActivities:
 
     async def _copy_output(
         self,
-        agents: list[NodeAgent],
-        phase_key: str,
+        nodes: list[_PolledNode],
         statuses: list[PhaseStatus],
         log: _PhaseLog,
         offsets: list[int],
@@ -308,9 +405,9 @@ class PhaseActivities:
         when the store could not take them: the offsets stay, and the next poll reads them again."""
         chunks: list[bytes] = []
         read_to = list(offsets)
-        for rank, (agent, status) in enumerate(zip(agents, statuses, strict=True)):
+        for rank, (node, status) in enumerate(zip(nodes, statuses, strict=True)):
             while status.log_size > read_to[rank]:
-                data = await agent.read_log(phase_key, read_to[rank], _READ_LIMIT)
+                data = await node.read(read_to[rank], _READ_LIMIT)
                 if not data:
                     break
                 end = data.rfind(b"\n") + 1

@@ -110,6 +110,16 @@ def launch(
     ] = None,
     pool: Annotated[str | None, typer.Option("--pool", "-p", help="Run on a pool's workers.")] = None,
     num_jobs: Annotated[int, typer.Option("--num-jobs", help="Submit N copies (ranks 0..N-1).")] = 1,
+    # Orchestration (docs/orchestration.md)
+    after: Annotated[
+        list[str] | None, typer.Option("--after", help="Start once these jobs SUCCEEDED: ID[,ID...].")
+    ] = None,
+    after_any: Annotated[
+        bool, typer.Option("--after-any", help="With --after: start once they ended, whatever their status.")
+    ] = False,
+    notify: Annotated[
+        list[str] | None, typer.Option("--notify", help="POST each status change to this webhook URL (repeatable).")
+    ] = None,
 ) -> None:
     """Launch a managed job from a SkyPilot task YAML (or a pipeline); stream its logs until it ends."""
     from tsky.cli.launching import LaunchOptions, launch_job
@@ -150,6 +160,9 @@ def launch(
         job_recovery=job_recovery,
         pool=pool,
         num_jobs=num_jobs,
+        after=after or [],
+        after_any=after_any,
+        notify=notify or [],
     )
     raise typer.Exit(launch_job(options))
 
@@ -215,6 +228,22 @@ def _details(task: TaskState) -> str:
     return f"Failure: {task.failure_reason}" if task.failure_reason else task.details or ""
 
 
+def _links(job: api.JobRow) -> str:
+    """`queue -v`: where the job comes from, after its details."""
+    found = []
+    if "relaunch_of" in job.links:
+        found.append(f"relaunch of job {job.links['relaunch_of']}")
+    if "schedule" in job.links:
+        found.append(f"schedule {job.links['schedule']}")
+    if "after" in job.links:
+        found.append(f"after job {','.join(map(str, job.links['after']))}")
+    return f"({'; '.join(found)})" if found else ""
+
+
+def _with_links(details: str, job: api.JobRow) -> str:
+    return " ".join(part for part in (details, _links(job)) if part)
+
+
 def _queue_lines(job: api.JobRow, now: datetime, workers: dict[int, tuple[int, str]]) -> list[_QueueLine]:
     """SkyPilot's rows: one per single-task job; for a pipeline an aggregate row (the status of the first
     task not SUCCEEDED, with "(task: k)" while in progress) followed by one ` ↳` row per task.
@@ -226,8 +255,8 @@ def _queue_lines(job: api.JobRow, now: datetime, workers: dict[int, tuple[int, s
         return [
             _QueueLine(str(job.job_id), "-", job.name, job.user, job.resources, job.submitted_at, job.ended_at,
                        task.job_duration(now) if task else None, job.recoveries, job.status.value, job.pool,
-                       job.started_at, job.infra, _details(task) if task else "", sched_state(job), worker_id,
-                       worker_cluster)
+                       job.started_at, job.infra, _with_links(_details(task) if task else "", job), sched_state(job),
+                       worker_id, worker_cluster)
         ]  # fmt: skip
     current = next((t for t in tasks if t.status is not ManagedJobStatus.SUCCEEDED), tasks[-1])
     status = current.status.value + ("" if current.status.is_terminal() else f" (task: {current.index})")
@@ -235,7 +264,7 @@ def _queue_lines(job: api.JobRow, now: datetime, workers: dict[int, tuple[int, s
     lines = [
         _QueueLine(str(job.job_id), "", job.name, job.user, "-", job.submitted_at, job.ended_at,
                    sum(t.job_duration(now) for t in tasks), job.recoveries, status, job.pool, job.started_at,
-                   job.infra, failure, sched_state(job), worker_id, worker_cluster)
+                   job.infra, _with_links(failure, job), sched_state(job), worker_id, worker_cluster)
     ]  # fmt: skip
     for t in tasks:
         lines.append(
@@ -288,6 +317,9 @@ def queue(
     since: Annotated[str | None, typer.Option("--since", help="Submitted in the last 30m, 48h, 7d, 2w.")] = None,
     after: Annotated[str | None, typer.Option("--after", help="Submitted after this date: YYYY-MM-DD.")] = None,
     before: Annotated[str | None, typer.Option("--before", help="Submitted before this date.")] = None,
+    schedule: Annotated[
+        str | None, typer.Option("--schedule", help="Only the runs of this schedule (tsky jobs schedule).")
+    ] = None,
 ) -> None:
     """Show managed jobs (yours, newest first) from one visibility query."""
     if output not in ("table", "json"):
@@ -317,9 +349,9 @@ def queue(
         from tsky.client import jobs as api  # the Temporal client: imported only by commands that talk to it
 
         user = None if all_users else current_user()
-        filtered = window is not None or where is not None
+        filtered = window is not None or where is not None or schedule is not None
         if show_all or job_ids or skip_finished or filtered:
-            rows = await api.list_jobs(client, user=user, skip_finished=skip_finished)
+            rows = await api.list_jobs(client, user=user, skip_finished=skip_finished, schedule=schedule)
             if job_ids:
                 rows = [r for r in rows if r.job_id in set(job_ids)]
             if wanted:
@@ -658,9 +690,13 @@ def cancel(
 
 def register(root: typer.Typer) -> None:
     from tsky.cli.pools import app as pool_app
+    from tsky.cli.schedules import app as schedule_app
+    from tsky.cli.schedules import relaunch
     from tsky.cli.server import dashboard
 
     app.add_typer(pool_app, name="pool")
+    app.add_typer(schedule_app, name="schedule")
+    app.command("relaunch")(relaunch)
     app.command("dashboard")(dashboard)
     root.add_typer(app, name="jobs")
 

@@ -14,6 +14,7 @@ import typer
 import yaml
 
 from tsky.cli.common import (
+    NotFound,
     UsageError,
     client_for,
     console,
@@ -26,17 +27,19 @@ from tsky.cli.common import (
     settings_with,
 )
 from tsky.cli.jobs import print_finished, print_submitted
+from tsky.cli.orchestration import notify_for, parse_after
 from tsky.cli.plan_table import render_pipeline_plan, render_plan
 from tsky.cli.waiting import spinner, with_worker
-from tsky.client.infra import CATALOG_CLOUDS, check_infra, plan_for_task
+from tsky.client.infra import CATALOG_CLOUDS, InfraStatus, check_infra, plan_for_task
 from tsky.contract.activity_io import PlanResult
+from tsky.contract.orchestration import Orchestration
 from tsky.spec.envs import env_overrides, secret_overrides
 from tsky.spec.errors import SpecError
 from tsky.spec.loader import apply_overrides, load_pipeline
 from tsky.spec.requests import Candidate
 from tsky.spec.settings import Settings
 from tsky.spec.status import JobExitCode
-from tsky.spec.task import Pipeline
+from tsky.spec.task import Pipeline, Task
 
 
 @dataclass
@@ -70,6 +73,10 @@ class LaunchOptions:
     job_recovery: str | None = None
     pool: str | None = None
     num_jobs: int = 1
+    # Orchestration (tsky.cli.orchestration)
+    after: list[str] | None = None
+    after_any: bool = False
+    notify: list[str] | None = None
 
 
 def _is_yaml(entrypoint: list[str]) -> bool:
@@ -117,7 +124,11 @@ def load(opts: LaunchOptions) -> tuple[Pipeline, list[str]]:
 def launch_job(opts: LaunchOptions) -> int:
     if opts.num_jobs < 1:
         fail(f"--num-jobs must be at least 1 (got {opts.num_jobs}).")
+    after = parse_after(opts.after)
+    if opts.after_any and not after:
+        fail("--after-any applies only with --after: tsky jobs launch --after JOB_ID --after-any job.yaml.")
     s = settings() if not opts.config else settings_with(opts.config)
+    notify = notify_for(opts.notify, s)
     try:
         pipeline, warnings = load(opts)
     except SpecError as err:
@@ -148,6 +159,9 @@ def launch_job(opts: LaunchOptions) -> int:
         from tsky.client.jobs import UploadError
 
         client = await client_for(s)
+        missing = await api.missing_jobs(client, after)
+        if missing:
+            raise NotFound(f"--after {missing[0]}: no managed job {missing[0]}; `tsky jobs queue -a` lists the ids.")
         if opts.num_jobs > 1 and opts.pool is None:
             console.print(f"Submitting {opts.num_jobs} managed jobs. Each job will be launched on its own cluster.")
         submission = api.submit(
@@ -160,6 +174,7 @@ def launch_job(opts: LaunchOptions) -> int:
             pool=opts.pool,
             priority=pipeline.tasks[0].priority(),
             progress=lambda text: console.print(f"[dim]{text}[/]"),
+            orchestration=Orchestration(after=after, after_any=opts.after_any, notify=notify),
             warn=lambda text: err_console.print(f"[yellow]Warning: {text}[/]"),
         )
         try:
@@ -188,16 +203,7 @@ def launch_job(opts: LaunchOptions) -> int:
 def _show_plan(opts: LaunchOptions, s: Settings, pipeline: Pipeline) -> None:
     """SkyPilot's "Considered resources" table(s) (unless -y), chosen among enabled infra only, as the real
     launch chooses; no feasible plan ends the launch here, with one short error."""
-    statuses = check_infra(s)
-    runnable = [t for t in pipeline.tasks if t.run]
-    plans: list[PlanResult] = [plan_for_task(task, s, statuses) for task in runnable]
-    infeasible = [(t, p) for t, p in zip(runnable, plans, strict=True) if p.infeasible_reason or not p.candidates]
-    if infeasible:
-        task, result = infeasible[0]
-        which = f" for task {task.name!r}" if len(runnable) > 1 and task.name else ""
-        lines = [f"Nothing was launched: no resources{which}: {result.infeasible_reason or 'no candidates.'}"]
-        lines += [f"  {st.name}: not enabled: {st.reason}" for st in statuses if not st.enabled]
-        fail("\n".join(lines))
+    statuses, runnable, plans = check_feasible(s, pipeline)
     if opts.yes and not opts.dryrun:
         return
     # A dry run also prices the catalog clouds that are off here, greyed and never chosen.
@@ -218,6 +224,21 @@ def _show_plan(opts: LaunchOptions, s: Settings, pipeline: Pipeline) -> None:
         )
     elif runnable:
         render_pipeline_plan(console, [(t.name or "", t.num_nodes, p) for t, p in zip(runnable, plans, strict=True)])
+
+
+def check_feasible(s: Settings, pipeline: Pipeline) -> tuple[list[InfraStatus], list[Task], list[PlanResult]]:
+    """Plan every task among the enabled infra; no feasible plan ends the command here, with one short error."""
+    statuses = check_infra(s)
+    runnable = [t for t in pipeline.tasks if t.run]
+    plans: list[PlanResult] = [plan_for_task(task, s, statuses) for task in runnable]
+    infeasible = [(t, p) for t, p in zip(runnable, plans, strict=True) if p.infeasible_reason or not p.candidates]
+    if infeasible:
+        task, result = infeasible[0]
+        which = f" for task {task.name!r}" if len(runnable) > 1 and task.name else ""
+        lines = [f"Nothing was launched: no resources{which}: {result.infeasible_reason or 'no candidates.'}"]
+        lines += [f"  {st.name}: not enabled: {st.reason}" for st in statuses if not st.enabled]
+        fail("\n".join(lines))
+    return statuses, runnable, plans
 
 
 def _not_enabled(result: PlanResult | None, reasons: dict[str, str]) -> list[tuple[Candidate, str]]:

@@ -37,28 +37,23 @@ Why these choices:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 from temporalio import workflow
-from temporalio.common import RetryPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ChildWorkflowError, is_cancelled_exception
-from temporalio.workflow import ChildWorkflowCancellationType, ChildWorkflowHandle, ParentClosePolicy
+from temporalio.workflow import ChildWorkflowHandle
 
 with workflow.unsafe.imports_passed_through():
-    from tsky.contract import job_start
-    from tsky.contract.activity_io import ActivityName, AllocateJobInput, AllocateJobResult, JobResultInput
-    from tsky.contract.ids import CONTROL_QUEUE, job_workflow_id
+    import tsky.workflows.job_children as job_children
+    from tsky.contract.activity_io import ActivityName, JobResultInput
+    from tsky.contract.ids import CONTROL_QUEUE
     from tsky.contract.job import JobRequest, JobResult
-    from tsky.contract.names import WorkflowType
+    from tsky.contract.orchestration import Orchestration
     from tsky.spec.storage import UploadLocation
     from tsky.spec.task import Pipeline
 
 __all__ = ["ChildJob", "ManagedJobHandle", "execute_managed_job", "start_managed_job"]
-
-_ACTIVITY_TIMEOUT = timedelta(minutes=1)
-_ACTIVITY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 
 
 class ChildJob(BaseModel):
@@ -74,6 +69,8 @@ class ChildJob(BaseModel):
     name: str | None = None  # the job's name; default: the pipeline's
     user: str | None = None  # shown in `tsky jobs queue`; default: the tsky worker's user
     priority: int = 0
+    # Dependencies, notifications, the schedule that starts it (tsky.contract.orchestration).
+    orchestration: Orchestration = Orchestration()
 
     @classmethod
     def load(
@@ -156,8 +153,8 @@ class ManagedJobHandle:
             JobResultInput(job_id=self.job_id),
             result_type=JobResult,
             task_queue=CONTROL_QUEUE,
-            start_to_close_timeout=_ACTIVITY_TIMEOUT,
-            retry_policy=_ACTIVITY_RETRY,
+            start_to_close_timeout=job_children.ACTIVITY_TIMEOUT,
+            retry_policy=job_children.ACTIVITY_RETRY,
         )
 
     def cancel(self) -> None:
@@ -177,15 +174,7 @@ async def start_managed_job(job: ChildJob) -> ManagedJobHandle:
     Returns:
         A handle to await its result or cancel it; returned once the job has started.
     """
-    alloc = await workflow.execute_activity(
-        ActivityName.ALLOCATE_JOB_ID,
-        AllocateJobInput(request_id=str(workflow.uuid4())),
-        result_type=AllocateJobResult,
-        task_queue=CONTROL_QUEUE,
-        start_to_close_timeout=_ACTIVITY_TIMEOUT,
-        retry_policy=_ACTIVITY_RETRY,
-        summary="allocate a tsky job id",
-    )
+    alloc = await job_children.allocate_job_id("allocate a tsky job id")
     req = JobRequest(
         job_id=alloc.job_id,
         name=job.name or job.pipeline.name,
@@ -197,23 +186,10 @@ async def start_managed_job(job: ChildJob) -> ManagedJobHandle:
         priority=job.priority,
         policy=alloc.policy,
         uploads=job.uploads,
+        orchestration=job.orchestration,
     )
-    workflow_id = job_workflow_id(req.job_id)
-    handle: ChildWorkflowHandle[object, JobResult] = await workflow.start_child_workflow(
-        WorkflowType.MANAGED_JOB,
-        req,
-        id=workflow_id,
-        task_queue=CONTROL_QUEUE,
-        result_type=JobResult,
-        parent_close_policy=ParentClosePolicy.REQUEST_CANCEL,
-        cancellation_type=ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED,
-        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-        search_attributes=job_start.search_attributes(req),
-        memo=job_start.memo(req),
-        static_summary=job_start.summary(req),
-        static_details=job_start.details(req),
-    )
-    return ManagedJobHandle(job_id=req.job_id, workflow_id=workflow_id, _handle=handle)
+    handle = await job_children.start_job(req)
+    return ManagedJobHandle(job_id=req.job_id, workflow_id=handle.id, _handle=handle)
 
 
 async def execute_managed_job(job: ChildJob) -> JobResult:

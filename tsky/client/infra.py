@@ -9,6 +9,7 @@ from tsky.ops.catalog import load_catalog as load_catalog
 from tsky.ops.catalog import write_cloud_catalog as write_cloud_catalog
 from tsky.ops.infra_check import INFRA_NAMES as INFRA_NAMES
 from tsky.ops.infra_check import EnabledInfra as EnabledInfra
+from tsky.ops.infra_check import InfraStatus as InfraStatus
 from tsky.ops.infra_check import check_infra as check_infra
 from tsky.ops.planning import INFRA_ALIASES as INFRA_ALIASES
 from tsky.ops.planning import detect_host as detect_host

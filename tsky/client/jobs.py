@@ -32,6 +32,7 @@ from tsky.contract.id_registry import AllocateRequest, RegistryState
 from tsky.contract.ids import CONTROL_QUEUE, ID_REGISTRY_WORKFLOW_ID, job_workflow_id
 from tsky.contract.job import GracefulCancel, JobPolicy, JobRequest, JobResult, TaskState
 from tsky.contract.names import Query, Signal, Update, WorkflowType
+from tsky.contract.orchestration import Orchestration
 from tsky.ops.uploads import Uploader
 from tsky.ops.uploads import UploadError as UploadError
 from tsky.spec.secrets import load_key, seal
@@ -104,6 +105,7 @@ async def submit(
     pool: str | None = None,
     priority: int = 0,
     progress: Callable[[str], None] | None = None,
+    orchestration: Orchestration | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> list[int]:
     """Launch managed jobs, as `tsky jobs launch` does (without printing or following).
@@ -166,6 +168,7 @@ async def submit(
             pool=pool,
             priority=priority,
             policy=policy,
+            orchestration=orchestration or Orchestration(),
         )
         async with semaphore:
             await start_job(client, req)
@@ -200,6 +203,8 @@ class JobRow:
     infra: str
     closed: bool
     tasks: list[TaskState] = field(default_factory=list)
+    # Relations to schedules and other jobs (tsky.contract.job_start.links): schedule, after, relaunch_of.
+    links: dict[str, Any] = field(default_factory=dict)
 
 
 def _quoted(value: str) -> str:
@@ -207,10 +212,12 @@ def _quoted(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _query(user: str | None, extra: str = "") -> str:
+def _query(user: str | None, extra: str = "", schedule: str | None = None) -> str:
     query = f"WorkflowType = '{WorkflowType.MANAGED_JOB}'"
     if user is not None:
         query += f" AND {sa.USER.name} = {_quoted(user)}"
+    if schedule is not None:
+        query += f" AND {sa.SCHEDULE.name} = {_quoted(schedule)}"
     return query + extra
 
 
@@ -250,22 +257,27 @@ async def row_from_execution(execution: WorkflowExecution) -> JobRow:
         infra=attrs.get(sa.INFRA) or "",
         closed=closed,
         tasks=tasks,
+        links={key: memo[key] for key in ("schedule", "after", "relaunch_of") if key in memo},
     )
 
 
-async def list_jobs(client: Client, *, user: str | None, skip_finished: bool = False) -> list[JobRow]:
+async def list_jobs(
+    client: Client, *, user: str | None, skip_finished: bool = False, schedule: str | None = None
+) -> list[JobRow]:
     """Every managed job, newest first, with one visibility query.
 
     Args:
         client: A client from `tsky.client.connect.connect`.
         user: Only this user's jobs; None for everyone's.
         skip_finished: Only jobs whose workflow still runs.
+        schedule: Only the jobs this schedule started (`tsky jobs schedule`).
 
     Returns:
         The jobs' rows. For the latest N of many thousands, `latest_jobs` is cheaper.
     """
     extra = " AND ExecutionStatus = 'Running'" if skip_finished else ""
-    rows = [await row_from_execution(e) async for e in client.list_workflows(_query(user, extra), page_size=1000)]
+    query = _query(user, extra, schedule)
+    rows = [await row_from_execution(e) async for e in client.list_workflows(query, page_size=1000)]
     rows.sort(key=lambda r: r.job_id, reverse=True)
     return rows
 
@@ -339,6 +351,11 @@ async def get_job(client: Client, job_id: int) -> JobRow | None:
     return await row_from_execution(description)
 
 
+async def missing_jobs(client: Client, job_ids: list[int]) -> list[int]:
+    """The ids among `job_ids` that name no managed job."""
+    return [job_id for job_id in job_ids if await get_job(client, job_id) is None]
+
+
 async def jobs_named(client: Client, name: str, *, running_only: bool) -> list[JobRow]:
     """The jobs called `name` (`tsky jobs cancel -n`, `logs -n`), oldest first; only running ones if asked."""
     extra = f" AND {sa.JOB_NAME.name} = {_quoted(name)}"
@@ -405,4 +422,5 @@ def as_dict(row: JobRow) -> dict[str, Any]:
         "pool": row.pool or None,
         "infra": row.infra or None,
         "tasks": [t.model_dump(mode="json", exclude={"attempts"}) for t in row.tasks],
+        **row.links,
     }

@@ -36,6 +36,9 @@ class ActivityName(StrEnum):
     SWEEP = "sweep_clusters"
     REQUEST_SLOT = "request_running_slot"
     ENDED_JOBS = "ended_jobs"
+    NOTIFY = "notify_webhook"  # tsky.activities.orchestration
+    WAIT_FOR_JOBS = "wait_for_jobs"
+    COPY_RUN_UPLOADS = "copy_run_uploads"
 
 
 class ErrorType(StrEnum):

@@ -10,6 +10,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
 
+from tsky.contract.orchestration import Orchestration
 from tsky.spec.requests import Candidate
 from tsky.spec.settings import Settings
 from tsky.spec.status import ManagedJobStatus
@@ -76,6 +77,8 @@ class JobRequest(_Model):
     # Where the CLI uploaded the job's local workdir and file mounts (the tasks refer to these
     # locations, never to the submitting machine's paths); removed when the job ends.
     uploads: list[UploadLocation] = []
+    # Schedules, dependencies, relaunch and notifications (tsky.contract.orchestration).
+    orchestration: Orchestration = Orchestration()
 
 
 class Attempt(_Model):

@@ -19,29 +19,46 @@ _DETAILS_LIMIT = 20_000
 
 def search_attributes(req: JobRequest) -> TypedSearchAttributes:
     tasks = req.pipeline.tasks
-    return TypedSearchAttributes(
-        [
-            SearchAttributePair(sa.JOB_ID, req.job_id),
-            SearchAttributePair(sa.JOB_NAME, req.name),
-            SearchAttributePair(sa.USER, req.user),
-            SearchAttributePair(sa.STATUS, ManagedJobStatus.PENDING.value),
-            SearchAttributePair(sa.RECOVERIES, 0),
-            SearchAttributePair(sa.PRIORITY, req.priority),
-            SearchAttributePair(sa.RESOURCES, requested_label(tasks[0].num_nodes, tasks[0].requests().options)),
-            SearchAttributePair(sa.POOL, req.pool or ""),
-            SearchAttributePair(sa.SUBMITTED_AT, req.submitted_at),
-        ]
-    )
+    pairs: list[SearchAttributePair[Any]] = [
+        SearchAttributePair(sa.JOB_ID, req.job_id),
+        SearchAttributePair(sa.JOB_NAME, req.name),
+        SearchAttributePair(sa.USER, req.user),
+        SearchAttributePair(sa.STATUS, ManagedJobStatus.PENDING.value),
+        SearchAttributePair(sa.RECOVERIES, 0),
+        SearchAttributePair(sa.PRIORITY, req.priority),
+        SearchAttributePair(sa.RESOURCES, requested_label(tasks[0].num_nodes, tasks[0].requests().options)),
+        SearchAttributePair(sa.POOL, req.pool or ""),
+        SearchAttributePair(sa.SUBMITTED_AT, req.submitted_at),
+    ]
+    if req.orchestration.schedule:  # set only on scheduled runs: `tsky jobs queue --schedule NAME`
+        pairs.append(SearchAttributePair(sa.SCHEDULE, req.orchestration.schedule))
+    return TypedSearchAttributes(pairs)
 
 
 def memo(req: JobRequest) -> dict[str, Any]:
-    """The per-task rows `tsky jobs queue` shows before the workflow has published its own."""
+    """The per-task rows `tsky jobs queue` shows before the workflow has published its own, and the job's
+    links to other jobs (`queue -v`)."""
     tasks = req.pipeline.tasks
     return {
         "tasks": [
             TaskState(index=i, name=t.name or "", task_id="").model_dump(mode="json") for i, t in enumerate(tasks)
-        ]
+        ],
+        **links(req),
     }
+
+
+def links(req: JobRequest) -> dict[str, Any]:
+    """The job's relations, kept in its memo: the schedule that started it, the jobs it waits for, the job
+    it resumes."""
+    orch = req.orchestration
+    found: dict[str, Any] = {}
+    if orch.schedule:
+        found["schedule"] = orch.schedule
+    if orch.after:
+        found["after"] = orch.after
+    if orch.relaunch is not None:
+        found["relaunch_of"] = orch.relaunch.of_job
+    return found
 
 
 def summary(req: JobRequest) -> str:
@@ -52,5 +69,22 @@ def summary(req: JobRequest) -> str:
 
 
 def details(req: JobRequest) -> str:
-    text = f"Submitted by **{req.user}**. Spec (secrets redacted):\n\n```yaml\n{req.pipeline.to_yaml()}\n```"
+    spec = f"Spec (secrets redacted):\n\n```yaml\n{req.pipeline.to_yaml()}\n```"
+    text = f"Submitted by **{req.user}**.{_links_line(req)} {spec}"
     return text[:_DETAILS_LIMIT]
+
+
+def _links_line(req: JobRequest) -> str:
+    """The job's relations, for its Web UI page."""
+    orch = req.orchestration
+    parts = []
+    if orch.relaunch is not None:
+        done = ", ".join(map(str, orch.relaunch.skip_tasks)) or "none"
+        parts.append(f"Relaunch of job **{orch.relaunch.of_job}** (tasks done there: {done}).")
+    if orch.schedule:
+        parts.append(f"Started by schedule **{orch.schedule}**.")
+    if orch.after:
+        parts.append(
+            f"Runs after job {', '.join(map(str, orch.after))}{' (whatever they end with)' if orch.after_any else ''}."
+        )
+    return "".join(f" {p}" for p in parts)

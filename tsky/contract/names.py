@@ -20,6 +20,7 @@ class WorkflowType:
     SCHEDULER: Final = "TskyScheduler"  # the running-jobs limit
     ID_REGISTRY: Final = "TskyIdRegistry"  # hands out job ids
     SWEEPER: Final = "TskySweeper"  # tears down leaked clusters
+    SCHEDULED_JOB: Final = "TskyScheduledJob"  # a schedule's run: starts one managed job as its child
 
 
 class Signal:

@@ -2,7 +2,7 @@
 docker-compose and the tests.
 
 SQL visibility (the dev server, PostgreSQL) allows 10 Keyword, 3 Int and 3 Datetime custom attributes
-per namespace; this list uses 6, 3 and 3. Never put secrets here: search attributes are not encrypted.
+per namespace; this list uses 7, 3 and 3. Never put secrets here: search attributes are not encrypted.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ USER = SearchAttributeKey.for_keyword("TskyUser")
 RESOURCES = SearchAttributeKey.for_keyword("TskyResources")
 POOL = SearchAttributeKey.for_keyword("TskyPool")
 INFRA = SearchAttributeKey.for_keyword("TskyInfra")
+SCHEDULE = SearchAttributeKey.for_keyword("TskySchedule")  # the schedule that started the job
 
 SUBMITTED_AT = SearchAttributeKey.for_datetime("TskySubmittedAt")
 STARTED_AT = SearchAttributeKey.for_datetime("TskyStartedAt")
@@ -34,6 +35,7 @@ ALL: tuple[SearchAttributeKey, ...] = (
     RESOURCES,
     POOL,
     INFRA,
+    SCHEDULE,
     SUBMITTED_AT,
     STARTED_AT,
     ENDED_AT,

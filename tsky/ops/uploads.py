@@ -29,6 +29,7 @@ from tsky.ops.storage import (
     StoreError,
     check_bucket_name,
     copy_prefix,
+    delete_prefix,
     get_store,
     special_file,
     upload,
@@ -282,6 +283,24 @@ class Uploader:
             update["file_mounts"] = {d: swap(s) if isinstance(s, str) else s for d, s in task.file_mounts.items()}
             tasks.append(task.model_copy(update=update))
         return Pipeline(name=pipeline.name, tasks=tasks), [location]
+
+
+def remove_uploads(settings: Settings, uploads: list[UploadLocation]) -> None:
+    """Delete uploaded copies: a file-store directory, a bucket prefix, or a whole temporary bucket.
+    Idempotent. A directory outside this machine's file store is never deleted (UploadError)."""
+    for location in uploads:
+        if location.path is not None:
+            path = Path(location.path)
+            root = uploads_root(settings)
+            if not path.resolve().is_relative_to(root.resolve()):
+                raise UploadError(f"refusing to delete {path}: not in this machine's file store {root}")
+            shutil.rmtree(path, ignore_errors=True)
+        elif location.bucket is not None:
+            store = get_store(location.bucket.store, settings)
+            if location.delete_bucket:
+                store.delete_bucket(location.bucket.bucket)
+            else:
+                delete_prefix(store, location.bucket)
 
 
 def upload_storage_source(settings: Settings, storage: Storage, store_name: str) -> tuple[Storage, list[Path]]:

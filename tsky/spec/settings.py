@@ -15,6 +15,8 @@ from typing import Annotated, Any
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from tsky.spec.status import ManagedJobStatus
+
 
 def _factory_path(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
@@ -56,6 +58,9 @@ class LaunchBackoffSettings(_Section):
 
 class WatchSettings(_Section):
     poll_seconds: float = Field(default=2, gt=0)
+    # Stream each node's output over one long-lived channel where the node can (SSH), instead of two
+    # commands per poll; false polls (e.g. nodes behind a firewall that cuts idle sessions).
+    stream: bool = True
     heartbeat_timeout_seconds: float = Field(default=30, gt=0)
 
 
@@ -79,6 +84,14 @@ class LogsSettings(_Section):
     retention_days: float | None = Field(default=None, gt=0)
 
 
+class NotifySettings(_Section):
+    """Webhooks every job of this user POSTs its transitions to (besides `jobs launch --notify URL`)."""
+
+    urls: list[str] = []
+    # Only these statuses (e.g. [SUCCEEDED, FAILED]); empty: every transition.
+    statuses: list[ManagedJobStatus] = []
+
+
 class JobsSettings(_Section):
     controller: ControllerSettings = ControllerSettings()
     status_check: StatusCheckSettings = StatusCheckSettings()
@@ -88,6 +101,7 @@ class JobsSettings(_Section):
     logs: LogsSettings = LogsSettings()
     bucket: str | None = Field(default=None, pattern=r"^(https|s3|gs|r2|cos|local)://.+")
     force_disable_cloud_bucket: bool = False
+    notify: NotifySettings = NotifySettings()
 
 
 class LocalInstanceType(_Section):

@@ -17,6 +17,7 @@ from tsky.activities import scheduling
 from tsky.activities.cluster import ClusterActivities
 from tsky.activities.controller_log import ControllerLogActivities
 from tsky.activities.job_ids import JobIdActivities
+from tsky.activities.orchestration import OrchestrationActivities
 from tsky.activities.plan_activity import PlanningActivities
 from tsky.activities.pool import PoolActivities
 from tsky.activities.sweeper import SweeperActivities
@@ -48,6 +49,7 @@ def build_workers(client: Client, settings: Settings) -> list[Worker]:
     controller_log = ControllerLogActivities(settings)
     job_ids = JobIdActivities(client, settings)
     sweeper = SweeperActivities(settings, client)
+    orchestration = OrchestrationActivities(client, settings)
     controller = settings.jobs.controller
     shutdown = timedelta(seconds=settings.worker.graceful_shutdown_seconds)
     common: dict[str, Any] = {
@@ -67,6 +69,7 @@ def build_workers(client: Client, settings: Settings) -> list[Worker]:
                 # For workflows that start managed jobs as children (tsky.client.child).
                 job_ids.allocate_job_id,
                 job_ids.job_result,
+                orchestration.notify_webhook,
             ],
             workflow_runner=workflow_runner(),
             max_cached_workflows=controller.max_cached_workflows,
@@ -84,6 +87,7 @@ def build_workers(client: Client, settings: Settings) -> list[Worker]:
                 cluster.cleanup_job,
                 phases.run_setup,
                 sweeper.sweep_clusters,
+                orchestration.copy_run_uploads,
             ],
             max_concurrent_activities=settings.launch_concurrency(),
             **common,
@@ -91,7 +95,7 @@ def build_workers(client: Client, settings: Settings) -> list[Worker]:
         Worker(
             client,
             task_queue=WATCH_QUEUE,
-            activities=[phases.run_and_watch, phases.stop_phase, pool.watch_cluster],
+            activities=[phases.run_and_watch, phases.stop_phase, pool.watch_cluster, orchestration.wait_for_jobs],
             max_concurrent_activities=controller.watch_concurrency,
             # A watcher's heartbeats reach the server every 0.8 x its heartbeat timeout (24 s at the default
             # 30 s): about 80 RPCs/s for 2,000 running jobs, the main steady load on the server.

@@ -31,6 +31,7 @@ def __getattr__(name: str) -> Any:
     from tsky.workflows.managed_job import ManagedJobWorkflow
     from tsky.workflows.pool import PoolWorkflow
     from tsky.workflows.pool_worker import PoolWorkerWorkflow
+    from tsky.workflows.scheduled_job import ScheduledJobWorkflow
     from tsky.workflows.scheduler import SchedulerWorkflow
     from tsky.workflows.sweeper import SweeperWorkflow
 
@@ -41,5 +42,6 @@ def __getattr__(name: str) -> Any:
         SweeperWorkflow,
         PoolWorkflow,
         PoolWorkerWorkflow,
+        ScheduledJobWorkflow,
     ]
     return workflows

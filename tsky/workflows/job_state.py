@@ -22,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
     from tsky.spec.requests import requested_label
     from tsky.spec.status import ManagedJobStatus
     from tsky.workflows.cluster_lifecycle import Calls, ClusterHold
+    from tsky.workflows.orchestration import Notifier
     from tsky.workflows.visibility import Visibility
 
 Status = ManagedJobStatus
@@ -74,6 +75,7 @@ class JobRun:
     job: JobState
     calls: Calls
     show: Visibility
+    notifier: Notifier  # the job's webhooks (`--notify`), told of every status change on publish
     hold: ClusterHold = field(default_factory=ClusterHold)  # what must be torn down if the job ends now
     slot: SlotState | None = None  # None: no limit, or the slot is given back
     lease: PoolLease = field(default_factory=PoolLease)
@@ -84,7 +86,9 @@ class JobRun:
     def start(cls, req: JobRequest) -> JobRun:
         if req.pool is not None:
             req = req.model_copy(update={"pipeline": as_pool_job(req.pipeline)})
-        ids = task_ids(req, workflow.info().start_time)
+        relaunch = req.orchestration.relaunch
+        # A relaunch keeps the resumed job's SKYPILOT_TASK_IDs, so its tasks write where the old ones did.
+        ids = relaunch.task_ids if relaunch and relaunch.task_ids else task_ids(req, workflow.info().start_time)
         job = JobState(
             job_id=req.job_id,
             name=req.name,
@@ -102,7 +106,10 @@ class JobRun:
             ],
         )
         heartbeat = timedelta(seconds=req.policy.watch_heartbeat_timeout_seconds)
-        return cls(req=req, job=job, calls=Calls(f"job {req.job_id}", heartbeat), show=Visibility(job))
+        show = Visibility(job)
+        return cls(
+            req=req, job=job, calls=Calls(f"job {req.job_id}", heartbeat), show=show, notifier=Notifier(req, show.log)
+        )
 
     def meta(self, index: int) -> JobMeta:
         """Who is asking, for every activity of task `index`."""
@@ -122,6 +129,7 @@ class JobRun:
         self.show.log(message)
 
     async def publish(self) -> None:
+        self.notifier.observe(self.job)
         await self.show.publish()
 
     # -- a task's status -------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from temporalio.exceptions import FailureError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     import tsky.workflows.cluster_lifecycle as lifecycle
+    import tsky.workflows.orchestration as orch
     import tsky.workflows.pool_lease as pool_lease
     import tsky.workflows.running_slot as running_slot
     from tsky.contract.ids import cluster_name
@@ -89,11 +90,16 @@ class ManagedJobWorkflow:
         run.log(f"Job {req.job_id} '{req.name}' submitted by {req.user}: {len(tasks)} task(s).")
         bug = False
         try:
-            await running_slot.take_slot(run)
-            for index in range(len(tasks)):
-                await self._run_task(index)
-                if run.job.tasks[index].status is not Status.SUCCEEDED:
-                    break
+            if await orch.dependencies_succeeded(run):
+                await running_slot.take_slot(run)
+                skipped = orch.skipped_tasks(run.req)
+                for index in range(len(tasks)):
+                    if index in skipped:
+                        orch.skip_done_task(run, index)
+                        continue
+                    await self._run_task(index)
+                    if run.job.tasks[index].status is not Status.SUCCEEDED:
+                        break
         except BaseException as err:
             bug = is_own_bug(err)
             if not is_cancelled_exception(err):
@@ -113,8 +119,10 @@ class ManagedJobWorkflow:
                         run.finish(task, Status.CANCELLED, None)
                 # On every ending, once the clusters are gone: the job's uploads and ephemeral buckets.
                 await cleanup_job(run)
+                await run.notifier.flush()  # a cancelled job's last transitions, too
         run.log(f"Job finished: {run.job.status.value}.")
         await run.publish()
+        await run.notifier.flush()  # the last transition reaches the webhooks before the workflow ends
         return job_result(run.job)
 
     # -- one task --------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from tsky.contract.activity_io import STOP_GRACE_SECONDS, ClusterInfo, JobMeta
 from tsky.contract.ids import owner_id
@@ -96,6 +96,29 @@ class NodeAgent(Protocol):
     async def stop_phase(self, phase: str, grace: float = STOP_GRACE_SECONDS) -> None:
         """Kill the phase's whole process tree: SIGTERM, SIGKILL `grace` seconds later unless it exited
         (idempotent)."""
+
+
+class FollowUnsupported(BackendError):
+    """The node cannot stream a phase's log (its tools lack what the follower needs): poll it instead."""
+
+
+class LogStream(Protocol):
+    """One phase's log streamed from a node over one long-lived channel."""
+
+    async def read(self) -> bytes:
+        """The next bytes of the log as they come; b"" once the phase's process has ended and its log was
+        read to the end. Raises `TransientError` when the stream broke, `FollowUnsupported` when the node
+        cannot follow."""
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class FollowingAgent(NodeAgent, Protocol):
+    """A `NodeAgent` that can also stream a phase's log, so a watcher needs no command per poll."""
+
+    async def follow_log(self, phase: str, offset: int) -> LogStream:
+        """Open a stream of the phase's log from `offset` (raises `TransientError` when it cannot)."""
 
 
 class Backend(Protocol):

@@ -104,6 +104,29 @@ tail -c +$(($3 + 1)) "$d/$2.log" | head -c "$4"
 """
 )
 
+# args: dir phase offset. Streams the phase's log from OFFSET as it grows, for as long as the phase's
+# process lives; ends (status 0) once it has exited and its log is read to the end, or at once when it
+# is not running. Status 2: this node cannot follow (no GNU tail). The watcher closing the channel, or
+# its connection dropping, ends stdin, which ends the follow: no stray tail per re-attach.
+FOLLOW = (
+    PRELUDE
+    + r"""
+p=$2
+tail --pid=$$ -c 0 /dev/null 2>/dev/null || exit 2
+pid=; st=
+[ -f "$d/$p.pid" ] && read -r pid st <"$d/$p.pid"
+alive "$pid" "$st" || exit 0
+tail --pid="$pid" -s 1 -c +$(($3 + 1)) -F "$d/$p.log" 2>/dev/null &
+t=$!
+exec 3<&0  # a background job's stdin is /dev/null unless given explicitly
+{ cat <&3; kill "$t"; } >/dev/null 2>&1 &
+w=$!
+wait "$t"; code=$?
+kill "$w" 2>/dev/null
+exit "$code"
+"""
+)
+
 # args: dir phase tag grace. Kills the phase's process group (TERM, then KILL after GRACE s) and strays.
 STOP = (
     PRELUDE

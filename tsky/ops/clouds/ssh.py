@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tsky.contract.activity_io import ClusterInfo, JobMeta, NodeInfo
 from tsky.ops.clouds.base import CapacityError, ClusterRecord, PrecheckError, owner_of
@@ -45,68 +45,100 @@ from tsky.spec.status import NodeState
 NAME = "ssh"
 logger = logging.getLogger(__name__)
 
-# Each host's claim and its holder's meta lines, under the login home: `~/.tsky/claims/<host key>` and
-# `<host key>.meta`. Keyed by host, so hosts that share one home (NFS) are claimed one by one.
-# args: host-key. Prints "claim <holder>|-" and, when the claim has them, its meta lines. A host claimed
+# A host's claims, under the login home: `~/.tsky/claims/<host key>` and, on a host that takes several
+# clusters (`max_clusters`), `<host key>#<slot>` too, each with its holder's meta lines in `<claim>.meta`.
+# Keyed by host, so hosts that share one home (NFS) are claimed one by one.
+_CLAIMS = r"""
+claims() { for c in "$HOME/.tsky/claims/$1" "$HOME/.tsky/claims/$1#"*; do [ -L "$c" ] && echo "$c"; done; }
+"""
+
+# args: host-key. Prints "claim <holder>" and its meta lines for each claim on the host. A host claimed
 # before claims were keyed by host holds `~/.tsky/claim` (meta in the cluster's directory): still honoured,
 # so a job in flight across the upgrade keeps its hosts.
-_PROBE = r"""
-c="$HOME/.tsky/claims/$1"; m="$c.meta"
-h=$(readlink "$c" 2>/dev/null) ||
-  { h=$(readlink "$HOME/.tsky/claim" 2>/dev/null) && m="$HOME/.tsky/clusters/${h%@*}/meta"; }
-echo "claim ${h:--}"
-[ -n "$h" ] && [ -f "$m" ] && cat "$m"
+_PROBE = (
+    _CLAIMS
+    + r"""
+for c in $(claims "$1"); do
+  h=$(readlink "$c") && echo "claim $h" && { [ ! -f "$c.meta" ] || cat "$c.meta"; }
+done
+if [ -z "$(claims "$1")" ] && h=$(readlink "$HOME/.tsky/claim" 2>/dev/null); then
+  echo "claim $h"; m="$HOME/.tsky/clusters/${h%@*}/meta"; [ ! -f "$m" ] || cat "$m"
+fi
 exit 0
 """
+)
 
-# args: host-key holder meta. Prints "claimed" when the host is (now) held by `holder`, else "taken <holder>".
-# A new claim writes its meta (a stale file of an interrupted release is replaced); an adopted one keeps it.
-_CLAIM = r"""
+# args: host-key holder meta max-clusters. Prints "claimed" when the host is (now) held by `holder`, in
+# the claim that names it or the first free one of its `max_clusters` slots, else "taken". A new claim
+# writes its meta (a stale file of an interrupted release is replaced); an adopted one keeps it.
+_CLAIM = (
+    _CLAIMS
+    + r"""
 umask 077
-c="$HOME/.tsky/claims/$1"
 mkdir -p "$HOME/.tsky/claims" || exit 3
-ln -s "$2" "$c" 2>/dev/null && rm -f "$c.meta"
-h=$(readlink "$c")
-if [ "$h" = "$2" ]; then
-  [ -f "$c.meta" ] || { printf '%s\n' "$3" >"$c.meta.tmp" && mv -f "$c.meta.tmp" "$c.meta"; } || exit 4
-  echo claimed
-else
-  echo "taken ${h:--}"
-fi
+c=
+for x in $(claims "$1"); do [ "$(readlink "$x")" = "$2" ] && c=$x; done
+i=0
+while [ -z "$c" ] && [ $i -lt "$4" ]; do
+  x="$HOME/.tsky/claims/$1"; [ $i = 0 ] || x="$x#$i"
+  ln -s "$2" "$x" 2>/dev/null && rm -f "$x.meta" && c=$x
+  i=$((i + 1))
+done
+[ -n "$c" ] || { echo taken; exit 0; }
+[ -f "$c.meta" ] || { printf '%s\n' "$3" >"$c.meta.tmp" && mv -f "$c.meta.tmp" "$c.meta"; } || exit 4
+echo claimed
 """
+)
 
-# args: host-key holder cluster. Frees the host if `holder` holds it. Removes this host's node directory
-# of the cluster whatever its rank (a teardown that finds hosts by their claims does not know it), then
-# the cluster's directory once no node of it is left there (its nodes may share this home).
-_RELEASE = r"""
-c="$HOME/.tsky/claims/$1"
-if [ "$(readlink "$c" 2>/dev/null)" = "$2" ]; then rm -f "$c.meta" && rm -f "$c"; fi
+# args: host-key holder cluster workdir. Frees the host's claim that `holder` has. Removes this host's node
+# directory of the cluster whatever its rank (a teardown that finds hosts by their claims does not know
+# it), then the cluster's directory once no node of it is left there (its nodes may share this home),
+# and the workdir once no cluster holds the host (clusters that share a host share its home).
+_RELEASE = (
+    _CLAIMS
+    + r"""
+for c in $(claims "$1"); do
+  if [ "$(readlink "$c")" = "$2" ]; then rm -f "$c.meta" && rm -f "$c"; fi
+done
 if [ "$(readlink "$HOME/.tsky/claim" 2>/dev/null)" = "$2" ]; then
   rm -f "$HOME/.tsky/clusters/$3/meta" && rm -f "$HOME/.tsky/claim"
 fi
 rm -rf -- "$HOME/.tsky/clusters/$3/"*"@$1"
 rmdir -- "$HOME/.tsky/clusters/$3" 2>/dev/null
+[ -n "$(claims "$1")" ] || [ -L "$HOME/.tsky/claim" ] || { cd "$HOME" && rm -rf -- "$4"; }
 exit 0
 """
+)
 
 
 @dataclass
 class _Probe:
     host: PoolHost
-    holder: str | None = None  # None: free
-    meta: dict[str, str] | None = None
+    claims: dict[str, dict[str, str]] = field(default_factory=dict)  # holder -> its meta
     error: str | None = None  # set when the host could not be reached
+
+    @property
+    def free(self) -> bool:
+        return self.error is None and len(self.claims) < self.host.max_clusters
+
+
+@dataclass
+class _RecentProbe:
+    started: float
+    task: asyncio.Future[_Probe]
 
 
 class SSHBackend:
     name = NAME
-    # A status check costs one command per host; the watcher also checks at once when a process vanishes.
+    # A status check costs one command per host, shared by every cluster on it (`_recent_probe`); the
+    # watcher also checks at once when a process vanishes.
     state_check_seconds = 10.0
 
     def __init__(self, settings: Settings, options: SSHOptions | None = None):
         self.settings = settings
         self.options = options or SSHOptions()
         self.owner = owner_of(settings)
+        self._recent: dict[str, _RecentProbe] = {}
 
     # -- pools and hosts -----------------------------------------------------------------------------
 
@@ -159,20 +191,43 @@ class SSHBackend:
             out = await run_program(self._target(host), _PROBE, [host.key], options=self.options)
         except NodeUnreachable as err:
             return _Probe(host, error=str(err))
-        lines = out.decode(errors="replace").splitlines()
-        holder = lines[0].split(" ", 1)[1] if lines and lines[0].startswith("claim ") else "-"
-        meta = dict(line.split("=", 1) for line in lines[1:] if "=" in line)
-        return _Probe(host, holder=None if holder == "-" else holder, meta=meta or None)
+        probe = _Probe(host)
+        meta: dict[str, str] = {}
+        for line in out.decode(errors="replace").splitlines():
+            if line.startswith("claim "):
+                meta = probe.claims.setdefault(line.split(" ", 1)[1], {})
+            elif "=" in line:
+                key, value = line.split("=", 1)
+                meta[key] = value
+        return probe
+
+    async def _recent_probe(self, host: PoolHost, holder: str, fresh: bool) -> _Probe:
+        """The host's probe, shared by every cluster on it for `state_check_seconds`: at rest, SSH
+        commands grow with hosts, not jobs. Only a probe made after the call is evidence of a lost
+        claim (the shared one may predate this cluster's claim)."""
+        asked = time.monotonic()
+        recent = self._recent.get(host.key)
+        loop = asyncio.get_running_loop()
+        if (
+            fresh
+            or recent is None
+            or recent.task.get_loop() is not loop
+            or asked - recent.started >= self.state_check_seconds
+        ):
+            recent = self._recent[host.key] = _RecentProbe(asked, asyncio.ensure_future(self._probe(host)))
+        probe = await asyncio.shield(recent.task)
+        if probe.error is None and holder not in probe.claims and recent.started < asked:
+            return await self._recent_probe(host, holder, fresh=True)
+        return probe
 
     async def _claim(self, host: PoolHost, cluster_name: str, meta: JobMeta) -> bool:
         # A tsky pool's worker belongs to its pool, not to the jobs it runs one after another.
         whose = {"pool": meta.pool} if meta.pool else {"job_id": meta.job_id, "task_index": meta.task_index}
         info = {**whose, "owner": self.owner, "launched_at": int(time.time())}
         text = "\n".join(f"{k}={v}" for k, v in info.items())
+        args = [host.key, self._holder(cluster_name), text, str(host.max_clusters)]
         try:
-            out = await run_program(
-                self._target(host), _CLAIM, [host.key, self._holder(cluster_name), text], options=self.options
-            )
+            out = await run_program(self._target(host), _CLAIM, args, options=self.options)
         except NodeUnreachable:
             return False
         return out.strip() == b"claimed"
@@ -180,11 +235,10 @@ class SSHBackend:
     async def _release(self, host: PoolHost, cluster_name: str, rank: int) -> None:
         """Stop the cluster's processes on `host`, remove its files, free the host."""
         agent = cluster_node(self._target(host), cluster_name, rank, self.options)
-        # The host was the cluster's alone: every process tagged with the cluster, whatever its rank, goes.
-        await agent.terminate(grace=3.0, remove=[DEFAULT_WORKDIR], tag_prefix=f"{cluster_name}/")
-        await run_program(
-            self._target(host), _RELEASE, [host.key, self._holder(cluster_name), cluster_name], options=self.options
-        )
+        # Every process tagged with the cluster, whatever its rank, goes.
+        await agent.terminate(grace=3.0, tag_prefix=f"{cluster_name}/")
+        args = [host.key, self._holder(cluster_name), cluster_name, DEFAULT_WORKDIR]
+        await run_program(self._target(host), _RELEASE, args, options=self.options)
 
     # -- protocol ------------------------------------------------------------------------------------
 
@@ -196,8 +250,8 @@ class SSHBackend:
             )
         holder = self._holder(cluster_name)
         probes = await asyncio.gather(*(self._probe(h) for h in pool.hosts))
-        mine = [p.host for p in probes if p.holder == holder]  # a retried provision adopts these
-        free = [p.host for p in probes if p.error is None and p.holder is None]
+        mine = [p.host for p in probes if holder in p.claims]  # a retried provision adopts these
+        free = [p.host for p in probes if p.free and holder not in p.claims]
         for host in free:
             if len(mine) >= num_nodes:
                 break
@@ -207,7 +261,7 @@ class SSHBackend:
             await asyncio.gather(
                 *(self._release(h, cluster_name, r) for r, h in enumerate(mine)), return_exceptions=True
             )
-            taken = sum(1 for p in probes if p.holder not in (None, holder))
+            taken = sum(1 for p in probes if p.error is None and not p.free and holder not in p.claims)
             down = [p.host.key for p in probes if p.error is not None]
             raise CapacityError(
                 f"ssh pool '{pool.name}': {num_nodes} free host(s) needed, {len(mine)} available "
@@ -233,10 +287,11 @@ class SSHBackend:
 
     async def node_states(self, cluster: ClusterInfo, fresh: bool = False) -> list[NodeState]:
         holder = self._holder(cluster.name)
-        probes = await asyncio.gather(*(self._probe(self._host_of(cluster, n)) for n in cluster.nodes))
+        probes = await asyncio.gather(
+            *(self._recent_probe(self._host_of(cluster, n), holder, fresh) for n in cluster.nodes)
+        )
         states = [
-            NodeState.UNKNOWN if p.error else NodeState.UP if p.holder == holder and p.meta else NodeState.GONE
-            for p in probes
+            NodeState.UNKNOWN if p.error else NodeState.UP if p.claims.get(holder) else NodeState.GONE for p in probes
         ]
         if NodeState.GONE not in states and NodeState.UNKNOWN in states:
             # Not reaching a host is no evidence of loss: the watcher's window decides.
@@ -250,7 +305,7 @@ class SSHBackend:
         else:  # a launch that failed midway: find the claims among every pool's hosts
             everywhere = {h.key: h for pool in self._pools().values() for h in pool.hosts}
             probes = await asyncio.gather(*(self._probe(h) for h in everywhere.values()))
-            hosts = [p.host for p in probes if p.holder == holder]
+            hosts = [p.host for p in probes if holder in p.claims]
         results = await asyncio.gather(
             *(self._release(h, cluster_name, r) for r, h in enumerate(hosts)), return_exceptions=True
         )
@@ -273,17 +328,15 @@ class SSHBackend:
         tasks = {(pool.name, h.key): self._probe(h) for pool in pools.values() for h in pool.hosts}
         probes = dict(zip(tasks, await asyncio.gather(*tasks.values()), strict=True))
         records: dict[str, ClusterRecord] = {}
-        for (pool_name, key), probe in probes.items():
-            if probe.holder is None:
-                continue
-            name, _, owner = probe.holder.rpartition("@")
-            meta = probe.meta or {}
-            record = records.get(probe.holder)
+        claims = [(pool, key, holder, meta) for (pool, key), p in probes.items() for holder, meta in p.claims.items()]
+        for pool_name, key, holder, meta in claims:
+            name, _, owner = holder.rpartition("@")
+            record = records.get(holder)
             if record is None:
                 job_id = meta.get("job_id", "")
                 launched = meta.get("launched_at", "")
-                record = records[probe.holder] = ClusterRecord(
-                    name=name or probe.holder,
+                record = records[holder] = ClusterRecord(
+                    name=name or holder,
                     backend=NAME,
                     region=pool_name,
                     job_id=int(job_id) if job_id.isdigit() else None,

@@ -6,11 +6,13 @@ my-pool:                      # infra: ssh/my-pool
   identity_file: ~/.ssh/id_ed25519
   # password: ...             # instead of a key (copies then go over SFTP, not rsync)
   # port: 22
+  # max_clusters: 1           # clusters a host runs at once (e.g. 8 on an 8-GPU box for 1-GPU jobs)
   hosts:
     - 192.168.1.10            # a name or an address, with the pool's defaults
     - ip: 192.168.1.11        # or a mapping that overrides them
       user: admin
       port: 2222
+      max_clusters: 4         # per host, overriding the pool's
   # vcpus: 16, memory_gb: 64, accelerators: {H100: 8}   # optional shape, for the planner
 ```
 
@@ -43,6 +45,7 @@ class PoolHost(BaseModel):
     user: str | None = None
     identity_file: str | None = None
     password: str | None = Field(default=None, repr=False)
+    max_clusters: int = 1  # how many clusters may hold the host at once
 
     @property
     def key(self) -> str:
@@ -58,6 +61,7 @@ class _HostEntry(BaseModel):
     user: str | None = None
     identity_file: str | None = None
     password: str | None = None
+    max_clusters: int | None = Field(default=None, ge=1)
     use_ssh_config: bool | None = None  # SkyPilot's; tsky reads no ssh config: accepted, ignored
 
 
@@ -69,6 +73,7 @@ class _PoolEntry(BaseModel):
     user: str | None = None
     identity_file: str | None = None
     password: str | None = None
+    max_clusters: int | None = Field(default=None, ge=1)
     use_ssh_config: bool | None = None
     # The planner's optional node shape (see infra_check): not this module's business.
     vcpus: float | None = None
@@ -92,7 +97,7 @@ def parse_pool(name: str, data: Any) -> NodePool:
         where = ".".join(str(p) for p in problem["loc"] if not str(p).startswith(("str", "_HostEntry")))
         raise PoolFileError(
             f"pool '{name}': {where or 'entry'}: {problem['msg']} (expected `hosts:` with addresses or "
-            "mappings of ip/user/identity_file/password/port)"
+            "mappings of ip/user/identity_file/password/port/max_clusters)"
         ) from err
     hosts = []
     for item in entry.hosts:
@@ -104,6 +109,7 @@ def parse_pool(name: str, data: Any) -> NodePool:
                 user=host.user or entry.user,
                 identity_file=host.identity_file or entry.identity_file,
                 password=host.password if host.password is not None else entry.password,
+                max_clusters=host.max_clusters or entry.max_clusters or 1,
             )
         )
     keys = [h.key for h in hosts]

@@ -10,9 +10,13 @@ phase carries `TSKY_PROCESS_TAG=<tag>:<phase>`, so daemonised strays are found a
 Cost per call (one SSH channel on a pooled connection each):
 - `start_phase`: one command, the script and env travelling on its stdin as a small tar stream;
 - `phase_status`: one command; `read_log(offset, limit)`: one command (`tail -c +N | head -c L`);
-- `stop_phase` / `terminate`: one command each.
+- `stop_phase` / `terminate`: one command each;
+- `follow_log`: one long-lived channel per phase that streams the log as it grows and ends with the
+  phase's process (`node_programs.FOLLOW`): a watcher needs no command per poll while it lives.
 
-Connections are pooled per (event loop, target) and reused by every agent of that node; keepalives
+Connections are pooled per (event loop, target) and reused by every agent of that node; the long-lived
+follow channels get connections of their own (`_STREAMS_PER_CONNECTION` each), so they never take a
+command's session slot, and a connection is closed with its last stream. Keepalives
 (`SSHOptions.keepalive_interval` × `keepalive_count_max`) close a connection to a host that stopped
 answering, so the next call fails fast instead of hanging. A call that fails on a reused connection is
 retried once on a fresh one (every remote program here is idempotent). A node that cannot be reached
@@ -26,6 +30,12 @@ the backend's address resolver's business (`addresses.py`).
 User values reach a shell only through `shlex.quote` (the env file) or as positional arguments; env names
 must be valid shell names. Host keys are not checked (nodes are fresh or listed by the user, as SkyPilot's
 `StrictHostKeyChecking=no`).
+
+Why one module of this size: commands, file copies and log streams all open, reuse and drop the same
+pooled connections (`_open`, `_connection`, `_drop`); split apart they would reach into each other's pool.
+
+Why one module of this size: the pooled connections are shared by commands, log streams and file copies;
+keeping them with their one pool makes the connection limits and their clean-up visible in one place.
 """
 
 from __future__ import annotations
@@ -45,9 +55,10 @@ from typing import Any
 import asyncssh
 
 from tsky.contract.activity_io import STOP_GRACE_SECONDS
-from tsky.ops.clouds.base import PhaseStatus, TransientError
+from tsky.ops.clouds.base import FollowUnsupported, PhaseStatus, TransientError
 from tsky.ops.clouds.node_programs import (
     ENV_NAME,
+    FOLLOW,
     PUT,
     READ_LOG,
     START,
@@ -70,6 +81,9 @@ DEFAULT_WORKDIR = "sky_workdir"  # relative to the login home, as on SkyPilot cl
 # channel closed: stay well below, and retry an open the server refused while it catches up.
 _CHANNELS_PER_CONNECTION = 5
 _OPEN_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8)
+# Long-lived follow channels per connection of their own (OpenSSH's MaxSessions is 10).
+_STREAMS_PER_CONNECTION = 8
+_FOLLOW_UNSUPPORTED = 2  # FOLLOW's exit status on a node without GNU tail
 
 
 class NodeUnreachable(TransientError):
@@ -177,8 +191,88 @@ def _drop(target: SSHTarget, pooled: _Pooled) -> None:
     pooled.conn.close()
 
 
+@dataclass
+class _StreamConnection:
+    conn: asyncssh.SSHClientConnection
+    streams: int = 0
+
+
+@dataclass
+class _StreamHost:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    connections: list[_StreamConnection] = field(default_factory=list)
+
+
+_stream_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[SSHTarget, _StreamHost]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _stream_host(target: SSHTarget) -> _StreamHost:
+    return _stream_pools.setdefault(asyncio.get_running_loop(), {}).setdefault(target, _StreamHost())
+
+
+class SSHLogStream:
+    """A phase's log streamed over one channel (`LogStream`). Its connection is closed with its last stream."""
+
+    def __init__(self, target: SSHTarget, slot: _StreamConnection, process: asyncssh.SSHClientProcess[bytes]):
+        self.target = target
+        self.slot = slot
+        self.process = process
+        self.closed = False
+
+    @classmethod
+    async def open(cls, target: SSHTarget, command: str, options: SSHOptions) -> SSHLogStream:
+        host = _stream_host(target)
+        async with host.lock:
+            host.connections = [c for c in host.connections if not c.conn.is_closed()]
+            slot = next((c for c in host.connections if c.streams < _STREAMS_PER_CONNECTION), None)
+            if slot is None:
+                slot = _StreamConnection((await _open(target, options)).conn)
+                host.connections.append(slot)
+            slot.streams += 1
+        try:
+            process = await slot.conn.create_process(command, encoding=None)
+        except (OSError, asyncssh.Error) as err:
+            cls._release(slot)
+            raise NodeUnreachable(f"{target}: cannot open a log stream: {err or type(err).__name__}") from err
+        return cls(target, slot, process)
+
+    async def read(self) -> bytes:
+        try:
+            data = await self.process.stdout.read(1 << 16)
+            if data:
+                return data
+            await self.process.wait_closed()
+        except (OSError, asyncssh.Error) as err:
+            raise NodeUnreachable(f"{self.target}: log stream broke: {err or type(err).__name__}") from err
+        status = self.process.exit_status
+        if status == 0:
+            return b""
+        if status == _FOLLOW_UNSUPPORTED:
+            raise FollowUnsupported(f"{self.target}: cannot follow a log here (needs GNU tail --pid)")
+        raise NodeUnreachable(
+            f"{self.target}: log stream ended early (status {status}, signal {self.process.exit_signal})"
+        )
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.process.close()  # the follower's stdin ends with the channel: it ends too
+            self._release(self.slot)
+
+    @staticmethod
+    def _release(slot: _StreamConnection) -> None:
+        slot.streams -= 1
+        if slot.streams == 0:
+            slot.conn.close()
+
+
 async def close_all() -> None:
     """Close every pooled connection of the running loop (worker shutdown, tests)."""
+    for host in _stream_pools.pop(asyncio.get_running_loop(), {}).values():
+        for slot in host.connections:
+            slot.conn.close()
     pool = _pool()
     tasks = list(pool.values())
     pool.clear()
@@ -244,6 +338,10 @@ def _bytes(data: Any) -> bytes:
     return data if isinstance(data, bytes) else str(data).encode()
 
 
+def _program_command(program: str, args: Iterable[str]) -> str:
+    return " ".join(["bash", "-c", shlex.quote(program), "tsky", *(shlex.quote(a) for a in args)])
+
+
 async def run_program(
     target: SSHTarget,
     program: str,
@@ -254,7 +352,7 @@ async def run_program(
     options: SSHOptions | None = None,
 ) -> bytes:
     """Run one of tsky's bash programs with positional arguments; its stdout, or RemoteCommandError."""
-    command = " ".join(["bash", "-c", shlex.quote(program), "tsky", *(shlex.quote(a) for a in args)])
+    command = _program_command(program, args)
     result = await run(target, command, input=input, timeout=timeout, options=options)
     if result.exit_status != 0:
         err = result.stderr.decode(errors="replace").strip()[-2000:]
@@ -323,6 +421,10 @@ class SSHNodeAgent:
 
     async def read_log(self, phase: str, offset: int, limit: int) -> bytes:
         return await self._program(READ_LOG, phase, str(int(offset)), str(int(limit)))
+
+    async def follow_log(self, phase: str, offset: int) -> SSHLogStream:
+        command = _program_command(FOLLOW, [self.cluster_dir, phase, str(int(offset))])
+        return await SSHLogStream.open(self.target, command, self.options)
 
     async def stop_phase(self, phase: str, grace: float = STOP_GRACE_SECONDS) -> None:
         await self._program(STOP, phase, self.tag, str(int(grace)), timeout=self.options.command_timeout + grace)
