@@ -34,6 +34,7 @@ from tsky.contract.activity_io import (
     PhaseResult,
     PlanInput,
     PlanResult,
+    StopAndTeardownInput,
     StopPhaseInput,
     SyncInput,
     SyncResult,
@@ -74,7 +75,8 @@ class FakeCloud:
     syncs: list[tuple[str, str]] = field(default_factory=list)  # (task name, direction)
     sync_script: list[str] = field(default_factory=list)  # per sync call: "" (fine) or an error type to raise
     cleanups: list[CleanupJobInput] = field(default_factory=list)
-    stopped: set[str] = field(default_factory=set)  # phases stopped through STOP_PHASE
+    stopped: set[str] = field(default_factory=set)  # phases stopped through STOP_PHASE (or STOP_AND_TEARDOWN)
+    watched_to_end: set[str] = field(default_factory=set)  # blocking runs whose watcher returned
 
     def live_clusters(self) -> set[str]:
         return set(self.launched) - set(self.torn_down)
@@ -92,9 +94,16 @@ class FakeCloud:
     @activity.defn(name=ActivityName.LAUNCH)
     async def launch(self, inp: LaunchInput) -> LaunchResult:
         self.launches.append(inp)
+        planned = None
+        candidates = inp.candidates
+        if inp.plan is not None:  # a first launch plans too
+            planned = await self.plan(PlanInput(meta=inp.meta, task=inp.plan))
+            if not planned.candidates:
+                return LaunchResult(plan=planned)
+            candidates = planned.candidates
         full = self.full.pop(0) if self.full else set()
         failures = []
-        for candidate in inp.candidates:
+        for candidate in candidates:
             if candidate.region in full:
                 failures.append(LaunchFailure(candidate=candidate, kind="capacity", message="no room"))
             elif f"precheck:{candidate.region}" in full:
@@ -109,8 +118,8 @@ class FakeCloud:
                     use_spot=candidate.use_spot,
                     nodes=[NodeInfo(rank=r, ip="127.0.0.1", host_id=f"n{r}") for r in range(inp.num_nodes)],
                 )
-                return LaunchResult(cluster=cluster, chosen=candidate, failures=failures)
-        return LaunchResult(failures=failures)
+                return LaunchResult(cluster=cluster, chosen=candidate, failures=failures, plan=planned)
+        return LaunchResult(failures=failures, plan=planned)
 
     @activity.defn(name=ActivityName.SYNC_FILES)
     async def sync(self, inp: SyncInput) -> SyncResult:
@@ -146,12 +155,21 @@ class FakeCloud:
             while inp.key not in self.stopped:  # as a real watcher: the phase ends when it is stopped
                 activity.heartbeat()
                 await asyncio.sleep(0.1)
+            self.watched_to_end.add(inp.key)
             return PhaseResult(exit_codes=[137] * len(inp.cluster.nodes))
         return await self._phase(inp, self.run_script)
 
     @activity.defn(name=ActivityName.STOP_PHASE)
     async def stop(self, inp: StopPhaseInput) -> None:
         self.stopped.add(inp.phase)
+
+    @activity.defn(name=ActivityName.STOP_AND_TEARDOWN)
+    async def stop_and_teardown(self, inp: StopAndTeardownInput) -> None:
+        self.stopped.add(inp.stop.phase)
+        while self.run_blocks and inp.stop.phase not in self.watched_to_end:  # as the real one: after the watcher
+            activity.heartbeat()
+            await asyncio.sleep(0.1)
+        self.torn_down.append(inp.teardown.cluster_name)
 
     @activity.defn(name=ActivityName.TEARDOWN)
     async def teardown(self, inp: TeardownInput) -> None:
@@ -216,7 +234,7 @@ async def serving(
             workflow_runner=workflow_runner(),
         ),
         Worker(client, task_queue=LAUNCH_QUEUE, activities=[*cloud.activities(), *launch]),
-        Worker(client, task_queue=WATCH_QUEUE, activities=[cloud.run, cloud.stop, *watch]),
+        Worker(client, task_queue=WATCH_QUEUE, activities=[cloud.run, cloud.stop, cloud.stop_and_teardown, *watch]),
     ):
         yield
 

@@ -147,7 +147,7 @@ async def test_infeasible_plan_fails_prechecks_without_launching() -> None:
     result = await run_job(cloud)
     assert result.status is S.FAILED_PRECHECKS
     assert result.failure_reason == "No enabled infra offers H100:16 per node"
-    assert cloud.launches == []
+    assert cloud.launched == []  # (the launch activity plans first, and stops there)
 
 
 async def test_an_activity_failing_past_its_retries_ends_failed_controller() -> None:
@@ -155,7 +155,7 @@ async def test_an_activity_failing_past_its_retries_ends_failed_controller() -> 
     result = await run_job(cloud)
     assert result.status is S.FAILED_CONTROLLER
     assert "catalog file is corrupt" in (result.failure_reason or "")
-    assert cloud.launches == []
+    assert cloud.launched == []
 
 
 async def test_unreachable_past_the_window_recovers() -> None:

@@ -1,8 +1,9 @@
 """Launching and tearing down clusters, copying a task's files onto them, and cleaning up after a job.
 
 `launch_cluster` tries the candidates in the order the workflow gave (the recovery policy decides that
-order) and reports every failure with its kind, so the workflow can tell "no capacity anywhere, back off"
-from "this can never work, fail now". `teardown_cluster` returns only once the backend confirms.
+order; a job's first launch plans them itself, in the planner's order) and reports every failure with
+its kind, so the workflow can tell "no capacity anywhere, back off" from "this can never work, fail now".
+`teardown_cluster` returns only once the backend confirms.
 """
 
 from __future__ import annotations
@@ -16,19 +17,23 @@ from temporalio.exceptions import ApplicationError
 
 from tsky.activities.heartbeat import heartbeating
 from tsky.contract.activity_io import (
+    ANY_ENABLED_BACKEND,
     ActivityName,
     CleanupJobInput,
     ErrorType,
     LaunchFailure,
     LaunchInput,
     LaunchResult,
+    PlanResult,
     SyncInput,
     SyncResult,
     TeardownInput,
 )
 from tsky.ops.clouds import get_backend
 from tsky.ops.clouds.base import CapacityError, PrecheckError
+from tsky.ops.infra_check import check_infra
 from tsky.ops.mounts import FileSync, storages
+from tsky.ops.planning import plan_for_task
 from tsky.ops.storage import get_store
 from tsky.ops.uploads import UploadError, remove_uploads
 from tsky.spec.settings import Settings
@@ -42,8 +47,16 @@ class ClusterActivities:
 
     @activity.defn(name=ActivityName.LAUNCH)
     async def launch_cluster(self, inp: LaunchInput) -> LaunchResult:
+        plan: PlanResult | None = None
+        candidates = inp.candidates
+        if inp.plan is not None:
+            async with heartbeating("plan"):
+                plan = await asyncio.to_thread(plan_for_task, inp.plan, self.settings)
+            if plan.infeasible_reason or not plan.candidates:
+                return LaunchResult(plan=plan)
+            candidates = plan.candidates
         failures: list[LaunchFailure] = []
-        for candidate in inp.candidates:
+        for candidate in candidates:
             try:
                 backend = get_backend(candidate.cloud, self.settings)
             except KeyError as err:  # a cloud tsky cannot launch on: never worth retrying
@@ -52,7 +65,7 @@ class ClusterActivities:
             try:
                 async with heartbeating(candidate.infra):
                     cluster = await backend.provision(inp.cluster_name, candidate, inp.num_nodes, inp.meta)
-                return LaunchResult(cluster=cluster, chosen=candidate, failures=failures)
+                return LaunchResult(cluster=cluster, chosen=candidate, failures=failures, plan=plan)
             except PrecheckError as err:
                 failures.append(LaunchFailure(candidate=candidate, kind="precheck", message=str(err)))
             except Exception as err:  # capacity, or a fault worth retrying later: both mean "try elsewhere"
@@ -61,7 +74,7 @@ class ClusterActivities:
             # Whatever the failed try left behind (a half-made cluster) goes before the next one.
             async with heartbeating(candidate.infra):
                 await backend.teardown(inp.cluster_name, None)
-        return LaunchResult(failures=failures)
+        return LaunchResult(failures=failures, plan=plan)
 
     @activity.defn(name=ActivityName.SYNC_FILES)
     async def sync_files(self, inp: SyncInput) -> SyncResult:
@@ -116,7 +129,12 @@ class ClusterActivities:
 
     @activity.defn(name=ActivityName.TEARDOWN)
     async def teardown_cluster(self, inp: TeardownInput) -> None:
-        backend = get_backend(inp.backend, self.settings)
         async with heartbeating(inp.cluster_name):
-            await backend.teardown(inp.cluster_name, inp.cluster)
+            if inp.backend == ANY_ENABLED_BACKEND:
+                statuses = await asyncio.to_thread(check_infra, self.settings)
+                backends = [s.name for s in statuses if s.enabled]
+            else:
+                backends = [inp.backend]
+            for name in backends:
+                await get_backend(name, self.settings).teardown(inp.cluster_name, inp.cluster)
         logger.info("cluster %s torn down", inp.cluster_name)

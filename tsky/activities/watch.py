@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -212,6 +212,25 @@ class _StreamedNode(_PolledNode):
 
 
 @dataclass
+class Watcher:
+    """A job's watcher running in this process: `ended` once it stopped, `final` if no retry follows
+    (it returned, or failed for good), so its last lines are stored for good."""
+
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    final: bool = False
+
+
+# This process's running watchers, by their job's workflow run (a job watches one phase at a time).
+_watchers: dict[tuple[str, str], Watcher] = {}
+
+
+def watcher_here(workflow_id: str, run_id: str) -> Watcher | None:
+    """The job's watcher if it runs in this process: a cancel's teardown waits for it here, with no
+    round-trip to the server (the usual case: one worker process serves the job's queues)."""
+    return _watchers.get((workflow_id, run_id))
+
+
+@dataclass
 class _PhaseLog:
     """The phase's log in the store, and how much of it is stored."""
 
@@ -236,11 +255,28 @@ class PhaseActivities:
 
     @activity.defn(name=ActivityName.SETUP)
     async def run_setup(self, inp: PhaseInput) -> PhaseResult:
-        return await self._watch(inp)
+        return await self._watched(inp)
 
     @activity.defn(name=ActivityName.RUN)
     async def run_and_watch(self, inp: PhaseInput) -> PhaseResult:
-        return await self._watch(inp)
+        return await self._watched(inp)
+
+    async def _watched(self, inp: PhaseInput) -> PhaseResult:
+        """`_watch`, listed in this process's watchers while it runs (see `watcher_here`)."""
+        info = activity.info()
+        key = (info.workflow_id or "", info.workflow_run_id or "")
+        watcher = _watchers[key] = Watcher()
+        try:
+            result = await self._watch(inp)
+            watcher.final = True
+            return result
+        except ApplicationError as err:
+            watcher.final = err.non_retryable
+            raise
+        finally:
+            watcher.ended.set()
+            if _watchers.get(key) is watcher:
+                del _watchers[key]
 
     @activity.defn(name=ActivityName.STOP_PHASE)
     async def stop_phase(self, inp: StopPhaseInput) -> None:

@@ -640,8 +640,7 @@ def cancel(
         missing: list[int] = []  # never allocated: a typo, so not found (102); an ended job is a no-op
         if job_ids:
             targets: list[int] = []
-            for job_id in job_ids:
-                row = await api.get_job(client, job_id)
+            for job_id, row in zip(job_ids, await api.get_jobs(client, job_ids), strict=True):
                 if row is None:
                     err_console.print(f"Job {job_id} not found.")
                     missing.append(job_id)

@@ -27,6 +27,7 @@ class ActivityName(StrEnum):
     SETUP = "run_setup"
     RUN = "run_and_watch"
     STOP_PHASE = "stop_phase"
+    STOP_AND_TEARDOWN = "stop_phase_and_teardown"
     TEARDOWN = "teardown_cluster"
     WATCH_CLUSTER = "watch_cluster"
     CONTROLLER_LOG = "append_controller_log"
@@ -104,6 +105,9 @@ class LaunchInput(_Model):
     launch: int
     candidates: list[Candidate]  # in the order to try them
     num_nodes: int
+    # A job's first launch plans its task here first and tries the plan's candidates in order: one
+    # activity (one engine round-trip) instead of a plan activity and a launch activity.
+    plan: Task | None = None
 
 
 class LaunchFailure(_Model):
@@ -116,6 +120,7 @@ class LaunchResult(_Model):
     cluster: ClusterInfo | None = None
     chosen: Candidate | None = None
     failures: list[LaunchFailure] = []
+    plan: PlanResult | None = None  # the plan, when the launch made it (`LaunchInput.plan`)
 
 
 class SyncInput(_Model):
@@ -178,10 +183,23 @@ class WatchClusterInput(_Model):
     status_check_min_retries: int = 5
 
 
+# A TeardownInput.backend for a launch that planned its own candidates: the cluster may have been made on
+# any infra the worker has enabled (the ones the planner considers), so it is removed from each.
+ANY_ENABLED_BACKEND = "*"
+
+
 class TeardownInput(_Model):
     cluster_name: str
-    backend: str
+    backend: str  # or ANY_ENABLED_BACKEND
     cluster: ClusterInfo | None = None
+
+
+class StopAndTeardownInput(_Model):
+    """A cancel of a running phase in one activity: stop the phase's processes, wait for the job's
+    watcher to store their last lines and return, then tear the cluster down."""
+
+    stop: StopPhaseInput
+    teardown: TeardownInput
 
 
 class ControllerLogInput(_Model):

@@ -14,6 +14,7 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from tsky.activities import scheduling
+from tsky.activities.cancel import CancelActivities
 from tsky.activities.cluster import ClusterActivities
 from tsky.activities.controller_log import ControllerLogActivities
 from tsky.activities.job_ids import JobIdActivities
@@ -44,6 +45,7 @@ def workflow_runner() -> SandboxedWorkflowRunner:
 def build_workers(client: Client, settings: Settings) -> list[Worker]:
     cluster = ClusterActivities(settings)
     phases = PhaseActivities(settings)
+    cancel = CancelActivities(client, settings)
     pool = PoolActivities(settings)
     planning = PlanningActivities(settings)
     controller_log = ControllerLogActivities(settings)
@@ -95,7 +97,15 @@ def build_workers(client: Client, settings: Settings) -> list[Worker]:
         Worker(
             client,
             task_queue=WATCH_QUEUE,
-            activities=[phases.run_and_watch, phases.stop_phase, pool.watch_cluster, orchestration.wait_for_jobs],
+            # A cancel's stop and teardown run here, beside the watchers, so a bulk cancel is not held to the
+            # launch concurrency (a cloud's throttling of many teardowns at once is retried with backoff).
+            activities=[
+                phases.run_and_watch,
+                phases.stop_phase,
+                cancel.stop_phase_and_teardown,
+                pool.watch_cluster,
+                orchestration.wait_for_jobs,
+            ],
             max_concurrent_activities=controller.watch_concurrency,
             # A watcher's heartbeats reach the server every 0.8 x its heartbeat timeout (24 s at the default
             # 30 s): about 80 RPCs/s for 2,000 running jobs, the main steady load on the server.

@@ -23,6 +23,7 @@ from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from tsky.contract.activity_io import (
+        ANY_ENABLED_BACKEND,
         STOP_GRACE_SECONDS,
         ActivityName,
         ClusterInfo,
@@ -34,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         PhaseResult,
         PlanInput,
         PlanResult,
+        StopAndTeardownInput,
         StopPhaseInput,
         SyncInput,
         SyncResult,
@@ -145,6 +147,9 @@ class Launch:
     strategy: str = ""
     lost_region: str | None = None
     fail_on_prechecks: bool = True
+    # With no candidates yet: the first round plans this task in the launch activity itself (one engine
+    # round-trip instead of two) and fills `candidates` in for the rounds after it.
+    plan: Task | None = None
 
 
 async def launch(
@@ -161,9 +166,14 @@ async def launch(
     again, without end. `hold` names what a teardown must remove meanwhile, and the cluster once up."""
     round_index = 0
     while True:
+        planning = spec.plan is not None and not spec.candidates
         order = launch_order(spec.candidates, spec.strategy, spec.lost_region, first_round=round_index == 0)
-        hold.launching, hold.backends = spec.name, sorted({c.cloud for c in order})
-        log(f"Launching {spec.name}: trying {', '.join(c.infra + ' ' + c.instance_type for c in order[:5])}.")
+        if planning:  # the plan's candidates may be on any enabled infra
+            hold.launching, hold.backends = spec.name, [ANY_ENABLED_BACKEND]
+            log(f"Launching {spec.name}: planning, then trying the best candidates.")
+        else:
+            hold.launching, hold.backends = spec.name, sorted({c.cloud for c in order})
+            log(f"Launching {spec.name}: trying {', '.join(c.infra + ' ' + c.instance_type for c in order[:5])}.")
         try:
             result = await calls(
                 ActivityName.LAUNCH,
@@ -173,6 +183,7 @@ async def launch(
                     launch=spec.launch,
                     candidates=order,
                     num_nodes=spec.num_nodes,
+                    plan=spec.plan if planning else None,
                 ),
                 LaunchResult,
                 LAUNCH_QUEUE,
@@ -181,11 +192,15 @@ async def launch(
                 retry=LAUNCH_RETRY,
             )
         except ActivityError as err:
-            if is_cancelled_exception(err):
-                raise
+            if is_cancelled_exception(err) or planning:
+                raise  # with no plan there is nothing to retry with: the owner fails, as a failed plan does
             result = LaunchResult()
             log(f"Launch of {spec.name} failed unexpectedly: {err.cause or err}")
         hold.launching, hold.backends = None, []
+        if result.plan is not None:
+            if result.plan.infeasible_reason or not result.plan.candidates:
+                raise Infeasible(result.plan.infeasible_reason or "No resources satisfy the request.")
+            spec.candidates = result.plan.candidates
         if result.cluster is not None and result.chosen is not None:
             hold.cluster = result.cluster
             log(f"✓ Cluster launched: {spec.name}. Resources: {result.chosen.resources_label()}.")
@@ -275,6 +290,30 @@ async def stop_phase(calls: Calls, cluster: ClusterInfo, key: str, grace_seconds
         timeout=STOP_PHASE_TIMEOUT + timedelta(seconds=grace_seconds),
         retry=STOP_PHASE_RETRY,
     )
+
+
+async def stop_and_teardown(calls: Calls, hold: ClusterHold, key: str, grace_seconds: float) -> None:
+    """A cancel's end of a phase in one activity: stop its processes on every node (as `stop_phase`),
+    wait for its watcher to store their last lines and return, then tear the held cluster down (retried
+    as `teardown`). The hold is released once the cluster is gone; on a failure it still names the
+    cluster, for the owner's ordinary teardown."""
+    cluster = hold.cluster
+    assert cluster is not None
+    grace = timedelta(seconds=grace_seconds)
+    await calls(
+        ActivityName.STOP_AND_TEARDOWN,
+        StopAndTeardownInput(
+            stop=StopPhaseInput(cluster=cluster, phase=key, grace_seconds=grace_seconds),
+            teardown=hold.teardown_targets()[0],
+        ),
+        type(None),
+        WATCH_QUEUE,
+        timeout=TEARDOWN_TIMEOUT + grace,
+        heartbeat=calls.heartbeat,
+        retry=TEARDOWN_RETRY,
+        schedule_to_close=TEARDOWN_GIVE_UP + grace,
+    )
+    hold.release()
 
 
 def lost_cluster(err: ActivityError) -> ApplicationError | None:

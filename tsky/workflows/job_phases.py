@@ -2,8 +2,9 @@
 one long activity; the result is an `Outcome` for tsky.workflows.recovery to decide on.
 
 A cancel during a phase is handled here: show CANCELLING, stop the phase's processes, let the watcher
-copy their last lines. A new per-attempt step on the cluster (before, between or after the phases) goes
-here; the shared activity calls are in cluster_lifecycle.
+copy their last lines (and, for a job's own cluster, tear it down in the same activity). A new
+per-attempt step on the cluster (before, between or after the phases) goes here; the shared activity
+calls are in cluster_lifecycle.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ _PATCH_SYNC_RETRY_ON_RECOVERY = "sync-precheck-retried-on-recovery"
 # A cancel during setup/run is handled by the workflow (stop the phase, then tear down) instead of being
 # passed to the watcher.
 _PATCH_STOP_PHASE_ON_CANCEL = "cancel-stops-phase-from-workflow"
+# ... and the stop, the watcher's last lines and the teardown are one activity (one round-trip, not three).
+_PATCH_STOP_AND_TEARDOWN_ON_CANCEL = "cancel-stops-and-tears-down-in-one-activity"
 
 
 async def run_phases(run: JobRun, task: Task, ts: TaskState, attempt: Attempt, cluster: ClusterInfo) -> Outcome:
@@ -122,6 +125,9 @@ async def _stop_on_cancel(
     cancel."""
     run.record_cancel(ts)
     await run.publish()
+    if run.req.pool is None and workflow.patched(_PATCH_STOP_AND_TEARDOWN_ON_CANCEL):
+        await shielded(lambda: _stop_and_teardown(run, ts, phase))
+        return
 
     async def stop() -> None:
         try:
@@ -134,3 +140,15 @@ async def _stop_on_cancel(
             await watcher
 
     await shielded(stop)
+
+
+async def _stop_and_teardown(run: JobRun, ts: TaskState, phase: PhaseInput) -> None:
+    """The cluster is gone when this returns, unless the activity failed past its retries: then the
+    task's ordinary teardown (job_teardown) tries again and reports a leak."""
+    name = phase.cluster.name
+    try:
+        await lifecycle.stop_and_teardown(run.calls, run.hold, phase.key, run.stop_grace)
+    except ActivityError as err:
+        run.log(f"Could not stop the {phase.phase} of task {ts.index} ({ts.name}) and tear {name} down: {err.cause}")
+        return
+    run.log(f"Cluster {name} torn down.")

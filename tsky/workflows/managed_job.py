@@ -1,8 +1,9 @@
 """The ManagedJob workflow: one durable workflow per managed job (one task or a pipeline of tasks).
 
-Per task, in order: plan → launch (with failover and backoff) → sync files → setup → run_and_watch →
-decide (tsky.workflows.recovery) → recover or finish → teardown. The cluster is torn down on every
-ending — success, failure, cancel — from a `finally`, shielded from a cancel that arrives mid-teardown.
+Per task, in order: plan → launch (with failover and backoff; a job's first launch plans in that activity)
+→ sync files → setup → run_and_watch → decide (tsky.workflows.recovery) → recover or finish → teardown.
+The cluster is torn down on every ending — success, failure, cancel — from a `finally`, shielded from a
+cancel that arrives mid-teardown.
 
 This module is the loop; each concern lives beside it (a new job feature goes where its concern is):
 - job_state: the job's state in one object (`JobRun`) and a task's status moves;
@@ -57,6 +58,8 @@ Status = ManagedJobStatus
 _PATCH_CANCEL_IN_ACTIVITY = "cancel-in-activity-shows-cancelling"
 # Buckets are mounted live (rclone) and flushed by the phases themselves: no upload after the phases.
 _PATCH_LIVE_MOUNTS = "live-bucket-mounts-flush-on-node"
+# A job's first launch plans its task in the launch activity: one engine round-trip fewer per job.
+_PATCH_PLAN_IN_LAUNCH = "first-launch-plans-in-the-launch-activity"
 
 
 @workflow.defn(name=WorkflowType.MANAGED_JOB)
@@ -184,9 +187,14 @@ class ManagedJobWorkflow:
                     # A pool job takes a whole READY worker of its pool instead of a cluster of its own.
                     run.hold.cluster, chosen = await pool_lease.acquire_worker(run, ts, attempt.index, recovering)
                 else:
-                    candidates = candidates or await self._plan(task, ts)
-                    chosen = await self._launch(
-                        task, ts, candidates, launch, recovery.strategy or "", lost_region, recovering
+                    plan_in_launch = not candidates and workflow.patched(_PATCH_PLAN_IN_LAUNCH)
+                    if plan_in_launch:
+                        run.set(ts, Status.STARTING, "Launching")
+                        await run.publish()
+                    else:
+                        candidates = candidates or await self._plan(task, ts)
+                    chosen, candidates = await self._launch(
+                        task, ts, candidates, launch, recovery.strategy or "", lost_region, recovering, plan_in_launch
                     )
                 ts.infra = chosen.display_infra()
                 attempt.candidate = chosen
@@ -257,9 +265,11 @@ class ManagedJobWorkflow:
         strategy: str,
         lost_region: str | None,
         recovering: bool,
-    ) -> Candidate:
+        plan: bool,
+    ) -> tuple[Candidate, list[Candidate]]:
         """Launch rounds until one candidate has room, showing PENDING while in backoff. When every
-        candidate fails its prechecks on the first launch, the task fails; a recovery waits instead."""
+        candidate fails its prechecks on the first launch, the task fails; a recovery waits instead.
+        With `plan`, the first round plans the task too. Returns the chosen candidate and all of them."""
         run = self.run_state
 
         async def in_backoff(delay: float) -> None:
@@ -281,6 +291,7 @@ class ManagedJobWorkflow:
             strategy=strategy,
             lost_region=lost_region,
             fail_on_prechecks=not recovering,
+            plan=task if plan else None,
         )
         try:
             _, chosen = await lifecycle.launch(
@@ -288,4 +299,4 @@ class ManagedJobWorkflow:
             )
         except lifecycle.Infeasible as err:
             raise TaskEnded(Status.FAILED_PRECHECKS, err.reason) from None
-        return chosen
+        return chosen, spec.candidates
