@@ -24,4 +24,10 @@ fi
 .venv/bin/mypy tsky
 .venv/bin/lint-imports  # the layers of docs/architecture.md (contracts in pyproject.toml)
 # Everything above installed the real parts (sshd, rsync...): a test skipping for want of one fails.
-TSKY_REQUIRE_REAL_PARTS="${TSKY_REQUIRE_REAL_PARTS:-1}" .venv/bin/pytest -q --durations=15 "$@"
+# Tests marked `slow` are left out unless the caller picks its own markers (`./scripts/test.sh -m slow`):
+# each repeats real parts that the default run exercises too (CONTRIBUTING.md lists them).
+MARKERS=(-m "not slow")
+for arg in "$@"; do
+  case "$arg" in -m*) MARKERS=() ;; esac
+done
+TSKY_REQUIRE_REAL_PARTS="${TSKY_REQUIRE_REAL_PARTS:-1}" .venv/bin/pytest -q --durations=15 "${MARKERS[@]}" "$@"

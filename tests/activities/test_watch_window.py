@@ -119,7 +119,7 @@ async def watch_claimed_phase(tmp_path: Path, preempted: bool) -> ApplicationErr
     settings = Settings(home=tmp_path)
     backend = LocalBackend(settings)
     local = Candidate(cloud="local", region="local", instance_type="local", vcpus=1, memory_gb=1)
-    inp = phase_input(min_elapsed=1, min_retries=2)
+    inp = phase_input(min_elapsed=1, min_retries=1)  # each failed start waits 10 s for a pid
     cluster = await backend.provision("claimed-1", local, 1, inp.meta)
     try:
         agent = backend.node(cluster, 0)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import botocore.endpoint
 import pytest
 from botocore.awsrequest import AWSResponse
 from temporalio.testing import ActivityEnvironment
@@ -74,6 +75,26 @@ class EC2Door:
         return self.sent.get(operation, 0)
 
 
+class BotocoreBackoffs:
+    """Stands in for the clock botocore sleeps on between its retries: records each backoff it chose and
+    returns at once. botocore still decides what to retry and for how long; the test does not wait."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+
+@pytest.fixture
+def botocore_backoffs(monkeypatch: pytest.MonkeyPatch) -> BotocoreBackoffs:
+    # tsky's EC2 client pins its retry config, over AWS_MAX_ATTEMPTS/AWS_RETRY_MODE; throttling backs off
+    # by rand(0, 1) * 2**n seconds per retry, ~15 s a test for five retries.
+    backoffs = BotocoreBackoffs()
+    monkeypatch.setattr(botocore.endpoint, "time", backoffs)
+    return backoffs
+
+
 def aws_settings(moto: MotoEC2, tmp_path: Path, **extra: Any) -> Settings:
     config = {"endpoint_url": moto.url, "regions": ["us-east-1"], "ami": moto.an_ami(), "state_check_seconds": 30}
     return Settings(home=tmp_path, aws=config | extra)
@@ -100,7 +121,7 @@ def launch_clusters(moto: MotoEC2, owner: str, names: list[str], image: str) -> 
 
 
 async def test_aws_watchers_share_one_describe_per_interval_and_survive_throttling(
-    moto_ec2: MotoEC2, tmp_path: Path
+    moto_ec2: MotoEC2, tmp_path: Path, botocore_backoffs: BotocoreBackoffs
 ) -> None:
     backend = AwsBackend(aws_settings(moto_ec2, tmp_path))
     image = backend.cfg.ami
@@ -136,6 +157,7 @@ async def test_aws_watchers_share_one_describe_per_interval_and_survive_throttli
     assert not any(s.is_lost() for s in NodeState if s is NodeState.UNKNOWN)
     sent = door.count("DescribeInstances") - before
     assert 1 <= sent <= 6  # one listing for all: its first try and botocore's 5 retries
+    assert len(botocore_backoffs.delays) == sent - 1  # botocore backed off before each retry
     # Backing off: asking again sends nothing and still says UNKNOWN.
     assert await backend.node_states(clusters[1], fresh=True) == [NodeState.UNKNOWN]
     assert door.count("DescribeInstances") - before == sent
@@ -169,7 +191,12 @@ def launch_meta() -> JobMeta:
     ],
 )
 async def test_aws_launch_errors_are_typed_from_the_wire(
-    moto_ec2: MotoEC2, tmp_path: Path, status: int, code: str, expected: type[Exception]
+    moto_ec2: MotoEC2,
+    tmp_path: Path,
+    botocore_backoffs: BotocoreBackoffs,
+    status: int,
+    code: str,
+    expected: type[Exception],
 ) -> None:
     backend = AwsBackend(aws_settings(moto_ec2, tmp_path))
     door = EC2Door(backend)
@@ -178,6 +205,9 @@ async def test_aws_launch_errors_are_typed_from_the_wire(
         await backend.provision("cap-1", aws_candidate(), 1, launch_meta())
     # Throttling and 5xx are transient (the launch is retried with backoff), never a precheck failure.
     assert not isinstance(raised.value, PrecheckError) or expected is PrecheckError
+    # botocore retried all but bad credentials 5 times, backing off before each retry.
+    retries = 0 if expected is PrecheckError else 5
+    assert door.count("RunInstances") == 1 + retries and len(botocore_backoffs.delays) == retries
     assert moto_ec2.instances("cap-1") == []
 
 

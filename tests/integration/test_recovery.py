@@ -71,6 +71,9 @@ def attempt_log(env: TskyEnv, attempt: int) -> Path:
     return env.home / "logs" / "jobs" / "1" / "task-0" / f"attempt-{attempt}" / "run.log"
 
 
+# Slow (`./scripts/test.sh -m slow`): by default, preemption and recovery run end to end in the Quickstart,
+# pipeline, pool and live-mount tests, and the region order in tests/workflows/test_recovery_table.py.
+@pytest.mark.slow
 def test_spot_job_preempted_twice_recovers_in_other_regions_and_succeeds(tsky_env: TskyEnv, worker: WorkerProc) -> None:
     tsky_env.configure(TWO_REGIONS)
     job = tsky_env.write("spot.yaml", SPOT_JOB)

@@ -95,7 +95,9 @@ def launch_counter(env: TskyEnv, infra: str, mode: str, bucket: str, *args: str,
     return mnt
 
 
-@pytest.mark.parametrize("mode", ["MOUNT", "MOUNT_CACHED"])
+# MOUNT_CACHED is slow (`./scripts/test.sh -m slow`): its live mount runs by default in test_cancel_unmounts and the
+# chunk test, and resuming from a mount after a preemption in the MOUNT case.
+@pytest.mark.parametrize("mode", ["MOUNT", pytest.param("MOUNT_CACHED", marks=pytest.mark.slow)])
 def test_a_preempted_spot_job_resumes_from_its_mounted_checkpoint(
     tsky_env: TskyEnv, moto_s3: Emulator, mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -133,25 +135,30 @@ def test_cancel_unmounts(tsky_env: TskyEnv, moto_s3: Emulator) -> None:
     assert no_tagged_processes("ckpt-1")
 
 
-@pytest.mark.parametrize("mode", ["MOUNT", "MOUNT_CACHED"])
-def test_a_checkpoint_larger_than_an_upload_chunk_is_saved_whole(
-    tsky_env: TskyEnv, moto_s3: Emulator, mode: str
-) -> None:
-    """A MOUNT streams a file of unknown size as a multipart upload in 5 MiB parts; 12 MiB takes three."""
-    s3().create_bucket(Bucket="ckpt-big")
-    mnt = tsky_env.home.parent / "ckpt"
+def test_a_checkpoint_larger_than_an_upload_chunk_is_saved_whole(tsky_env: TskyEnv, moto_s3: Emulator) -> None:
+    """A MOUNT streams a file of unknown size as a multipart upload in 5 MiB parts (12 MiB takes three); a
+    MOUNT_CACHED uploads it from its cache. One job saves the same file through both."""
+    buckets = {"MOUNT": "ckpt-big-mount", "MOUNT_CACHED": "ckpt-big-cached"}
+    mounts = {mode: tsky_env.home.parent / bucket for mode, bucket in buckets.items()}
+    for bucket in buckets.values():
+        s3().create_bucket(Bucket=bucket)
+    file_mounts = "".join(
+        f"  {mounts[mode]}: {{source: s3://{bucket}, mode: {mode}}}\n" for mode, bucket in buckets.items()
+    )
+    copies = "".join(f"  cp /tmp/tsky-big-$$ {mnt}/model.pt\n" for mnt in mounts.values())
     spec = tsky_env.write(
         "big.yaml",
-        f"name: big\nresources: {{infra: local}}\nfile_mounts:\n  {mnt}: {{source: s3://ckpt-big, mode: {mode}}}\n"
-        f"run: |\n  set -e\n  head -c 12582912 /dev/urandom > /tmp/tsky-big-$$\n  cp /tmp/tsky-big-$$ {mnt}/model.pt\n"
+        f"name: big\nresources: {{infra: local}}\nfile_mounts:\n{file_mounts}"
+        f"run: |\n  set -e\n  head -c 12582912 /dev/urandom > /tmp/tsky-big-$$\n{copies}"
         "  md5sum < /tmp/tsky-big-$$; rm /tmp/tsky-big-$$\n",
     )
     tsky_env.start_worker()
     result = tsky_env.tsky("jobs", "launch", "-y", str(spec))
     assert result.returncode == 0, result.stdout + result.stderr
     [digest] = re.findall(r"\b([0-9a-f]{32})\b", result.stdout)
-    saved = s3().get_object(Bucket="ckpt-big", Key="model.pt")["Body"].read()
-    assert len(saved) == 12 << 20 and hashlib.md5(saved).hexdigest() == digest
+    for mode, bucket in buckets.items():
+        saved = s3().get_object(Bucket=bucket, Key="model.pt")["Body"].read()
+        assert len(saved) == 12 << 20 and hashlib.md5(saved).hexdigest() == digest, mode
 
 
 def failed_mount_reason(tsky_env: TskyEnv, source: str) -> tuple[Path, str]:
