@@ -77,19 +77,22 @@ def test_history_is_ciphertext_without_the_key_and_the_codec_server_decodes_it(t
     assert re.search(r"^1\s+-\s+sealed-job\s+.*SUCCEEDED", queue.stdout, re.M), queue.stdout + queue.stderr
 
     # What the Temporal service stores, read without the key.
-    async def raw_history() -> list[Payload]:
+    async def raw_history() -> list[tuple[str, Payload]]:
+        """Every payload, with the name of the marker it is in ("" outside markers)."""
         client = await tsky_env.client()  # the plain converter: no codec
         history = await client.get_workflow_handle("tsky-job-1").fetch_history()
-        return [p for event in history.events for p in _payloads(event)]
+        events = history.events
+        return [(event.marker_recorded_event_attributes.marker_name, p) for event in events for p in _payloads(event)]
 
     payloads = asyncio.run(raw_history())
     assert payloads
-    raw = b"".join(p.SerializeToString() for p in payloads)
+    raw = b"".join(p.SerializeToString() for _, p in payloads)
     for mark in (COMMAND_MARK, ENV_MARK, SECRET_MARK):
         assert mark.encode() not in raw
-    # Only the SDK's own bookkeeping of local activities (ids, type names, times) stays plain.
-    plain_ones = [p for p in payloads if p.metadata["encoding"] != b"binary/encrypted"]
-    assert all(b'"activity_type"' in p.data for p in plain_ones), plain_ones
+    # Only the SDK's own bookkeeping stays plain: local-activity markers (ids, type names, times) and
+    # patch markers (the patch's id).
+    plain_ones = [(marker, p) for marker, p in payloads if p.metadata["encoding"] != b"binary/encrypted"]
+    assert all(marker in ("core_local_activity", "core_patch") for marker, _ in plain_ones), plain_ones
 
     # Search attributes stay readable without the key (the Web UI's list, `temporal workflow list`)...
     async def listed_names() -> list[str]:
@@ -119,7 +122,7 @@ def test_history_is_ciphertext_without_the_key_and_the_codec_server_decodes_it(t
     try:
         base = f"http://127.0.0.1:{port}"
         body = {"payloads": [{"metadata": {k: base64.b64encode(v).decode() for k, v in p.metadata.items()},
-                              "data": base64.b64encode(p.data).decode()} for p in payloads]}  # fmt: skip
+                              "data": base64.b64encode(p.data).decode()} for _, p in payloads]}  # fmt: skip
         ui = {"Content-Type": "application/json", "X-Namespace": tsky_env.namespace, "Origin": "http://localhost:8233"}
 
         def up() -> bool:
