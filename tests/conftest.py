@@ -49,4 +49,6 @@ def pytest_cmdline_main(config: pytest.Config) -> object:
     status = yield
     sys.stdout.flush()
     sys.stderr.flush()
+    if "PYTEST_XDIST_WORKER" in os.environ:  # a worker's controller must see it end normally
+        return status
     os._exit(int(status))  # type: ignore[call-overload]
