@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+import tsky.cli.launch_options as lo
 from tsky.cli.common import (
     NotFound,
     UsageError,
@@ -50,38 +51,26 @@ def launch(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Skip the confirmation prompt.")] = False,
     detach_run: Annotated[bool, typer.Option("--detach-run", "-d", help="Return once the job is submitted.")] = False,
     dryrun: Annotated[bool, typer.Option("--dryrun", help="Show the plan; launch nothing.")] = False,
-    env: Annotated[list[str] | None, typer.Option("--env", help="KEY=VALUE, or KEY to take it from here.")] = None,
-    env_file: Annotated[Path | None, typer.Option("--env-file", help="A dotenv file of envs.")] = None,
-    secret: Annotated[list[str] | None, typer.Option("--secret", help="KEY=VALUE, or KEY from here.")] = None,
-    secret_file: Annotated[Path | None, typer.Option("--secret-file", help="A dotenv file of secrets.")] = None,
+    env: lo.EnvOption = None,
+    env_file: lo.EnvFileOption = None,
+    secret: lo.SecretOption = None,
+    secret_file: lo.SecretFileOption = None,
     workdir: Annotated[str | None, typer.Option("--workdir", help="Override the workdir.")] = None,
-    infra: Annotated[
-        str | None,
-        typer.Option("--infra", help="aws, aws/us-east-1, gcp/*/us-central1-a, k8s/CTX, ssh/POOL, local."),
-    ] = None,
-    use_spot: Annotated[bool | None, typer.Option("--use-spot/--no-use-spot", help="Use spot instances.")] = None,
-    cpus: Annotated[str | None, typer.Option("--cpus", help="vCPUs per node: N or N+.")] = None,
-    memory: Annotated[str | None, typer.Option("--memory", help="Memory per node in GB: N or N+.")] = None,
-    gpus: Annotated[str | None, typer.Option("--gpus", help="Accelerators per node, e.g. A100:8.")] = None,
-    instance_type: Annotated[str | None, typer.Option("--instance-type", "-t", help="Instance type.")] = None,
-    num_nodes: Annotated[int | None, typer.Option("--num-nodes", help="Number of nodes.")] = None,
-    disk_size: Annotated[int | None, typer.Option("--disk-size", help="Boot disk size in GB.")] = None,
-    disk_tier: Annotated[
-        str | None, typer.Option("--disk-tier", help="low, medium, high, ultra, best or none.")
-    ] = None,
-    network_tier: Annotated[str | None, typer.Option("--network-tier", help="standard, best or none.")] = None,
-    ports: Annotated[
-        list[str] | None, typer.Option("--ports", help="Ports to open: 8080, 8000-8010 or 80,443 (repeatable).")
-    ] = None,
-    priority: Annotated[
-        str | None, typer.Option("--priority", help="-1000..1000: higher runs first when jobs wait for a slot.")
-    ] = None,
-    git_url: Annotated[str | None, typer.Option("--git-url", help="Make the workdir a checkout of this repo.")] = None,
-    git_ref: Annotated[str | None, typer.Option("--git-ref", help="Branch, tag or commit of the git workdir.")] = None,
-    config: Annotated[
-        list[str] | None,
-        typer.Option("--config", help="Settings for this job: a YAML file, or key.path=value (repeatable)."),
-    ] = None,
+    infra: lo.InfraOption = None,
+    use_spot: lo.UseSpotOption = None,
+    cpus: lo.CpusOption = None,
+    memory: lo.MemoryOption = None,
+    gpus: lo.GpusOption = None,
+    instance_type: lo.InstanceTypeOption = None,
+    num_nodes: lo.NumNodesOption = None,
+    disk_size: lo.DiskSizeOption = None,
+    disk_tier: lo.DiskTierOption = None,
+    network_tier: lo.NetworkTierOption = None,
+    ports: lo.PortsOption = None,
+    priority: lo.PriorityOption = None,
+    git_url: lo.GitUrlOption = None,
+    git_ref: lo.GitRefOption = None,
+    config: lo.ConfigOption = None,
     async_call: Annotated[
         bool, typer.Option("--async/--no-async", help="Return once submitted, as -d (tsky has no API server).")
     ] = False,
@@ -89,11 +78,9 @@ def launch(
     no_job_group: Annotated[
         bool, typer.Option("--no-job-group", help="Do not attach to a job group (default).")
     ] = False,
-    image_id: Annotated[str | None, typer.Option("--image-id", help="ami-..., a GCE image, docker:IMAGE.")] = None,
-    job_recovery: Annotated[
-        str | None, typer.Option("--job-recovery", help="Recovery strategy (replaces the YAML's job_recovery).")
-    ] = None,
-    pool: Annotated[str | None, typer.Option("--pool", "-p", help="Run on a pool's workers.")] = None,
+    image_id: lo.ImageIdOption = None,
+    job_recovery: lo.JobRecoveryOption = None,
+    pool: lo.PoolOption = None,
     num_jobs: Annotated[int, typer.Option("--num-jobs", help="Submit N copies (ranks 0..N-1).")] = 1,
     max_duration: Annotated[
         str | None, typer.Option("--max-duration", help="Stop each task after this wall time: 10h, 30m, 1h30m.")
@@ -112,9 +99,7 @@ def launch(
     after_any: Annotated[
         bool, typer.Option("--after-any", help="With --after: start once they ended, whatever their status.")
     ] = False,
-    notify: Annotated[
-        list[str] | None, typer.Option("--notify", help="POST each status change to this webhook URL (repeatable).")
-    ] = None,
+    notify: lo.NotifyOption = None,
 ) -> None:
     """Launch a managed job from a SkyPilot task YAML (or a pipeline); stream its logs until it ends."""
     from tsky.cli.launching import LaunchOptions, launch_job

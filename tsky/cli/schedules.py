@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+import tsky.cli.launch_options as lo
 from tsky.cli.common import (
     NotFound,
     UsageError,
@@ -47,33 +48,29 @@ def create(
     job_name: Annotated[
         str | None, typer.Option("--job-name", "-n", help="The jobs' name (default: the YAML's).")
     ] = None,
-    env: Annotated[list[str] | None, typer.Option("--env", help="KEY=VALUE, or KEY to take it from here.")] = None,
-    env_file: Annotated[Path | None, typer.Option("--env-file", help="A dotenv file of envs.")] = None,
-    secret: Annotated[list[str] | None, typer.Option("--secret", help="KEY=VALUE, or KEY from here.")] = None,
-    secret_file: Annotated[Path | None, typer.Option("--secret-file", help="A dotenv file of secrets.")] = None,
-    infra: Annotated[str | None, typer.Option("--infra", help="aws, aws/us-east-1, k8s/CTX, ssh/POOL, local.")] = None,
-    use_spot: Annotated[bool | None, typer.Option("--use-spot/--no-use-spot", help="Use spot instances.")] = None,
-    cpus: Annotated[str | None, typer.Option("--cpus", help="vCPUs per node: N or N+.")] = None,
-    memory: Annotated[str | None, typer.Option("--memory", help="Memory per node in GB: N or N+.")] = None,
-    gpus: Annotated[str | None, typer.Option("--gpus", help="Accelerators per node, e.g. A100:8.")] = None,
-    instance_type: Annotated[str | None, typer.Option("--instance-type", "-t", help="Instance type.")] = None,
-    num_nodes: Annotated[int | None, typer.Option("--num-nodes", help="Number of nodes.")] = None,
-    disk_size: Annotated[int | None, typer.Option("--disk-size", help="Boot disk size in GB.")] = None,
-    disk_tier: Annotated[str | None, typer.Option("--disk-tier", help="low, medium, high, ultra, best, none.")] = None,
-    network_tier: Annotated[str | None, typer.Option("--network-tier", help="standard, best or none.")] = None,
-    ports: Annotated[list[str] | None, typer.Option("--ports", help="Ports to open (repeatable).")] = None,
-    image_id: Annotated[str | None, typer.Option("--image-id", help="ami-..., a GCE image, docker:IMAGE.")] = None,
-    priority: Annotated[str | None, typer.Option("--priority", help="-1000..1000: higher runs first.")] = None,
-    pool: Annotated[str | None, typer.Option("--pool", "-p", help="Run each job on a pool's workers.")] = None,
-    git_url: Annotated[str | None, typer.Option("--git-url", help="Make the workdir a checkout of this repo.")] = None,
-    git_ref: Annotated[str | None, typer.Option("--git-ref", help="Branch, tag or commit of the git workdir.")] = None,
-    job_recovery: Annotated[str | None, typer.Option("--job-recovery", help="Recovery strategy.")] = None,
-    config: Annotated[
-        list[str] | None, typer.Option("--config", help="Settings for the jobs: a YAML file, or key.path=value.")
-    ] = None,
-    notify: Annotated[
-        list[str] | None, typer.Option("--notify", help="POST each run's status changes to this URL (repeatable).")
-    ] = None,
+    env: lo.EnvOption = None,
+    env_file: lo.EnvFileOption = None,
+    secret: lo.SecretOption = None,
+    secret_file: lo.SecretFileOption = None,
+    infra: lo.InfraOption = None,
+    use_spot: lo.UseSpotOption = None,
+    cpus: lo.CpusOption = None,
+    memory: lo.MemoryOption = None,
+    gpus: lo.GpusOption = None,
+    instance_type: lo.InstanceTypeOption = None,
+    num_nodes: lo.NumNodesOption = None,
+    disk_size: lo.DiskSizeOption = None,
+    disk_tier: lo.DiskTierOption = None,
+    network_tier: lo.NetworkTierOption = None,
+    ports: lo.PortsOption = None,
+    image_id: lo.ImageIdOption = None,
+    priority: lo.PriorityOption = None,
+    pool: lo.PoolOption = None,
+    git_url: lo.GitUrlOption = None,
+    git_ref: lo.GitRefOption = None,
+    job_recovery: lo.JobRecoveryOption = None,
+    config: lo.ConfigOption = None,
+    notify: lo.NotifyOption = None,
 ) -> None:
     """Create a schedule: each run launches YAML as an ordinary managed job tagged with NAME."""
     from tsky.cli.launching import LaunchOptions, check_feasible, load
