@@ -37,6 +37,7 @@ def test_first_launch_starts_the_stack_and_server_commands_manage_it(home: Path)
     assert re.search(r"\(hello-sky, pid=\d+\) Hello, SkyPilot!", result.stdout)
     assert "Managed job finished: 1 (status: SUCCEEDED)." in result.stdout
     assert (home / "temporal.db").exists()
+    assert (home / "temporal.db-wal").exists()  # the server's SQLite runs with a write-ahead log
     assert (home / "logs" / "worker.log").exists()
 
     status = tsky(home, "server", "status")
