@@ -34,6 +34,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -215,12 +216,15 @@ class FakeKube:
         self.nodes: list[FakeNode] | None = None  # None: every pod fits (no scheduling)
         self.scheduling_events: list[dict[str, Any]] = []  # core/v1 Events the scheduler wrote
         self.server: ThreadingHTTPServer | None = None
+        self.tls: dict[str, Path] | None = None
         self.exec_connections: set[socket.socket] = set()  # the open exec websockets
         self.token = "fake-token"  # the bearer token every request must carry (the kubeconfig's)
 
     # -- life cycle --------------------------------------------------------------------------------
 
-    def start(self) -> FakeKube:
+    def start(self, tls: dict[str, Path] | None = None) -> FakeKube:
+        """Serve plain HTTP, or with `tls` (PEM files `ca`, `server_cert`, `server_key`) mutual TLS as a real
+        API server does: its certificate, and only clients with a certificate the CA signed."""
         fake = self
 
         class Handler(_Handler):
@@ -228,6 +232,13 @@ class FakeKube:
 
         self.root.mkdir(parents=True, exist_ok=True)
         self.server = _Server(("127.0.0.1", 0), Handler)
+        self.tls = tls
+        if tls is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(tls["ca"]))
+            context.load_cert_chain(tls["server_cert"], tls["server_key"])
+            context.verify_mode = ssl.CERT_REQUIRED
+            # The handshake happens in each connection's thread (`_Handler.setup`), not in the accepting one.
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True, do_handshake_on_connect=False)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, name=THREAD_NAME, daemon=True).start()
         return self
@@ -235,7 +246,7 @@ class FakeKube:
     @property
     def url(self) -> str:
         assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.server.server_address[1]}"
 
     def stop(self) -> None:
         if self.server is not None:
@@ -247,11 +258,17 @@ class FakeKube:
             self.cond.notify_all()
 
     def write_kubeconfig(self, path: Path, context: str = "fake", namespace: str = "default") -> Path:
+        tls_cluster: dict[str, str] = {}
+        tls_user: dict[str, str] = {}
+        if self.tls is not None:
+            data = {name: base64.b64encode(pem.read_bytes()).decode() for name, pem in self.tls.items()}
+            tls_cluster["certificate-authority-data"] = data["ca"]
+            tls_user.update({"client-certificate-data": data["client_cert"], "client-key-data": data["client_key"]})
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-            "users": [{"name": "fake", "user": {"token": self.token}}],
+            "clusters": [{"name": "fake", "cluster": {"server": self.url, **tls_cluster}}],
+            "users": [{"name": "fake", "user": {"token": self.token, **tls_user}}],
             "contexts": [{"name": context, "context": {"cluster": "fake", "user": "fake", "namespace": namespace}}],
             "current-context": context,
         }
@@ -538,6 +555,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         threading.current_thread().name = THREAD_NAME  # one thread per connection, the server's
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.do_handshake()
         super().setup()
 
     def log_message(self, format: str, *args: Any) -> None:

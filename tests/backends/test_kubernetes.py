@@ -5,7 +5,7 @@ adopted on a retried provision; phases exec'd exactly once, re-attached, logged 
 eviction and deletion seen as lost nodes; unschedulable, quota, bad image and missing namespace typed;
 teardown leaves no pod and no process; two installations never touch each other's pods; a phase's log
 streamed over one exec websocket each (no thread held per stream), its follower ended by a close or a cut
-connection, and an image without GNU tail saying it cannot follow.
+connection, an image without GNU tail saying it cannot follow, and mutual TLS with a token for streams too.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from tests.backends.fake_k8s import THREAD_NAME, FakeKube, FakeNode
+from tests.integration.test_external_tls import write_pki
 from tsky.contract.activity_io import ClusterInfo, JobMeta
 from tsky.ops.clouds.base import CapacityError, FollowingAgent, FollowUnsupported, LogStream, PhaseStatus, PrecheckError
 from tsky.ops.clouds.kubernetes import KubernetesBackend
@@ -422,3 +423,21 @@ async def test_a_closed_or_cut_stream_ends_its_follower_and_busybox_cannot_follo
     await until(lambda: not kube.exec_connections, "the execs to end")
     for name, cluster in (("follow-2", info), ("follow-3", alpine)):
         await backend.teardown(name, cluster)
+
+
+async def test_a_stream_reaches_a_tls_api_server_with_the_kubeconfigs_ca_client_certificate_and_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = FakeKube(tmp_path / "pods", namespaces=("tsky",)).start(tls=write_pki(tmp_path))
+    try:
+        monkeypatch.setenv("KUBECONFIG", str(fake.write_kubeconfig(tmp_path / "kubeconfig", context="fake")))
+        backend = KubernetesBackend(settings(tmp_path))
+        info = await backend.provision("tls-1", candidate(), 1, meta(1))
+        agent = backend.node(info, 0)
+        await agent.start_phase("run-a0", "echo over tls; sleep 1; echo done", {})
+        assert await read_all(await agent.follow_log("run-a0", 0)) == b"over tls\ndone\n"
+        await until(lambda: not fake.exec_connections, "the exec to end")
+        await backend.teardown("tls-1", info)
+    finally:
+        fake.stop()
+    assert not fake.processes()

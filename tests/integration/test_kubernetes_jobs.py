@@ -127,8 +127,8 @@ def test_cancel_kills_a_streamed_job_and_its_follower(tsky_env: TskyEnv, kube: F
 
     assert tsky_env.tsky("jobs", "cancel", "-y", "1").returncode == 0
     wait_status(tsky_env, 1, "CANCELLED", timeout=60)
-    assert not kube.followers() and not kube.processes()
     assert kube.pod_names() == []
+    wait_until(lambda: not kube.processes(), 10, what="the job and its follower to be gone")
 
 
 def test_evicted_pod_is_recovered_on_new_pods(tsky_env: TskyEnv, kube: FakeKube) -> None:
