@@ -238,7 +238,9 @@ class FakeKube:
             context.load_cert_chain(tls["server_cert"], tls["server_key"])
             context.verify_mode = ssl.CERT_REQUIRED
             # The handshake happens in each connection's thread (`_Handler.setup`), not in the accepting one.
-            self.server.socket = context.wrap_socket(self.server.socket, server_side=True, do_handshake_on_connect=False)
+            self.server.socket = context.wrap_socket(
+                self.server.socket, server_side=True, do_handshake_on_connect=False
+            )
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, name=THREAD_NAME, daemon=True).start()
         return self

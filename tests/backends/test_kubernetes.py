@@ -388,7 +388,9 @@ async def test_a_phase_log_streams_over_one_exec_each_holding_no_thread(kube: Fa
     await backend.teardown("follow-1", info)
 
 
-async def test_a_closed_or_cut_stream_ends_its_follower_and_busybox_cannot_follow(kube: FakeKube, tmp_path: Path) -> None:
+async def test_a_closed_or_cut_stream_ends_its_follower_and_busybox_cannot_follow(
+    kube: FakeKube, tmp_path: Path
+) -> None:
     kube.busybox_images = {"alpine:3.20"}
     backend = KubernetesBackend(settings(tmp_path))
     info = await backend.provision("follow-2", candidate(), 1, meta(2))
@@ -405,7 +407,7 @@ async def test_a_closed_or_cut_stream_ends_its_follower_and_busybox_cannot_follo
     assert await cut.read() == b"started\n"
     await until(lambda: len(kube.followers()) == 1, "a follower")
     kube.drop_execs()  # the connection to the API server breaks
-    with pytest.raises(NodeUnreachable, match="without a status|broke"):
+    with pytest.raises(NodeUnreachable, match=r"without a status|broke"):
         await cut.read()
     cut.close()
     await until(lambda: kube.followers() == [], "the cut stream's follower to end")

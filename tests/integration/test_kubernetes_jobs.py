@@ -121,7 +121,9 @@ def test_an_image_without_gnu_tail_is_polled(tsky_env: TskyEnv, kube: FakeKube) 
 
 def test_cancel_kills_a_streamed_job_and_its_follower(tsky_env: TskyEnv, kube: FakeKube) -> None:
     tsky_env.start_worker()
-    job = tsky_env.write("sleeper.yaml", "name: sleeper\nresources: {infra: k8s/fake-ctx}\nrun: echo started; sleep 600\n")
+    job = tsky_env.write(
+        "sleeper.yaml", "name: sleeper\nresources: {infra: k8s/fake-ctx}\nrun: echo started; sleep 600\n"
+    )
     assert tsky_env.tsky("jobs", "launch", "-y", "-d", str(job)).returncode == 0
     wait_until(lambda: lines_written(kube) >= 1 and kube.followers(), 60, what="a streamed phase")
 

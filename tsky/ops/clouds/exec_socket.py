@@ -87,9 +87,7 @@ def _ssl_context(
     return context
 
 
-def exec_request(
-    cfg: client.Configuration, namespace: str, pod: str, container: str, argv: list[str]
-) -> ExecRequest:
+def exec_request(cfg: client.Configuration, namespace: str, pod: str, container: str, argv: list[str]) -> ExecRequest:
     """The exec of `argv` in `pod`'s `container` with stdin open, as `cfg` reaches the API server. Blocking."""
     query = [("command", arg) for arg in argv]
     query += [("container", container), ("stdin", "true"), ("stdout", "true"), ("stderr", "true"), ("tty", "false")]
