@@ -175,8 +175,8 @@ class PodLogStream:
             return b""
         if code == FOLLOW_UNSUPPORTED:
             raise FollowUnsupported(f"{self.where}: cannot follow a log here (needs GNU tail --pid)")
-        err = self.stderr.decode(errors="replace").strip()
-        raise NodeUnreachable(f"{self.where}: log stream ended early (status {code}){': ' + err if err else ''}")
+        said = self.stderr.decode(errors="replace").strip()
+        raise NodeUnreachable(f"{self.where}: log stream ended early (status {code}){': ' + said if said else ''}")
 
     def close(self) -> None:
         if not self.closed:
