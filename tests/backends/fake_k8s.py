@@ -546,6 +546,8 @@ class FakeKube:
 
 
 class _Server(ThreadingHTTPServer):
+    request_queue_size = 1024  # the listen backlog: hundreds of watchers may connect at once, as to a real one
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # clients hang up on kept-alive connections and websockets: not the tests' business
 

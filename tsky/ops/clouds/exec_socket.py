@@ -132,7 +132,7 @@ async def follow(request: ExecRequest, where: str) -> PodLogStream:
     except BaseException as err:
         await session.close()
         if isinstance(err, aiohttp.ClientError | OSError | TimeoutError):
-            raise NodeUnreachable(f"{where}: cannot open a log stream: {err or type(err).__name__}") from err
+            raise NodeUnreachable(f"{where}: cannot open a log stream: {str(err) or type(err).__name__}") from err
         raise
     return PodLogStream(where, session, ws)
 
