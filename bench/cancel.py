@@ -57,6 +57,7 @@ async def bench(stack: Stack, jobs: int, timeout: float, trivials: int) -> dict[
         )
         await asyncio.sleep(5)
         figures["processes_before"] = tagged_processes(f"{name}-")
+        cpu_before = {group: stack.sampler.cpu(group) for group in ("workers", "server")}
         started = time.monotonic()
         figures["cli_s"], done = stack.tsky("jobs", "cancel", "--all", "-y")
         if done.returncode != 0:
@@ -67,6 +68,8 @@ async def bench(stack: Stack, jobs: int, timeout: float, trivials: int) -> dict[
             now = time.monotonic()
             if "to_cancelled_s" not in figures and await count_status(client, "CANCELLED") >= jobs:
                 figures["to_cancelled_s"] = now - started
+                for group, before in cpu_before.items():
+                    figures[f"{group}_cpu_s"] = stack.sampler.cpu(group) - before
             if "to_no_process_s" not in figures and tagged_processes(f"{name}-") == 0:
                 figures["to_no_process_s"] = now - started
             if now - shown >= 10:
@@ -108,6 +111,11 @@ def main() -> None:
         + (f" = {rate / f['trivial_wf_per_s']:.2f} x the bare workflow rate" if "trivial_wf_per_s" in f else "")
     )
     print(f"workflow tasks per cancel:     {f['workflow_tasks_per_cancel']:.2f}")
+    busy = {group: f[f"{group}_cpu_s"] / f["to_cancelled_s"] for group in ("workers", "server")}
+    print(
+        f"CPU until all CANCELLED:       worker {f['workers_cpu_s']:.1f} s ({busy['workers']:.0%} of one core), "
+        f"server {f['server_cpu_s']:.1f} s ({busy['server']:.0%})"
+    )
 
 
 if __name__ == "__main__":

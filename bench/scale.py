@@ -86,7 +86,9 @@ async def bench(
     if args.trivial:
         worker = stack.spawn([sys.executable, "-m", "bench.trivial", stack.address, "default"], "trivial")
         await trivial.measure(client, 20)  # warm-up (also waits for the worker to poll)
+        server_cpu = stack.sampler.cpu("server")
         f["trivial_wf_per_s"] = await trivial.measure(client, args.trivial)
+        f["trivial_server_ms"] = 1000 * (stack.sampler.cpu("server") - server_cpu) / args.trivial
         worker.terminate()
         worker.wait()
 
@@ -179,7 +181,10 @@ def report(args: argparse.Namespace, f: dict[str, float], where: str, infra: str
         f"machine: {where}",
     ]
     if "trivial_wf_per_s" in f:
-        lines.append(f"engine bare throughput (1-activity workflow): {f['trivial_wf_per_s']:.1f} workflows/s")
+        lines.append(
+            f"engine bare throughput (1-activity workflow): {f['trivial_wf_per_s']:.1f} workflows/s, "
+            f"server CPU {f['trivial_server_ms']:.0f} ms each"
+        )
     lines += [
         f"submit:                   {f['submit_s']:.1f} s ({n / f['submit_s']:.0f} jobs/s)",
         f"all RUNNING after:        {f['to_running_s']:.1f} s ({rate:.1f} jobs/s"

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tsky.ops.infra_check import NodeShape, check_infra, enabled_infra
+from tsky.ops.infra_check import NodeShape, RecentInfraCheck, check_infra, enabled_infra
 from tsky.spec.settings import Settings
 
 
@@ -111,3 +111,18 @@ def test_ssh_node_pools(offline: dict[str, str], settings: Settings) -> None:
     assert found.enabled and found.regions == ["lab", "bare"]
     assert found.shapes == {"lab": NodeShape(vcpus=64, accelerators={"A100": 8})}
     assert "skipped: pool 'empty' has no `hosts` list" in found.reason
+
+
+def test_a_worker_answers_from_a_recent_check_and_sees_new_credentials_after_it(
+    offline: dict[str, str], no_network: None, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def aws(check: RecentInfraCheck) -> bool:
+        return next(s for s in check.statuses() if s.name == "aws").enabled
+
+    recent = RecentInfraCheck(settings, max_age=3600)
+    expired = RecentInfraCheck(settings, max_age=0)
+    assert not aws(recent) and not aws(expired)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    assert not aws(recent)  # the check of a moment ago still answers (a worker plans every launch)
+    assert aws(expired)  # once it is older than max_age, the credentials count

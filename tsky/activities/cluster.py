@@ -31,12 +31,13 @@ from tsky.contract.activity_io import (
 )
 from tsky.ops.clouds import get_backend
 from tsky.ops.clouds.base import CapacityError, PrecheckError
-from tsky.ops.infra_check import check_infra
+from tsky.ops.infra_check import RecentInfraCheck, check_infra
 from tsky.ops.mounts import FileSync, storages
 from tsky.ops.planning import plan_for_task
 from tsky.ops.storage import get_store
 from tsky.ops.uploads import UploadError, remove_uploads
 from tsky.spec.settings import Settings
+from tsky.spec.task import Task
 
 logger = activity.logger
 
@@ -44,6 +45,10 @@ logger = activity.logger
 class ClusterActivities:
     def __init__(self, settings: Settings):
         self.settings = settings
+        self.infra = RecentInfraCheck(settings)
+
+    def _plan(self, task: Task) -> PlanResult:
+        return plan_for_task(task, self.settings, self.infra.statuses())
 
     @activity.defn(name=ActivityName.LAUNCH)
     async def launch_cluster(self, inp: LaunchInput) -> LaunchResult:
@@ -51,7 +56,7 @@ class ClusterActivities:
         candidates = inp.candidates
         if inp.plan is not None:
             async with heartbeating("plan"):
-                plan = await asyncio.to_thread(plan_for_task, inp.plan, self.settings)
+                plan = await asyncio.to_thread(self._plan, inp.plan)
             if plan.infeasible_reason or not plan.candidates:
                 return LaunchResult(plan=plan)
             candidates = plan.candidates

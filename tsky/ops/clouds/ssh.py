@@ -47,9 +47,22 @@ logger = logging.getLogger(__name__)
 
 # A host's claims, under the login home: `~/.tsky/claims/<host key>` and, on a host that takes several
 # clusters (`max_clusters`), `<host key>#<slot>` too, each with its holder's meta lines in `<claim>.meta`.
-# Keyed by host, so hosts that share one home (NFS) are claimed one by one.
+# Keyed by host, so hosts that share one home (NFS) are claimed one by one. `held` prints "<holder>\t<claim>"
+# for each: one `readlink` for all of them where it takes several operands (GNU), else one per claim
+# (busybox), since a launch probes every host of its pool and a host may hold a hundred claims.
 _CLAIMS = r"""
 claims() { for c in "$HOME/.tsky/claims/$1" "$HOME/.tsky/claims/$1#"*; do [ -L "$c" ] && echo "$c"; done; }
+held() {
+  local cs=() hs=() c h i
+  for c in "$HOME/.tsky/claims/$1" "$HOME/.tsky/claims/$1#"*; do [ -L "$c" ] && cs+=("$c"); done
+  [ ${#cs[@]} -gt 0 ] || return 0
+  mapfile -t hs < <(readlink -- "${cs[@]}" 2>/dev/null)
+  if [ ${#hs[@]} -eq ${#cs[@]} ]; then
+    for i in "${!cs[@]}"; do printf '%s\t%s\n' "${hs[$i]}" "${cs[$i]}"; done
+  else
+    for c in "${cs[@]}"; do h=$(readlink "$c") && printf '%s\t%s\n' "$h" "$c"; done
+  fi
+}
 """
 
 # args: host-key. Prints "claim <holder>" and its meta lines for each claim on the host. A host claimed
@@ -58,10 +71,12 @@ claims() { for c in "$HOME/.tsky/claims/$1" "$HOME/.tsky/claims/$1#"*; do [ -L "
 _PROBE = (
     _CLAIMS
     + r"""
-for c in $(claims "$1"); do
-  h=$(readlink "$c") && echo "claim $h" && { [ ! -f "$c.meta" ] || cat "$c.meta"; }
-done
-if [ -z "$(claims "$1")" ] && h=$(readlink "$HOME/.tsky/claim" 2>/dev/null); then
+n=0
+while IFS=$'\t' read -r h c; do
+  n=1; echo "claim $h"
+  [ ! -f "$c.meta" ] || while IFS= read -r l || [ -n "$l" ]; do echo "$l"; done <"$c.meta"
+done < <(held "$1")
+if [ $n = 0 ] && h=$(readlink "$HOME/.tsky/claim" 2>/dev/null); then
   echo "claim $h"; m="$HOME/.tsky/clusters/${h%@*}/meta"; [ ! -f "$m" ] || cat "$m"
 fi
 exit 0
@@ -77,7 +92,7 @@ _CLAIM = (
 umask 077
 mkdir -p "$HOME/.tsky/claims" || exit 3
 c=
-for x in $(claims "$1"); do [ "$(readlink "$x")" = "$2" ] && c=$x; done
+while IFS=$'\t' read -r h x; do [ "$h" = "$2" ] && c=$x; done < <(held "$1")
 i=0
 while [ -z "$c" ] && [ $i -lt "$4" ]; do
   x="$HOME/.tsky/claims/$1"; [ $i = 0 ] || x="$x#$i"
@@ -97,9 +112,9 @@ echo claimed
 _RELEASE = (
     _CLAIMS
     + r"""
-for c in $(claims "$1"); do
-  if [ "$(readlink "$c")" = "$2" ]; then rm -f "$c.meta" && rm -f "$c"; fi
-done
+while IFS=$'\t' read -r h c; do
+  if [ "$h" = "$2" ]; then rm -f "$c.meta" && rm -f "$c"; fi
+done < <(held "$1")
 if [ "$(readlink "$HOME/.tsky/claim" 2>/dev/null)" = "$2" ]; then
   rm -f "$HOME/.tsky/clusters/$3/meta" && rm -f "$HOME/.tsky/claim"
 fi
