@@ -196,6 +196,7 @@ def _ws_frame(opcode: int, payload: bytes) -> bytes:
 class FakeKube:
     def __init__(self, root: Path, namespaces: tuple[str, ...] = ("default",)):
         self.root = root
+        self.token = uuid.uuid4().hex[:12]  # in every tag of this fake's pod processes: other tests run fakes too
         self.namespaces = set(namespaces)
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
         self.events: list[tuple[int, str, dict[str, Any]]] = []  # (resourceVersion, type, pod)
@@ -256,7 +257,8 @@ class FakeKube:
             self.server.server_close()
             self.server = None
         with self.cond:
-            self._kill(*self.pods.values())
+            # Every process this fake's pods ever ran, also an exec's that raced its pod's deletion.
+            self._kill_tagged([f"{_POD_TAG}={self.token}/".encode()])
             self.cond.notify_all()
 
     def write_kubeconfig(self, path: Path, context: str = "fake", namespace: str = "default") -> Path:
@@ -355,8 +357,8 @@ class FakeKube:
             self._kubelet(pod["metadata"]["namespace"], pod["metadata"]["name"])
 
     def processes(self) -> list[int]:
-        """Pids of every live process any fake pod started."""
-        needle = f"{_POD_TAG}=".encode()
+        """Pids of every live process this fake's pods started."""
+        needle = f"{_POD_TAG}={self.token}/".encode()
         found = []
         for entry in os.listdir("/proc"):
             if entry.isdigit():
@@ -496,7 +498,10 @@ class FakeKube:
 
     def _kill(self, *pods: dict[str, Any]) -> None:
         """SIGKILLs the processes of `pods`; one pass over /proc serves them all (a busy machine has thousands)."""
-        needles = [f"{_POD_TAG}={pod['metadata']['uid']}".encode() for pod in pods]
+        self._kill_tagged([f"{_POD_TAG}={self.token}/{pod['metadata']['uid']}".encode() for pod in pods])
+
+    @staticmethod
+    def _kill_tagged(needles: list[bytes]) -> None:
         if not needles:
             return
         for _ in range(3):  # a process may fork while we scan
@@ -730,7 +735,7 @@ class _Handler(BaseHTTPRequestHandler):
             "HOME": str(home),
             "HOSTNAME": name,
             "LANG": "C.UTF-8",
-            _POD_TAG: pod["metadata"]["uid"],
+            _POD_TAG: f"{kube.token}/{pod['metadata']['uid']}",
         }
         if pod["spec"]["containers"][0]["image"] in kube.busybox_images:
             env["PATH"] = f"{_busybox_tail(kube.root)}:{env['PATH']}"
