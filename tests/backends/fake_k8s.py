@@ -196,7 +196,9 @@ def _ws_frame(opcode: int, payload: bytes) -> bytes:
 class FakeKube:
     def __init__(self, root: Path, namespaces: tuple[str, ...] = ("default",)):
         self.root = root
-        self.token = uuid.uuid4().hex[:12]  # in every tag of this fake's pod processes: other tests run fakes too
+        self.process_mark = uuid.uuid4().hex[
+            :12
+        ]  # in every tag of this fake's pod processes: other tests run fakes too
         self.namespaces = set(namespaces)
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
         self.events: list[tuple[int, str, dict[str, Any]]] = []  # (resourceVersion, type, pod)
@@ -258,7 +260,7 @@ class FakeKube:
             self.server = None
         with self.cond:
             # Every process this fake's pods ever ran, also an exec's that raced its pod's deletion.
-            self._kill_tagged([f"{_POD_TAG}={self.token}/".encode()])
+            self._kill_tagged([f"{_POD_TAG}={self.process_mark}/".encode()])
             self.cond.notify_all()
 
     def write_kubeconfig(self, path: Path, context: str = "fake", namespace: str = "default") -> Path:
@@ -358,7 +360,7 @@ class FakeKube:
 
     def processes(self) -> list[int]:
         """Pids of every live process this fake's pods started."""
-        needle = f"{_POD_TAG}={self.token}/".encode()
+        needle = f"{_POD_TAG}={self.process_mark}/".encode()
         found = []
         for entry in os.listdir("/proc"):
             if entry.isdigit():
@@ -498,7 +500,7 @@ class FakeKube:
 
     def _kill(self, *pods: dict[str, Any]) -> None:
         """SIGKILLs the processes of `pods`; one pass over /proc serves them all (a busy machine has thousands)."""
-        self._kill_tagged([f"{_POD_TAG}={self.token}/{pod['metadata']['uid']}".encode() for pod in pods])
+        self._kill_tagged([f"{_POD_TAG}={self.process_mark}/{pod['metadata']['uid']}".encode() for pod in pods])
 
     @staticmethod
     def _kill_tagged(needles: list[bytes]) -> None:
@@ -735,7 +737,7 @@ class _Handler(BaseHTTPRequestHandler):
             "HOME": str(home),
             "HOSTNAME": name,
             "LANG": "C.UTF-8",
-            _POD_TAG: f"{kube.token}/{pod['metadata']['uid']}",
+            _POD_TAG: f"{kube.process_mark}/{pod['metadata']['uid']}",
         }
         if pod["spec"]["containers"][0]["image"] in kube.busybox_images:
             env["PATH"] = f"{_busybox_tail(kube.root)}:{env['PATH']}"
