@@ -7,8 +7,10 @@ It serves what the backend uses, with the real wire formats: pods create / get /
 before each frame's data, the exit status as a Status object on channel 3). A built-in "kubelet" makes new
 pods Running and runs exec'd commands as real processes in a per-pod directory that serves as the pod's
 home, so the backend's phase programs really run. Tests play scheduler and node through the knobs:
-`unschedulable`, `bad_images`, `quota_pods`, `faults` (429 / 5xx answers), `watch_errors` (watches that end
-with an ERROR event, e.g. 410 Gone), `evict()` (evictions, node shutdowns, preemptions), `delete()`.
+`unschedulable`, `bad_images`, `busybox_images` (no `tail --pid`), `quota_pods`, `faults` (429 / 5xx answers),
+`watch_errors` (watches that end with an ERROR event, e.g. 410 Gone), `evict()` (evictions, node shutdowns,
+preemptions), `delete()`, `drop_execs()` (a network blip cutting every exec websocket); `exec_count()` counts
+exec requests.
 
 With `nodes` set (`FakeNode`s), the scheduler is the real one's filter step: a pod is bound to the first
 node whose labels match its nodeSelector, whose NoSchedule/NoExecute taints it tolerates, and whose
@@ -31,6 +33,8 @@ import os
 import re
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -46,6 +50,7 @@ from urllib.parse import parse_qs, urlsplit
 import yaml
 
 _WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+THREAD_NAME = "fake-k8s"  # every thread the fake starts: tests tell them from the client's
 _POD_TAG = "TSKY_FAKE_POD"  # in the environment of every process a fake pod runs
 _PODS = re.compile(r"^/api/v1/(?:namespaces/(?P<ns>[^/]+)/)?pods(?:/(?P<name>[^/]+))?(?:/(?P<sub>exec))?$")
 _EVENTS = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/events$")
@@ -153,6 +158,30 @@ class FakeNode:
         return None
 
 
+def _named(thread: threading.Thread) -> threading.Thread:
+    thread.name = THREAD_NAME
+    return thread
+
+
+def _busybox_tail(root: Path) -> Path:
+    """A directory with a `tail` that, like busybox's, knows no `--pid` (the rest is the real tail)."""
+    bin_dir = root / "busybox-bin"
+    tail = bin_dir / "tail"
+    if not tail.exists():
+        bin_dir.mkdir(parents=True, exist_ok=True)
+        real = shutil.which("tail") or "/usr/bin/tail"
+        script = (
+            "#!/bin/sh\n"
+            'for a in "$@"; do case $a in --pid*) echo "tail: unrecognized option: $a" >&2; exit 1;; esac; done\n'
+            f'exec {real} "$@"\n'
+        )
+        tmp = bin_dir / f"tail.{threading.get_ident()}"  # execs may come at once: each writes its own, then renames
+        tmp.write_text(script)
+        tmp.chmod(0o755)
+        tmp.rename(tail)
+    return bin_dir
+
+
 def _ws_frame(opcode: int, payload: bytes) -> bytes:
     n = len(payload)
     if n < 126:
@@ -185,13 +214,20 @@ class FakeKube:
         self.faults: dict[str, list[int]] = {}
         # HTTP codes the next watches end with, as an ERROR event (410: the resourceVersion is too old)
         self.watch_errors: list[int] = []
+        # Images whose `tail` is busybox's, without `--pid` (Alpine's): tsky cannot stream a log in them.
+        self.busybox_images: set[str] = set()
         self.nodes: list[FakeNode] | None = None  # None: every pod fits (no scheduling)
         self.scheduling_events: list[dict[str, Any]] = []  # core/v1 Events the scheduler wrote
         self.server: ThreadingHTTPServer | None = None
+        self.tls: dict[str, Path] | None = None
+        self.exec_connections: set[socket.socket] = set()  # the open exec websockets
+        self.token = "fake-token"  # the bearer token every request must carry (the kubeconfig's)
 
     # -- life cycle --------------------------------------------------------------------------------
 
-    def start(self) -> FakeKube:
+    def start(self, tls: dict[str, Path] | None = None) -> FakeKube:
+        """Serve plain HTTP, or with `tls` (PEM files `ca`, `server_cert`, `server_key`) mutual TLS as a real
+        API server does: its certificate, and only clients with a certificate the CA signed."""
         fake = self
 
         class Handler(_Handler):
@@ -199,14 +235,23 @@ class FakeKube:
 
         self.root.mkdir(parents=True, exist_ok=True)
         self.server = _Server(("127.0.0.1", 0), Handler)
+        self.tls = tls
+        if tls is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(tls["ca"]))
+            context.load_cert_chain(tls["server_cert"], tls["server_key"])
+            context.verify_mode = ssl.CERT_REQUIRED
+            # The handshake happens in each connection's thread (`_Handler.setup`), not in the accepting one.
+            self.server.socket = context.wrap_socket(
+                self.server.socket, server_side=True, do_handshake_on_connect=False
+            )
         self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, name=THREAD_NAME, daemon=True).start()
         return self
 
     @property
     def url(self) -> str:
         assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.server.server_address[1]}"
 
     def stop(self) -> None:
         if self.server is not None:
@@ -219,11 +264,17 @@ class FakeKube:
             self.cond.notify_all()
 
     def write_kubeconfig(self, path: Path, context: str = "fake", namespace: str = "default") -> Path:
+        tls_cluster: dict[str, str] = {}
+        tls_user: dict[str, str] = {}
+        if self.tls is not None:
+            data = {name: base64.b64encode(pem.read_bytes()).decode() for name, pem in self.tls.items()}
+            tls_cluster["certificate-authority-data"] = data["ca"]
+            tls_user.update({"client-certificate-data": data["client_cert"], "client-key-data": data["client_key"]})
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-            "users": [{"name": "fake", "user": {"token": "fake-token"}}],
+            "clusters": [{"name": "fake", "cluster": {"server": self.url, **tls_cluster}}],
+            "users": [{"name": "fake", "user": {"token": self.token, **tls_user}}],
             "contexts": [{"name": context, "context": {"cluster": "fake", "user": "fake", "namespace": namespace}}],
             "current-context": context,
         }
@@ -276,6 +327,31 @@ class FakeKube:
         with self.cond:
             self._delete(self.pods[(namespace, name)])
 
+    def followers(self) -> list[int]:
+        """Pids of the pods' log followers (`tail --pid=… <phase>.log`), one per open log stream."""
+        found = []
+        for pid in self.processes():
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv[0].endswith(b"tail") and any(a.startswith(b"--pid=") for a in argv) and argv[-2].endswith(b".log"):
+                found.append(pid)
+        return found
+
+    def drop_execs(self) -> None:
+        """A network blip between client and API server: every open exec websocket is cut (no close frame,
+        no exit status); the commands' stdin ends, as a kubelet's does when its stream goes."""
+        with self.cond:
+            connections = list(self.exec_connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+    def exec_count(self) -> int:
+        """How many exec requests the API server has had."""
+        return sum(1 for method, path in list(self.requests) if method == "GET" and path.endswith("/exec"))
+
     def schedule_pending(self) -> None:
         with self.cond:
             pending = [p for p in self.pods.values() if p["status"]["phase"] == "Pending"]
@@ -327,7 +403,7 @@ class FakeKube:
             self.pods[(namespace, name)] = pod
             self._event("ADDED", pod)
             result = copy.deepcopy(pod)
-        threading.Timer(0.05, self._kubelet, (namespace, name)).start()
+        _named(threading.Timer(0.05, self._kubelet, (namespace, name))).start()
         return 201, result
 
     def _kubelet(self, namespace: str, name: str) -> None:
@@ -408,7 +484,7 @@ class FakeKube:
         pod["metadata"]["deletionTimestamp"] = _now()
         self._event("MODIFIED", pod)
         meta = pod["metadata"]
-        threading.Timer(0.1, self._finalize, (meta["namespace"], meta["name"], meta["uid"])).start()
+        _named(threading.Timer(0.1, self._finalize, (meta["namespace"], meta["name"], meta["uid"]))).start()
 
     def _finalize(self, namespace: str, name: str, uid: str) -> None:
         with self.cond:
@@ -477,6 +553,8 @@ class FakeKube:
 
 
 class _Server(ThreadingHTTPServer):
+    request_queue_size = 1024  # the listen backlog: hundreds of watchers may connect at once, as to a real one
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # clients hang up on kept-alive connections and websockets: not the tests' business
 
@@ -485,6 +563,12 @@ class _Handler(BaseHTTPRequestHandler):
     kube: FakeKube
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body are written separately: no 40 ms delayed-ACK stalls
+
+    def setup(self) -> None:
+        threading.current_thread().name = THREAD_NAME  # one thread per connection, the server's
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.do_handshake()
+        super().setup()
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -502,8 +586,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.kube.requests.append((self.command, url.path))
         return _PODS.match(url.path), parse_qs(url.query)
 
+    def _unauthorized(self) -> bool:
+        """Answers 401, as an API server does, unless the request carries the kubeconfig's bearer token."""
+        if self.headers.get("Authorization") == f"Bearer {self.kube.token}":
+            return False
+        self.close_connection = True
+        self._send(401, _status(401, "Unauthorized", "Unauthorized"))
+        return True
+
     def do_GET(self) -> None:
         match, query = self._route()
+        if self._unauthorized():
+            return
         if match is None and (events := _EVENTS.match(urlsplit(self.path).path)):
             self._send(200, self.kube.events_list(events["ns"]))
             return
@@ -528,6 +622,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         match, _ = self._route()
+        if self._unauthorized():
+            return
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
         if match is None or match["name"] is not None or match["ns"] is None:
             self._send(404, _status(404, "NotFound", f"the server could not find {self.path}"))
@@ -536,6 +632,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_DELETE(self) -> None:
         match, _ = self._route()
+        if self._unauthorized():
+            return
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if match is None or match["name"] is None:
             self._send(404, _status(404, "NotFound", f"the server could not find {self.path}"))
@@ -641,6 +739,8 @@ class _Handler(BaseHTTPRequestHandler):
             "LANG": "C.UTF-8",
             _POD_TAG: f"{kube.process_mark}/{pod['metadata']['uid']}",
         }
+        if pod["spec"]["containers"][0]["image"] in kube.busybox_images:
+            env["PATH"] = f"{_busybox_tail(kube.root)}:{env['PATH']}"
         want_stdin = query.get("stdin", ["false"])[0] in ("true", "1")
         try:
             proc = subprocess.Popen(
@@ -680,17 +780,21 @@ class _Handler(BaseHTTPRequestHandler):
                     with contextlib.suppress(OSError):
                         proc.stdin.close()
 
+        with kube.cond:
+            kube.exec_connections.add(self.connection)
         pumps = [
-            threading.Thread(target=pump, args=(proc.stdout, 1)),
-            threading.Thread(target=pump, args=(proc.stderr, 2)),
+            threading.Thread(target=pump, args=(proc.stdout, 1), name=THREAD_NAME),
+            threading.Thread(target=pump, args=(proc.stderr, 2), name=THREAD_NAME),
         ]
         for thread in pumps:
             thread.start()
         if want_stdin:
-            threading.Thread(target=feed, daemon=True).start()
+            threading.Thread(target=feed, name=THREAD_NAME, daemon=True).start()
         code = proc.wait()
         for thread in pumps:
             thread.join()
+        with kube.cond:
+            kube.exec_connections.discard(self.connection)
         if code == 0:
             status: dict[str, Any] = {"metadata": {}, "status": "Success"}
         else:

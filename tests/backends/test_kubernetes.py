@@ -3,25 +3,30 @@
 Through the official client: pods created with their labels, resources, spot selectors and tolerations;
 adopted on a retried provision; phases exec'd exactly once, re-attached, logged and stopped; files copied;
 eviction and deletion seen as lost nodes; unschedulable, quota, bad image and missing namespace typed;
-teardown leaves no pod and no process; two installations never touch each other's pods.
+teardown leaves no pod and no process; two installations never touch each other's pods; a phase's log
+streamed over one exec websocket each (no thread held per stream), its follower ended by a close or a cut
+connection, an image without GNU tail saying it cannot follow, and mutual TLS with a token for streams too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.backends.fake_k8s import FakeKube, FakeNode
+from tests.backends.fake_k8s import THREAD_NAME, FakeKube, FakeNode
+from tests.integration.test_external_tls import write_pki
 from tsky.contract.activity_io import ClusterInfo, JobMeta
-from tsky.ops.clouds.base import CapacityError, PhaseStatus, PrecheckError
+from tsky.ops.clouds.base import CapacityError, FollowingAgent, FollowUnsupported, LogStream, PhaseStatus, PrecheckError
 from tsky.ops.clouds.kubernetes import KubernetesBackend
 from tsky.ops.clouds.pod_exec import PodAgent
+from tsky.ops.clouds.ssh_runner import NodeUnreachable
 from tsky.spec.requests import Candidate
 from tsky.spec.settings import Settings
 from tsky.spec.status import NodeState
@@ -69,6 +74,34 @@ async def ended(agent: PodAgent, phase: str, timeout: float = 20) -> PhaseStatus
             return status
         assert time.monotonic() < deadline, f"{phase} did not end: {status}"
         await asyncio.sleep(0.1)
+
+
+def client_threads() -> int:
+    """Threads of this process but the fake API server's."""
+    return sum(1 for thread in threading.enumerate() if thread.name != THREAD_NAME)
+
+
+async def until(check: Callable[[], object], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def read_all(stream: LogStream) -> bytes:
+    """The stream read to its end, then closed."""
+    out = b""
+    try:
+        while data := await stream.read():
+            out += data
+    finally:
+        stream.close()
+    return out
+
+
+async def logged(agent: PodAgent, phase: str, text: bytes) -> None:
+    while await agent.read_log(phase, 0, 1 << 20) != text:
+        await asyncio.sleep(0.05)
 
 
 async def test_pods_phases_files_and_teardown(kube: FakeKube, tmp_path: Path) -> None:
@@ -325,3 +358,88 @@ async def test_scheduling_honours_requests_gpus_selectors_and_taints(kube: FakeK
     for name, info in (("gpu-3", on_gpu), ("third-6", again)):
         await backend.teardown(name, info)
     assert kube.pod_names() == []
+
+
+async def test_a_phase_log_streams_over_one_exec_each_holding_no_thread(kube: FakeKube, tmp_path: Path) -> None:
+    backend = KubernetesBackend(settings(tmp_path))
+    info = await backend.provision("follow-1", candidate(), 1, meta(1))
+    agent = backend.node(info, 0)
+    assert isinstance(agent, FollowingAgent)
+    go = tmp_path / "go"
+    script = f'echo "1 + 1"; until [ -e {go} ]; do sleep 0.05; done; for i in $(seq 1 20); do echo "line $i"; done'
+    await agent.start_phase("run-a0", script, {})
+    await logged(agent, "run-a0", b"1 + 1\n")
+
+    # More streams than the client's thread pool has threads, all live at once: none holds a thread.
+    threads, execs = client_threads(), kube.exec_count()
+    streams = await asyncio.gather(*(agent.follow_log("run-a0", 2) for _ in range(40)))
+    await until(lambda: len(kube.followers()) == 40, "40 followers")
+    assert client_threads() < threads + 40
+    assert kube.exec_count() == execs + 40  # one exec per stream, none per read
+    go.touch()
+    outputs = await asyncio.gather(*(read_all(stream) for stream in streams))
+    log = (kube.home(info.nodes[0].host_id, "tsky") / ".tsky" / "run-a0.log").read_bytes()
+    assert log.startswith(b"1 + 1\nline 1\n") and log.endswith(b"line 20\n")
+    assert outputs == [log[2:]] * 40  # from the offset, every byte, ending with the phase
+    assert kube.exec_count() == execs + 40
+    await until(lambda: kube.followers() == [], "the followers to end with the phase")
+    assert await read_all(await agent.follow_log("run-a0", 0)) == b""  # the phase has ended: nothing to follow
+    await until(lambda: not kube.exec_connections, "the execs to end")
+    await backend.teardown("follow-1", info)
+
+
+async def test_a_closed_or_cut_stream_ends_its_follower_and_busybox_cannot_follow(
+    kube: FakeKube, tmp_path: Path
+) -> None:
+    kube.busybox_images = {"alpine:3.20"}
+    backend = KubernetesBackend(settings(tmp_path))
+    info = await backend.provision("follow-2", candidate(), 1, meta(2))
+    agent = backend.node(info, 0)
+    await agent.start_phase("run-a0", "echo started; sleep 300", {})
+
+    closed = await agent.follow_log("run-a0", 0)
+    assert await closed.read() == b"started\n"
+    assert len(kube.followers()) == 1
+    closed.close()  # the watcher is done with it: its follower ends, no tail outlives it
+    await until(lambda: kube.followers() == [], "the closed stream's follower to end")
+
+    cut = await agent.follow_log("run-a0", 0)
+    assert await cut.read() == b"started\n"
+    await until(lambda: len(kube.followers()) == 1, "a follower")
+    kube.drop_execs()  # the connection to the API server breaks
+    with pytest.raises(NodeUnreachable, match=r"without a status|broke"):
+        await cut.read()
+    cut.close()
+    await until(lambda: kube.followers() == [], "the cut stream's follower to end")
+    assert (await agent.phase_status("run-a0")).alive  # the job itself runs on
+    await agent.stop_phase("run-a0")
+    assert await read_all(await agent.follow_log("run-a0", 0)) == b""
+
+    # An image whose tail cannot follow a pid (busybox): the stream says so, and the watcher polls instead.
+    alpine = await backend.provision("follow-3", candidate(image_id="docker:alpine:3.20"), 1, meta(3))
+    busybox = backend.node(alpine, 0)
+    await busybox.start_phase("run-a0", "echo started; sleep 300", {})
+    with pytest.raises(FollowUnsupported, match="GNU tail"):
+        await read_all(await busybox.follow_log("run-a0", 0))
+    await logged(busybox, "run-a0", b"started\n")  # polling works there
+    await until(lambda: not kube.exec_connections, "the execs to end")
+    for name, cluster in (("follow-2", info), ("follow-3", alpine)):
+        await backend.teardown(name, cluster)
+
+
+async def test_a_stream_reaches_a_tls_api_server_with_the_kubeconfigs_ca_client_certificate_and_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = FakeKube(tmp_path / "pods", namespaces=("tsky",)).start(tls=write_pki(tmp_path))
+    try:
+        monkeypatch.setenv("KUBECONFIG", str(fake.write_kubeconfig(tmp_path / "kubeconfig", context="fake")))
+        backend = KubernetesBackend(settings(tmp_path))
+        info = await backend.provision("tls-1", candidate(), 1, meta(1))
+        agent = backend.node(info, 0)
+        await agent.start_phase("run-a0", "echo over tls; sleep 1; echo done", {})
+        assert await read_all(await agent.follow_log("run-a0", 0)) == b"over tls\ndone\n"
+        await until(lambda: not fake.exec_connections, "the exec to end")
+        await backend.teardown("tls-1", info)
+    finally:
+        fake.stop()
+    assert not fake.processes()

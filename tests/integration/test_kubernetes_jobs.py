@@ -1,6 +1,7 @@
 """Managed jobs on the k8s infra, end to end: the CLI plans on `k8s/<context>`, a real worker makes pods on
 the fake API server (`tests/backends/fake_k8s.py`: no real kube-apiserver can run here), copies the workdir,
-execs setup and run in the pods, recovers from an eviction and deletes the pods."""
+execs setup and run in the pods, streams their output over one exec each (re-attached after a dropped
+connection; polled where the image cannot follow), recovers from an eviction and deletes the pods."""
 
 from __future__ import annotations
 
@@ -64,6 +65,72 @@ run: |
     images = {pod["spec"]["containers"][0]["image"] for _, kind, pod in kube.events if kind == "ADDED"}
     assert images == {"ghcr.io/acme/trainer:1.2"}  # the task's image_id, not kubernetes.image
     assert kube.pod_names() == []
+
+
+LINES = 40
+COUNTING = f"""\
+name: counting
+resources:
+  infra: k8s/fake-ctx
+run: for i in $(seq 1 {LINES}); do echo "line $i"; sleep 0.25; done
+"""
+
+
+def lines_written(kube: FakeKube) -> int:
+    """Lines the run phases have printed so far, in every pod."""
+    return sum(log.read_text().count("\n") for log in kube.root.glob("*/*/.tsky/run*.log"))
+
+
+def numbered_lines(env: TskyEnv, job_id: int) -> list[int]:
+    logs = env.tsky("jobs", "logs", str(job_id), "--no-follow").stdout
+    return [int(n) for n in re.findall(r"^\(counting, pid=\d+\) line (\d+)$", logs, re.M)]
+
+
+def test_output_streams_over_one_exec_and_a_dropped_connection_loses_no_line(tsky_env: TskyEnv, kube: FakeKube) -> None:
+    tsky_env.start_worker()
+    job = tsky_env.write("counting.yaml", COUNTING)
+    assert tsky_env.tsky("jobs", "launch", "-y", "-d", str(job)).returncode == 0
+
+    [first] = wait_until(lambda: lines_written(kube) >= 4 and kube.followers(), 60, what="a streamed phase")
+    # Three seconds of output, more than a poll (2 s): the watcher asks the pod nothing meanwhile.
+    execs = kube.exec_count()
+    wait_until(lambda: lines_written(kube) >= 16, 60, what="more output")
+    assert kube.exec_count() == execs, "the watcher ran commands in the pod while its output streamed"
+    assert kube.followers() == [first]
+
+    kube.drop_execs()  # a network blip: the stream is cut mid-phase, the watcher opens a new one
+    wait_until(lambda: [p for p in kube.followers() if p != first], 30, what="a re-attached stream")
+    wait_status(tsky_env, 1, "SUCCEEDED", timeout=120)
+    assert numbered_lines(tsky_env, 1) == list(range(1, LINES + 1))
+    assert not kube.followers()
+
+
+def test_an_image_without_gnu_tail_is_polled(tsky_env: TskyEnv, kube: FakeKube) -> None:
+    kube.busybox_images = {"alpine:3.20"}
+    tsky_env.start_worker()
+    job = tsky_env.write("counting.yaml", COUNTING.replace("infra: k8s/fake-ctx", "image_id: docker:alpine:3.20"))
+    assert tsky_env.tsky("jobs", "launch", "-y", "-d", "--infra", "k8s", str(job)).returncode == 0
+
+    wait_until(lambda: lines_written(kube) >= 4, 60, what="output")
+    execs = kube.exec_count()
+    wait_until(lambda: lines_written(kube) >= 16, 60, what="more output")
+    assert kube.exec_count() > execs  # the watcher asks the pod every poll instead
+    wait_status(tsky_env, 1, "SUCCEEDED", timeout=120)
+    assert numbered_lines(tsky_env, 1) == list(range(1, LINES + 1))
+
+
+def test_cancel_kills_a_streamed_job_and_its_follower(tsky_env: TskyEnv, kube: FakeKube) -> None:
+    tsky_env.start_worker()
+    job = tsky_env.write(
+        "sleeper.yaml", "name: sleeper\nresources: {infra: k8s/fake-ctx}\nrun: echo started; sleep 600\n"
+    )
+    assert tsky_env.tsky("jobs", "launch", "-y", "-d", str(job)).returncode == 0
+    wait_until(lambda: lines_written(kube) >= 1 and kube.followers(), 60, what="a streamed phase")
+
+    assert tsky_env.tsky("jobs", "cancel", "-y", "1").returncode == 0
+    wait_status(tsky_env, 1, "CANCELLED", timeout=60)
+    assert kube.pod_names() == []
+    wait_until(lambda: not kube.processes(), 10, what="the job and its follower to be gone")
 
 
 def test_evicted_pod_is_recovered_on_new_pods(tsky_env: TskyEnv, kube: FakeKube) -> None:

@@ -8,7 +8,7 @@ never starts them again, never drops or repeats a line. A log store that cannot 
 at every poll while the job runs on; the nodes' offsets advance only once their output is stored.
 
 Each node is asked either by a command per poll (its status, then its new output) or, where its agent
-can (`FollowingAgent`, SSH), through one long-lived stream of its output that ends with the phase's
+can (`FollowingAgent`: SSH, Kubernetes), through one long-lived stream of its output that ends with the phase's
 process: no command at all per poll while the stream lives. A stream's bytes count only once stored, so
 a broken stream is re-attached at the stored offset, and whenever a node cannot stream it is polled.
 

@@ -28,7 +28,8 @@ Launch errors: a pod Unschedulable for more than `kubernetes.provision_timeout` 
 rejection, is a CapacityError (try elsewhere); a missing namespace or context, a forbidden or invalid
 request, an image that cannot be pulled or lacks bash/tar is a PrecheckError.
 
-Client calls block; they run on the Kubernetes client's thread pool (`pod_exec.in_thread`).
+Client calls block; they run on the Kubernetes client's thread pool (`pod_exec.in_thread`). A running
+phase's log streams over an exec websocket on the event loop instead (`exec_socket.py`): no thread per pod.
 
 Why one module of this size: it is one `Backend` (see `base.py`), one module by design (`get_backend`
 loads it with its SDK); the pod exec agent and the label keys already live in `pod_exec.py` and `labels.py`.

@@ -126,6 +126,7 @@ kill "$w" 2>/dev/null
 exit "$code"
 """
 )
+FOLLOW_UNSUPPORTED = 2  # FOLLOW's exit status on a node whose tail cannot follow a pid (no GNU tail)
 
 # args: dir phase tag grace. Kills the phase's process group (TERM, then KILL after GRACE s) and strays.
 STOP = (

@@ -9,6 +9,11 @@ Exec is a websocket (`v4`/`v5.channel.k8s.io`); data for a command's stdin goes 
 command sees end-of-input without the v5-only stdin close. The exit code comes from the Status object on
 the error channel. Client calls block: they run on this module's thread pool (`in_thread`), which the
 backend shares.
+
+A running phase's log is streamed, not polled (`follow_log`: a `FollowingAgent`): one exec websocket per
+pod and phase runs the same `FOLLOW` program as over SSH, opened on the event loop (`exec_socket.py`), so a
+worker watching 1,000 pods holds no thread for them and runs no command per poll. Closing the stream, or
+losing its connection, ends the follower's stdin, which ends the follower.
 """
 
 from __future__ import annotations
@@ -30,10 +35,12 @@ from kubernetes.stream import stream
 
 from tsky.contract.activity_io import STOP_GRACE_SECONDS
 from tsky.ops.clouds.base import BackendError, PhaseStatus
+from tsky.ops.clouds.exec_socket import PodLogStream, exec_request, exit_code, follow
 
 # The node programs and their helpers are the ssh runner's: one implementation of the on-node protocol.
 from tsky.ops.clouds.node_programs import (
     ENV_NAME,
+    FOLLOW,
     PUT,
     READ_LOG,
     START,
@@ -73,20 +80,9 @@ def api_message(err: ApiException) -> str:
         return str(err.reason or err)
 
 
-def _exit_code(status: bytes, where: str) -> int:
-    """The exit code from the Status object the API server sends on the exec error channel."""
-    if not status:
-        raise NodeUnreachable(f"{where}: exec ended without a status (connection lost)")
-    try:
-        parsed = json.loads(status)
-    except ValueError as err:
-        raise NodeUnreachable(f"{where}: unreadable exec status {status[:200]!r}") from err
-    if parsed.get("status") == "Success":
-        return 0
-    for cause in (parsed.get("details") or {}).get("causes") or []:
-        if cause.get("reason") == "ExitCode":
-            return int(cause.get("message", "1"))
-    raise RemoteCommandError(f"{where}: exec failed: {parsed.get('message') or parsed}")
+def _launch(program: str, *args: str) -> list[str]:
+    """The argv that runs one of tsky's bash programs with positional arguments, from the pod's home."""
+    return ["bash", "-c", _LAUNCH, "tsky", program, "tsky", *args]
 
 
 class PodAgent:
@@ -140,7 +136,7 @@ class PodAgent:
             raise NodeUnreachable(f"{self}: exec connection failed: {err}") from err
         finally:
             ws.close()
-        return CommandResult(_exit_code(status, str(self)), bytes(stdout), bytes(stderr))
+        return CommandResult(exit_code(status, str(self)), bytes(stdout), bytes(stderr))
 
     async def run(self, argv: list[str], data: bytes | None = None, timeout: float = EXEC_TIMEOUT) -> CommandResult:
         """Run `argv` in the pod (from its home when launched through a program); stdin from `data`."""
@@ -150,7 +146,7 @@ class PodAgent:
         self, program: str, *args: str, data: bytes | None = None, timeout: float = EXEC_TIMEOUT
     ) -> bytes:
         if data is None:
-            argv = ["bash", "-c", _LAUNCH, "tsky", program, "tsky", *args]
+            argv = _launch(program, *args)
         else:
             argv = ["bash", "-c", _LAUNCH_WITH_INPUT, "tsky", str(len(data)), program, "tsky", *args]
         result = await self.run(argv, data, timeout)
@@ -197,6 +193,11 @@ class PodAgent:
 
     async def read_log(self, phase: str, offset: int, limit: int) -> bytes:
         return await self._program(READ_LOG, NODE_DIR, phase, str(int(offset)), str(int(limit)))
+
+    async def follow_log(self, phase: str, offset: int) -> PodLogStream:
+        argv = _launch(FOLLOW, NODE_DIR, phase, str(int(offset)))
+        request = await in_thread(lambda: exec_request(self.configuration(), self.namespace, self.pod, CONTAINER, argv))
+        return await follow(request, str(self))
 
     async def stop_phase(self, phase: str, grace: float = STOP_GRACE_SECONDS) -> None:
         await self._program(STOP, NODE_DIR, phase, self.tag, str(int(grace)), timeout=EXEC_TIMEOUT + grace)

@@ -59,6 +59,7 @@ from tsky.ops.clouds.base import FollowUnsupported, PhaseStatus, TransientError
 from tsky.ops.clouds.node_programs import (
     ENV_NAME,
     FOLLOW,
+    FOLLOW_UNSUPPORTED,
     PUT,
     READ_LOG,
     START,
@@ -83,7 +84,6 @@ _CHANNELS_PER_CONNECTION = 5
 _OPEN_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8)
 # Long-lived follow channels per connection of their own (OpenSSH's MaxSessions is 10).
 _STREAMS_PER_CONNECTION = 8
-_FOLLOW_UNSUPPORTED = 2  # FOLLOW's exit status on a node without GNU tail
 
 
 class NodeUnreachable(TransientError):
@@ -249,7 +249,7 @@ class SSHLogStream:
         status = self.process.exit_status
         if status == 0:
             return b""
-        if status == _FOLLOW_UNSUPPORTED:
+        if status == FOLLOW_UNSUPPORTED:
             raise FollowUnsupported(f"{self.target}: cannot follow a log here (needs GNU tail --pid)")
         raise NodeUnreachable(
             f"{self.target}: log stream ended early (status {status}, signal {self.process.exit_signal})"
