@@ -49,6 +49,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
+from tests.backends.followers import log_followers
+
 _WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 THREAD_NAME = "fake-k8s"  # every thread the fake starts: tests tell them from the client's
 _POD_TAG = "TSKY_FAKE_POD"  # in the environment of every process a fake pod runs
@@ -328,16 +330,8 @@ class FakeKube:
             self._delete(self.pods[(namespace, name)])
 
     def followers(self) -> list[int]:
-        """Pids of the pods' log followers (`tail --pid=… <phase>.log`), one per open log stream."""
-        found = []
-        for pid in self.processes():
-            try:
-                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if argv[0].endswith(b"tail") and any(a.startswith(b"--pid=") for a in argv) and argv[-2].endswith(b".log"):
-                found.append(pid)
-        return found
+        """Pids of the pods' log followers, one per open log stream."""
+        return log_followers(self.processes())
 
     def drop_execs(self) -> None:
         """A network blip between client and API server: every open exec websocket is cut (no close frame,

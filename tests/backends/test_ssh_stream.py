@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.backends.followers import log_followers
 from tests.backends.sshd import SSHNode, SSHNodes
 from tests.backends.test_ssh_backend import write_pools
 from tests.harness import TskyEnv, WorkerProc, wait_until
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 LINES = 40
 COUNTING = f"""\
-name: counting
+name: ssh-counting
 run: for i in $(seq 1 {LINES}); do echo "line $i"; sleep 0.25; done
 """
 
@@ -31,17 +32,8 @@ def _stat(pid: int) -> tuple[str, int]:
 
 
 def followers(node: SSHNode) -> list[int]:
-    """The node's log followers (`tail --pid=… <phase>.log`), one per streamed phase."""
-    found = []
-    for pid in node.pids():
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        following = any(a.startswith(b"--pid=") for a in cmdline) and cmdline[-2].endswith(b".log")
-        if cmdline[0].endswith(b"tail") and following:
-            found.append(pid)
-    return found
+    """The node's log followers, one per streamed phase."""
+    return log_followers(node.pids())
 
 
 def session_of(pid: int) -> int:
@@ -59,7 +51,7 @@ def lines_written(node: SSHNode) -> int:
 
 def numbered_lines(env: TskyEnv, job_id: int) -> list[int]:
     logs = env.tsky("jobs", "logs", str(job_id), "--no-follow").stdout
-    return [int(n) for n in re.findall(r"^\(counting, pid=\d+\) line (\d+)$", logs, re.M)]
+    return [int(n) for n in re.findall(r"^\(ssh-counting, pid=\d+\) line (\d+)$", logs, re.M)]
 
 
 def test_a_broken_stream_is_reattached_without_losing_or_repeating_a_line(

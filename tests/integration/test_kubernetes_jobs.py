@@ -69,7 +69,7 @@ run: |
 
 LINES = 40
 COUNTING = f"""\
-name: counting
+name: pod-counting
 resources:
   infra: k8s/fake-ctx
 run: for i in $(seq 1 {LINES}); do echo "line $i"; sleep 0.25; done
@@ -83,7 +83,7 @@ def lines_written(kube: FakeKube) -> int:
 
 def numbered_lines(env: TskyEnv, job_id: int) -> list[int]:
     logs = env.tsky("jobs", "logs", str(job_id), "--no-follow").stdout
-    return [int(n) for n in re.findall(r"^\(counting, pid=\d+\) line (\d+)$", logs, re.M)]
+    return [int(n) for n in re.findall(r"^\(pod-counting, pid=\d+\) line (\d+)$", logs, re.M)]
 
 
 def test_output_streams_over_one_exec_and_a_dropped_connection_loses_no_line(tsky_env: TskyEnv, kube: FakeKube) -> None:
@@ -122,7 +122,7 @@ def test_an_image_without_gnu_tail_is_polled(tsky_env: TskyEnv, kube: FakeKube) 
 def test_cancel_kills_a_streamed_job_and_its_follower(tsky_env: TskyEnv, kube: FakeKube) -> None:
     tsky_env.start_worker()
     job = tsky_env.write(
-        "sleeper.yaml", "name: sleeper\nresources: {infra: k8s/fake-ctx}\nrun: echo started; sleep 600\n"
+        "sleeper.yaml", "name: pod-sleeper\nresources: {infra: k8s/fake-ctx}\nrun: echo started; sleep 600\n"
     )
     assert tsky_env.tsky("jobs", "launch", "-y", "-d", str(job)).returncode == 0
     wait_until(lambda: lines_written(kube) >= 1 and kube.followers(), 60, what="a streamed phase")
