@@ -58,6 +58,21 @@ _PODS = re.compile(r"^/api/v1/(?:namespaces/(?P<ns>[^/]+)/)?pods(?:/(?P<name>[^/
 _EVENTS = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/events$")
 
 
+def _live_pids_marked(needles: list[bytes]) -> list[int]:
+    """Live (not zombie) processes whose environment contains one of `needles`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                environ = Path(f"/proc/{entry}/environ").read_bytes()
+                state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state not in ("Z", "X") and any(needle in environ for needle in needles):
+                found.append(int(entry))
+    return found
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -354,18 +369,7 @@ class FakeKube:
 
     def processes(self) -> list[int]:
         """Pids of every live process this fake's pods started."""
-        needle = f"{_POD_TAG}={self.process_mark}/".encode()
-        found = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    environ = Path(f"/proc/{entry}/environ").read_bytes()
-                    state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
-                except OSError:
-                    continue
-                if needle in environ and state not in ("Z", "X"):
-                    found.append(int(entry))
-        return found
+        return _live_pids_marked([f"{_POD_TAG}={self.process_mark}/".encode()])
 
     # -- the store ---------------------------------------------------------------------------------------
 
@@ -501,14 +505,9 @@ class FakeKube:
         if not needles:
             return
         for _ in range(3):  # a process may fork while we scan
-            for entry in os.listdir("/proc"):
-                if entry.isdigit():
-                    try:
-                        environ = Path(f"/proc/{entry}/environ").read_bytes()
-                        if any(needle in environ for needle in needles):
-                            os.kill(int(entry), signal.SIGKILL)
-                    except OSError:
-                        continue
+            for pid in _live_pids_marked(needles):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
 
     def fault(self, kind: str) -> tuple[int, dict[str, Any]] | None:
         with self.cond:
